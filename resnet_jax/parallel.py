@@ -1,0 +1,132 @@
+"""Running the steps over devices: one device, `jax.pmap`, or `jax.shard_map`.
+
+The steps (steps.py) are written once; this module compiles them for a layout:
+
+- 'jit': one device, `jax.jit`; no collectives.
+- 'pmap': every given device under `jax.pmap` (the project's default). The
+  state carries a leading device axis; each device gets B / n examples.
+- 'shard_map': `jax.jit` of `jax.shard_map` over a one-axis device mesh: the
+  state is replicated, the batch sharded along its first dimension. This is
+  JAX's successor to pmap, and what multi-host meshes build on.
+
+In the last two, the steps combine gradients, batch-norm statistics and
+metrics over the 'batch' axis, so all three layouts compute the same update
+from the same global batch. The state's buffers are donated to each train step.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+AXIS = 'batch'
+MODES = ('jit', 'pmap', 'shard_map')
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+  """A layout of the train state and batches over `devices`."""
+  mode: str
+  devices: tuple = ()
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f'unknown parallelism {self.mode!r}; choose one of '
+                       f'{MODES}')
+    devices = tuple(self.devices) or tuple(jax.local_devices())
+    if self.mode == 'jit':
+      devices = devices[:1]
+    object.__setattr__(self, 'devices', devices)
+
+  @property
+  def axis_name(self) -> str | None:
+    """The axis the steps reduce over; None on a single device."""
+    return None if self.mode == 'jit' else AXIS
+
+  @property
+  def num_devices(self) -> int:
+    return len(self.devices)
+
+  @functools.cached_property
+  def _mesh(self) -> Mesh:
+    return Mesh(np.array(self.devices), (AXIS,))
+
+  def check_batch_size(self, batch_size: int):
+    if batch_size % self.num_devices:
+      raise ValueError(
+          f'batch size {batch_size} does not divide evenly over '
+          f'{self.num_devices} devices ({self.mode}); choose a multiple of '
+          f'{self.num_devices}')
+
+  def put_state(self, state):
+    """Places a state (or any pytree) on the devices, replicated."""
+    if self.mode == 'pmap':
+      n, sharding = self.num_devices, NamedSharding(self._mesh, P(AXIS))
+      return jax.tree.map(
+          lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))),
+                                   sharding), state)
+    if self.mode == 'shard_map':
+      return jax.device_put(state, NamedSharding(self._mesh, P()))
+    return jax.device_put(state, self.devices[0])
+
+  def get_state(self, state):
+    """One copy of a replicated state (the inverse of `put_state`)."""
+    if self.mode == 'pmap':
+      return jax.tree.map(lambda x: x[0], state)
+    return state
+
+  def put_batch(self, batch):
+    """Splits a batch of host arrays over the devices (asynchronously)."""
+    self.check_batch_size(len(batch['label']))
+    if self.mode == 'pmap':
+      n, sharding = self.num_devices, NamedSharding(self._mesh, P(AXIS))
+      return jax.tree.map(lambda x: jax.device_put(
+          x.reshape(n, x.shape[0] // n, *x.shape[1:]), sharding), batch)
+    if self.mode == 'shard_map':
+      return jax.device_put(batch, NamedSharding(self._mesh, P(AXIS)))
+    return jax.device_put(batch, self.devices[0])
+
+  def _compile(self, step_fn, num_args: int, donate: bool):
+    """Compiles `step_fn(state, batch, [rng], axis_name=...)` for this layout.
+
+    The state comes first; any argument after the batch is replicated.
+    """
+    fn = functools.partial(step_fn, axis_name=self.axis_name)
+    donate_argnums = (0,) if donate else ()
+    if self.mode == 'jit':
+      return jax.jit(fn, donate_argnums=donate_argnums)
+    if self.mode == 'pmap':
+      pmapped = jax.pmap(fn, axis_name=AXIS, devices=self.devices,
+                         in_axes=(0, 0) + (None,) * (num_args - 2),
+                         donate_argnums=donate_argnums)
+      # Metrics were summed over the axis, so every device holds the total.
+      return lambda *args: _first_of_last(pmapped(*args))
+    in_specs = (P(), P(AXIS)) + (P(),) * (num_args - 2)
+    # check_vma=False keeps pmap's semantics, where a gradient is per device
+    # until the step sums it: with it on, shard_map would sum it implicitly.
+    return jax.jit(
+        jax.shard_map(fn, mesh=self._mesh, in_specs=in_specs, out_specs=P(),
+                      check_vma=False),
+        donate_argnums=donate_argnums)
+
+  def train_step(self, step_fn):
+    """`step_fn(state, batch, rng) -> (state, metrics)` compiled for this layout.
+
+    Takes a state from `put_state` and a batch from `put_batch`; returns one
+    copy of the metrics.
+    """
+    return self._compile(step_fn, 3, donate=True)
+
+  def eval_step(self, step_fn):
+    """`step_fn(state, batch) -> metrics` compiled for this layout."""
+    return self._compile(step_fn, 2, donate=False)
+
+
+def _first_of_last(outputs):
+  """Takes device 0's copy of the metrics (the last output) of a pmapped step."""
+  if isinstance(outputs, tuple):
+    return (*outputs[:-1], jax.tree.map(lambda x: x[0], outputs[-1]))
+  return jax.tree.map(lambda x: x[0], outputs)

@@ -1,0 +1,23 @@
+"""Test-wide setup: 8 virtual CPU devices, deterministic property tests."""
+
+import os
+import pathlib
+import sys
+
+# Must precede the first `import jax` anywhere in the test session: the
+# multi-device tests run pmap and shard_map over 8 CPU devices.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8')
+# Tests never need a GPU; keep TensorFlow (when a test imports it) off one.
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+from hypothesis import settings  # pylint: disable=g-import-not-at-top
+
+# Each new shape recompiles the model, so examples are few and slow; a fixed
+# seed keeps CI reproducible while still covering the space across examples.
+settings.register_profile('default', deadline=None, derandomize=True,
+                          max_examples=12, print_blob=True)
+settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'default'))
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'tests'))

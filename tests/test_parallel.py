@@ -1,0 +1,116 @@
+"""The three layouts (jit, pmap, shard_map) compute the same training step."""
+
+import functools
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from resnet_jax import models, optimizer, parallel, schedules, steps, train_state
+
+GLOBAL_BATCH = 16
+IMAGE_SHAPE = (8, 8, 3)
+
+
+def run(mode, num_steps=2, batch_size=GLOBAL_BATCH):
+  """Trains a ResNet-8 for `num_steps` in `mode`; returns the state and metrics."""
+  dp = parallel.DataParallel(mode)
+  lr = schedules.create_learning_rate_fn(ml_collections.ConfigDict(dict(
+      name='warmup_cosine', base_learning_rate=0.1, reference_batch_size=128,
+      warmup_steps=1)), batch_size, total_steps=20)
+  tx = optimizer.create_optimizer(ml_collections.ConfigDict(dict(
+      momentum=0.9, nesterov=True, weight_decay=5e-4, weight_decay_mode='l2',
+      weight_decay_on='all')), lr)
+  model = models.ResNet(depth=8, bn_axis_name=dp.axis_name)
+  state = dp.put_state(train_state.create_train_state(
+      jax.random.key(0), model, tx, IMAGE_SHAPE))
+  train_step = dp.train_step(functools.partial(
+      steps.train_step, learning_rate_fn=lr))
+  eval_step = dp.eval_step(steps.eval_step)
+  rng = np.random.default_rng(0)
+  history = []
+  for i in range(num_steps):
+    batch = {'image': rng.normal(size=(batch_size, *IMAGE_SHAPE)).astype(
+        np.float32), 'label': rng.integers(0, 10, batch_size).astype(np.int32)}
+    state, metrics = train_step(state, dp.put_batch(batch), jax.random.key(i))
+    history.append(metrics)
+  history.append(eval_step(state, dp.put_batch(batch)))
+  return jax.device_get(dp.get_state(state)), jax.device_get(history)
+
+
+@pytest.fixture(scope='module')
+def single_device():
+  return run('jit')
+
+
+@pytest.mark.parametrize('mode', ['pmap', 'shard_map'])
+def test_data_parallel_step_equals_the_single_device_step(mode, single_device):
+  assert jax.device_count() == 8
+  state, history = run(mode)
+  want_state, want_history = single_device
+  # Float32 sums in another order: agreement to a few ulps of the values.
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+  jax.tree.map(close, state.params, want_state.params)
+  jax.tree.map(close, state.batch_stats, want_state.batch_stats)
+  jax.tree.map(close, state.opt_state, want_state.opt_state)
+  assert int(state.step) == int(want_state.step) == 2
+  jax.tree.map(close, history, want_history)
+
+
+def test_batch_stats_are_identical_on_every_device():
+  dp = parallel.DataParallel('pmap')
+  model = models.ResNet(depth=8, bn_axis_name=dp.axis_name)
+  state = dp.put_state(train_state.create_train_state(
+      jax.random.key(0), model, optimizer.create_optimizer(
+          ml_collections.ConfigDict(dict(
+              momentum=0.9, nesterov=False, weight_decay=0.0,
+              weight_decay_mode='l2', weight_decay_on='all')),
+          lambda step: 0.1), IMAGE_SHAPE))
+  rng = np.random.default_rng(1)
+  # Each device sees a differently distributed slice of the batch.
+  images = rng.normal(size=(GLOBAL_BATCH, *IMAGE_SHAPE)) * np.arange(
+      1, GLOBAL_BATCH + 1)[:, None, None, None]
+  batch = {'image': images.astype(np.float32),
+           'label': np.zeros(GLOBAL_BATCH, np.int32)}
+  step = dp.train_step(functools.partial(
+      steps.train_step, learning_rate_fn=lambda step: 0.1))
+  state, _ = step(state, dp.put_batch(batch), jax.random.key(0))
+  for leaf in jax.tree.leaves((state.batch_stats, state.params)):
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(leaf)[:1].repeat(
+        8, axis=0))
+
+
+def test_train_step_donates_the_state():
+  dp = parallel.DataParallel('jit')
+  state = dp.put_state(train_state.create_train_state(
+      jax.random.key(0), models.ResNet(depth=8), optimizer.create_optimizer(
+          ml_collections.ConfigDict(dict(
+              momentum=0.9, nesterov=False, weight_decay=0.0,
+              weight_decay_mode='l2', weight_decay_on='all')),
+          lambda step: 0.1), IMAGE_SHAPE))
+  step = dp.train_step(functools.partial(
+      steps.train_step, learning_rate_fn=lambda step: 0.1))
+  batch = {'image': np.zeros((4, *IMAGE_SHAPE), np.float32),
+           'label': np.zeros(4, np.int32)}
+  old_kernel = state.params['head']['kernel']
+  step(state, dp.put_batch(batch), jax.random.key(0))
+  assert old_kernel.is_deleted()
+
+
+def test_a_batch_that_does_not_divide_over_the_devices_is_rejected():
+  dp = parallel.DataParallel('pmap')
+  with pytest.raises(ValueError, match='batch size 12 does not divide evenly '
+                     'over 8 devices'):
+    dp.put_batch({'image': np.zeros((12, 8, 8, 3)), 'label': np.zeros(12)})
+
+
+def test_unknown_parallelism_is_rejected():
+  with pytest.raises(ValueError, match="unknown parallelism 'dp'"):
+    parallel.DataParallel('dp')
+
+
+def test_single_device_mode_uses_one_device_and_no_axis():
+  dp = parallel.DataParallel('jit')
+  assert dp.num_devices == 1 and dp.axis_name is None
+  assert parallel.DataParallel('pmap').num_devices == 8
