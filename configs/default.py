@@ -9,7 +9,33 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.seed = 0  # Seeds initialisation (and, with the step, the data order).
+  # Seeds initialisation, the data order and the augmentation: with the step,
+  # it determines every batch.
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  # 'cifar10', 'cifar100' (TFDS) or 'image_folder' (<data_dir>/<split>/<class>/*).
+  config.data.name = 'cifar10'
+  # TFDS data_dir ('': TFDS's default, ~/tensorflow_datasets), or the root
+  # of an image folder.
+  config.data.data_dir = ''
+  # TFDS split syntax, sliced after loading. He et al. tune on 45k/5k.
+  config.data.train_split = 'train[:45000]'
+  config.data.eval_split = 'train[45000:]'  # '' for no validation.
+  config.data.test_split = 'test'  # '' for none (an image folder without one).
+  # Whether TFDS may download a dataset that is not prepared in data_dir.
+  config.data.download = True
+  # Image folders are read in an arbitrary (often class-by-class) order, so
+  # they are shuffled with this seed before slicing; TFDS splits are not.
+  config.data.split_shuffle_seed = 0
+  config.data.crop_padding = 4  # Random crops from images zero-padded this much.
+  config.data.random_flip = True  # Horizontal flips with probability 1/2.
+  # Per-channel normalisation in 0..255 pixel units: 'constants' uses
+  # mean/std below (CIFAR-10's training set); 'measured' computes them from
+  # the training split.
+  config.data.normalization = 'constants'
+  config.data.mean = (125.31, 122.95, 113.87)
+  config.data.std = (62.99, 62.09, 66.70)
 
   config.model = ml_collections.ConfigDict()
   # 6n+2 for basic blocks (20, 32, 44, 56, 110, 1202); 9n+2 for bottleneck.
@@ -59,7 +85,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule.one_cycle_final_div_factor = 1e4
 
   config.batch_size = 128  # Global batch, over all devices and processes.
+  config.eval_batch_size = 500  # Global; the last batch is padded and masked.
   config.num_train_steps = 64_000  # The paper's 64k iterations at batch 128.
+  # When > 0, train for this many epochs of the training split instead
+  # (an epoch is floor(examples / batch_size) steps).
+  config.num_epochs = -1.0
+
+  config.log_every_steps = 100  # Training metrics to TensorBoard and console.
+  config.eval_every_steps = 2_000  # Validation; also at the end of training.
+  config.checkpoint_every_steps = 2_000  # Also at the end of training.
+  config.keep_checkpoints = 3  # The newest this many are kept.
   # 'pmap' (all local devices), 'shard_map' (jit over a device mesh) or 'jit'
   # (one device). The first two average gradients and batch-norm statistics.
   config.parallelism = 'pmap'

@@ -51,7 +51,8 @@ class DataParallel:
     return len(self.devices)
 
   @functools.cached_property
-  def _mesh(self) -> Mesh:
+  def mesh(self) -> Mesh:
+    """A one-axis mesh of the devices, named AXIS."""
     return Mesh(np.array(self.devices), (AXIS,))
 
   def check_batch_size(self, batch_size: int):
@@ -64,12 +65,12 @@ class DataParallel:
   def put_state(self, state):
     """Places a state (or any pytree) on the devices, replicated."""
     if self.mode == 'pmap':
-      n, sharding = self.num_devices, NamedSharding(self._mesh, P(AXIS))
+      n, sharding = self.num_devices, NamedSharding(self.mesh, P(AXIS))
       return jax.tree.map(
           lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))),
                                    sharding), state)
     if self.mode == 'shard_map':
-      return jax.device_put(state, NamedSharding(self._mesh, P()))
+      return jax.device_put(state, NamedSharding(self.mesh, P()))
     return jax.device_put(state, self.devices[0])
 
   def get_state(self, state):
@@ -82,11 +83,11 @@ class DataParallel:
     """Splits a batch of host arrays over the devices (asynchronously)."""
     self.check_batch_size(len(batch['label']))
     if self.mode == 'pmap':
-      n, sharding = self.num_devices, NamedSharding(self._mesh, P(AXIS))
+      n, sharding = self.num_devices, NamedSharding(self.mesh, P(AXIS))
       return jax.tree.map(lambda x: jax.device_put(
           x.reshape(n, x.shape[0] // n, *x.shape[1:]), sharding), batch)
     if self.mode == 'shard_map':
-      return jax.device_put(batch, NamedSharding(self._mesh, P(AXIS)))
+      return jax.device_put(batch, NamedSharding(self.mesh, P(AXIS)))
     return jax.device_put(batch, self.devices[0])
 
   def _compile(self, step_fn, num_args: int, donate: bool):
@@ -108,7 +109,7 @@ class DataParallel:
     # check_vma=False keeps pmap's semantics, where a gradient is per device
     # until the step sums it: with it on, shard_map would sum it implicitly.
     return jax.jit(
-        jax.shard_map(fn, mesh=self._mesh, in_specs=in_specs, out_specs=P(),
+        jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=P(),
                       check_vma=False),
         donate_argnums=donate_argnums)
 

@@ -7,7 +7,9 @@ result equals that of one device holding the whole global batch.
 
 A batch is a dict with 'image' (N, H, W, C) and 'label' (N,) and, optionally,
 'mask' (N,): a per-example weight, 0 for the padding that fills a final
-partial batch. Metrics are sums (weighted loss, correct predictions, example
+partial batch. Images arrive as the model takes them, or as raw pixels with an
+`augment_fn` / `preprocess_fn` (see augment.py) that turns them into input on
+the device. Metrics are sums (weighted loss, correct predictions, example
 count), so they add up exactly over devices, over steps and over a padded
 final batch: divide by 'count' for means.
 """
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax import augment
 from resnet_jax.train_state import TrainState
 
 
@@ -45,16 +48,19 @@ def _metric_sums(logits, labels, per_example_loss, weights, axis_name):
 
 
 def train_step(state: TrainState, batch, rng: jax.Array, *, learning_rate_fn,
-               label_smoothing: float = 0.0, axis_name: str | None = None):
+               label_smoothing: float = 0.0, augment_fn=None,
+               axis_name: str | None = None):
   """One SGD step on the mean loss over the (global) batch.
 
-  `rng` is the step's random key; the step itself draws nothing from it yet
-  (ResNets have no dropout), and keeps it in the signature so that data
-  augmentation and other stochastic parts run inside the step.
+  `rng` is the step's key: `augment_fn(images, keys)`, when given, transforms
+  the images with one key per example (augment.example_keys).
 
   Returns the new state and the metric sums, plus the learning rate used.
   """
-  del rng
+  images = batch['image']
+  if augment_fn is not None:
+    images = augment_fn(
+        images, augment.example_keys(rng, images.shape[0], axis_name))
   weights = _weights(batch)
   # Each device divides its own sum by the global weight and the gradients
   # are then summed: exactly the gradient of the global mean, whatever the
@@ -63,7 +69,7 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, learning_rate_fn,
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+        {'params': params, 'batch_stats': state.batch_stats}, images,
         train=True, mutable=['batch_stats'])
     per_example = cross_entropy(logits, batch['label'], label_smoothing)
     return (jnp.sum(per_example * weights) / total_weight,
@@ -79,11 +85,18 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, learning_rate_fn,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, *, axis_name: str | None = None):
-  """Metric sums of the model in inference mode (running batch-norm stats)."""
+def eval_step(state: TrainState, batch, *, preprocess_fn=None,
+              axis_name: str | None = None):
+  """Metric sums of the model in inference mode (running batch-norm stats).
+
+  `preprocess_fn(images)`, when given, turns raw pixels into model input.
+  """
+  images = batch['image']
+  if preprocess_fn is not None:
+    images = preprocess_fn(images)
   logits = state.apply_fn(
-      {'params': state.params, 'batch_stats': state.batch_stats},
-      batch['image'], train=False)
+      {'params': state.params, 'batch_stats': state.batch_stats}, images,
+      train=False)
   per_example = cross_entropy(logits, batch['label'])
   return _metric_sums(logits, batch['label'], per_example, _weights(batch),
                       axis_name)

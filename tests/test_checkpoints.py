@@ -1,0 +1,239 @@
+"""Tests of checkpoints.py: what a resumed run gets back and what it refuses."""
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from resnet_jax import checkpoints
+from resnet_jax import models
+from resnet_jax import train_state
+
+
+def _run_metadata(depth=8, dataset='cifar10'):
+  # A tuple, as a config gives it: it must still match its JSON copy (a list).
+  return {'model': {'name': 'resnet', 'depth': depth}, 'dataset': dataset,
+          'num_classes': 10, 'image_shape': (32, 32, 3)}
+
+
+def _fresh_state(depth=8):
+  return train_state.create_train_state(
+      jax.random.key(0), models.ResNet(depth=depth),
+      optax.sgd(0.1, momentum=0.9), (32, 32, 3))
+
+
+def _trained(state, seed=1):
+  """`state` as after some training: every float array random, step 123."""
+  rng = np.random.default_rng(seed)
+
+  def perturb(x):
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+      return x
+    return jnp.asarray(rng.standard_normal(jnp.shape(x)).astype(x.dtype))
+
+  return jax.tree.map(perturb, state).replace(step=jnp.asarray(123, jnp.int32))
+
+
+def _assert_identical(restored, saved):
+  for name in ('step', 'params', 'batch_stats', 'opt_state'):
+    got, want = getattr(restored, name), getattr(saved, name)
+    assert jax.tree.structure(got) == jax.tree.structure(want), name
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+
+
+def _steps_on_disk(directory):
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def _snapshot(directory):
+  """Every path under `directory` with its mtime: any write changes it."""
+  return {str(p.relative_to(directory)): p.stat().st_mtime_ns
+          for p in [directory, *directory.rglob('*')]}
+
+
+@pytest.fixture(scope='module')
+def fresh():
+  return _fresh_state()
+
+
+@pytest.fixture(scope='module')
+def trained(fresh):
+  return _trained(fresh)
+
+
+@pytest.fixture
+def open_checkpointer(tmp_path):
+  """Opens Checkpointers on tmp_path/checkpoints; closes them afterwards."""
+  opened = []
+
+  def open_(*, metadata=None, save_every_steps=1, keep=3, directory=None):
+    ckpt = checkpoints.Checkpointer(
+        directory or tmp_path / 'checkpoints',
+        save_every_steps=save_every_steps, keep=keep,
+        metadata=metadata or _run_metadata())
+    opened.append(ckpt)
+    return ckpt
+
+  yield open_
+  for ckpt in opened:
+    ckpt.close()
+
+
+def test_restore_in_a_new_checkpointer_is_bit_identical(
+    open_checkpointer, fresh, trained):
+  writer = open_checkpointer()
+  writer.save(123, trained)
+  writer.close()
+
+  restored = open_checkpointer().restore(fresh)
+
+  _assert_identical(restored, trained)
+  assert restored.step == 123
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(fresh)):
+    assert jnp.result_type(got) == jnp.result_type(want)
+  # The static parts come from the target: the state can step on.
+  assert restored.apply_fn is fresh.apply_fn and restored.tx is fresh.tx
+
+
+def test_maybe_save_saves_at_multiples_and_keeps_the_newest(
+    open_checkpointer, tmp_path, trained):
+  ckpt = open_checkpointer(save_every_steps=2, keep=2)
+
+  saved = [ckpt.maybe_save(step, trained) for step in range(1, 8)]
+  ckpt.wait_until_finished()
+
+  assert saved == [False, True, False, True, False, True, False]
+  assert _steps_on_disk(tmp_path / 'checkpoints') == [4, 6]
+  assert ckpt.latest_step() == 6
+  assert open_checkpointer().latest_step() == 6
+
+
+def test_save_is_unconditional_and_once_per_step(
+    open_checkpointer, tmp_path, fresh, trained):
+  ckpt = open_checkpointer(save_every_steps=10)
+
+  ckpt.save(7, trained)
+  ckpt.save(7, fresh)  # Already saved: kept as it was.
+  ckpt.wait_until_finished()
+
+  assert _steps_on_disk(tmp_path / 'checkpoints') == [7]
+  assert not ckpt.maybe_save(0, trained)  # Older than the latest checkpoint.
+  _assert_identical(open_checkpointer().restore(fresh), trained)
+
+
+def test_empty_directory_restores_nothing_and_writes_nothing(
+    open_checkpointer, tmp_path, fresh):
+  ckpt = open_checkpointer()
+
+  assert ckpt.latest_step() is None
+  ckpt.check_compatible()
+  assert ckpt.restore(fresh) is fresh
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize(
+    'changes, expected',
+    [({'depth': 14}, 'model.depth: checkpoint 8, this run 14'),
+     ({'dataset': 'cifar100'},
+      'dataset: checkpoint "cifar10", this run "cifar100"')])
+def test_incompatible_checkpoints_are_refused_and_left_untouched(
+    open_checkpointer, tmp_path, fresh, trained, changes, expected):
+  directory = tmp_path / 'checkpoints'
+  writer = open_checkpointer()
+  writer.save(5, trained)
+  writer.close()
+  before = _snapshot(directory)
+
+  ckpt = open_checkpointer(metadata=_run_metadata(**changes))
+  target = _fresh_state(depth=14) if 'depth' in changes else fresh
+  for attempt in (ckpt.check_compatible, lambda: ckpt.restore(target),
+                  lambda: ckpt.save(10, target)):
+    with pytest.raises(checkpoints.IncompatibleCheckpointError) as error:
+      attempt()
+    message = str(error.value)
+    assert expected in message
+    assert str(directory) in message and '--workdir' in message
+    assert '\n' not in message
+  ckpt.wait_until_finished()
+
+  assert _snapshot(directory) == before
+
+
+def test_checkpoints_without_run_metadata_are_refused(
+    open_checkpointer, tmp_path, trained):
+  directory = tmp_path / 'checkpoints'
+  with ocp.CheckpointManager(directory) as foreign:
+    foreign.save(5, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(trained)))
+
+  with pytest.raises(checkpoints.IncompatibleCheckpointError,
+                     match='has no run metadata'):
+    open_checkpointer().check_compatible()
+
+
+def test_replicated_state_restores_into_the_same_sharding(
+    open_checkpointer, fresh, trained):
+  replicated = NamedSharding(Mesh(np.array(jax.devices()), ('batch',)), P())
+  assert len(jax.devices()) == 8
+  writer = open_checkpointer()
+  writer.save(123, jax.device_put(trained, replicated))
+  writer.close()
+  reader = open_checkpointer()
+
+  restored = reader.restore(jax.device_put(fresh, replicated))
+
+  _assert_identical(restored, trained)
+  for leaf in jax.tree.leaves(restored):
+    assert leaf.sharding == replicated
+  # The target decides the layout: a one-device run can resume it too.
+  single = reader.restore(jax.device_put(fresh, jax.devices()[0]))
+  _assert_identical(single, trained)
+  for leaf in jax.tree.leaves(single.params):
+    assert leaf.sharding.device_set == {jax.devices()[0]}
+
+
+def test_state_may_be_discarded_as_soon_as_save_returns(
+    open_checkpointer, fresh):
+  # The trainer donates the state to the next step while the write goes on.
+  state = _trained(fresh, seed=2)
+  expected = jax.tree.map(np.array, state)
+  ckpt = open_checkpointer()
+
+  ckpt.save(123, state)
+  jax.tree.map(lambda x: x.delete(), state)
+  ckpt.wait_until_finished()
+
+  _assert_identical(ckpt.restore(fresh), expected)
+
+
+def test_interrupted_save_is_not_taken_for_a_checkpoint(
+    open_checkpointer, tmp_path, fresh, trained):
+  directory = tmp_path / 'checkpoints'
+  writer = open_checkpointer()
+  writer.save(123, trained)
+  writer.close()
+  # What a crash part-way through writing step 200 leaves behind.
+  partial = directory / '200.orbax-checkpoint-tmp' / 'state'
+  partial.mkdir(parents=True)
+  (partial / 'manifest.ocdbt').write_bytes(b'\0' * 10)
+
+  reader = open_checkpointer()
+
+  assert reader.latest_step() == 123
+  _assert_identical(reader.restore(fresh), trained)
+
+
+def test_relative_directory_is_resolved(
+    open_checkpointer, tmp_path, monkeypatch, fresh, trained):
+  monkeypatch.chdir(tmp_path)
+  ckpt = open_checkpointer(directory='relative/checkpoints')
+
+  ckpt.save(123, trained)
+  ckpt.wait_until_finished()
+
+  assert _steps_on_disk(tmp_path / 'relative' / 'checkpoints') == [123]
+  _assert_identical(ckpt.restore(fresh), trained)
