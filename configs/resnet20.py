@@ -8,8 +8,10 @@ decay 1e-4, batch 128, learning rate 0.1 divided by 10 at 32k and 48k
 iterations, 64k iterations, trained on 45k images with 5k held out.
 
 Expected: the paper reports 8.75% test error (91.25% accuracy). In this
-codebase: not measured yet (accuracy, time and hardware to be filled in by the
-first full run).
+codebase the full recipe is not measured yet. Measured: 15 epochs (this
+schedule compressed, `--config.num_epochs=15`) on the JPEG copy of CIFAR-10
+reached 82.3% validation accuracy in 35 min on a 2-core CPU (2 XLA devices);
+the full 64k steps would take about 6 h there.
 """
 
 from configs import default

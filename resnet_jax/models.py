@@ -72,13 +72,17 @@ def shortcut(x, out_channels, stride, option, conv, norm):
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions, post-activation: relu(bn(conv(relu(bn(conv x)))) + x)."""
+class _Block(nn.Module):
+  """What every block is given: its width, stride, shortcut option and layers."""
   planes: int
   stride: int
   shortcut: str
-  conv: Any
-  norm: Any
+  conv: Any  # conv(features, kernel_size, stride, name) -> a convolution.
+  norm: Any  # norm(name) -> a batch norm.
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convolutions, post-activation: relu(bn(conv(relu(bn(conv x)))) + x)."""
 
   @nn.compact
   def __call__(self, x):
@@ -91,13 +95,8 @@ class BasicBlock(nn.Module):
     return nn.relu(y + skip)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_Block):
   """1x1 reduce, 3x3 (carrying the stride), 1x1 expand by 4; post-activation."""
-  planes: int
-  stride: int
-  shortcut: str
-  conv: Any
-  norm: Any
 
   @nn.compact
   def __call__(self, x):
@@ -119,13 +118,8 @@ def _preact_shortcut_input(x, preactivated, out_channels, stride):
   return preactivated if changes_shape else x
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(_Block):
   """He et al. 2016: x + conv(relu(bn(conv(relu(bn(x))))))."""
-  planes: int
-  stride: int
-  shortcut: str
-  conv: Any
-  norm: Any
 
   @nn.compact
   def __call__(self, x):
@@ -138,13 +132,8 @@ class PreActBasicBlock(nn.Module):
                         self.conv, None)
 
 
-class PreActBottleneckBlock(nn.Module):
+class PreActBottleneckBlock(_Block):
   """Pre-activation bottleneck (ResNet-164 and ResNet-1001 of He et al. 2016)."""
-  planes: int
-  stride: int
-  shortcut: str
-  conv: Any
-  norm: Any
 
   @nn.compact
   def __call__(self, x):

@@ -11,6 +11,7 @@ Every batch is a pure function of (seed, step), and so is its augmentation
 checkpointed one stood.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -116,7 +117,8 @@ def _flat(config) -> dict:
       if isinstance(v, dict):
         yield from walk(v, f'{prefix}{k}.')
       else:
-        yield f'{prefix}{k}', v if isinstance(v, (int, float, str, bool)) else str(v)
+        scalar = isinstance(v, (int, float, str, bool))
+        yield f'{prefix}{k}', v if scalar else str(v)
   return dict(walk(config.to_dict(), ''))
 
 
@@ -146,123 +148,127 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
   init_key, augment_key = jax.random.split(jax.random.key(config.seed))
   state = train_state.create_train_state(init_key, model, tx, image_shape)
 
-  checkpointer = checkpoints.Checkpointer(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      save_every_steps=config.checkpoint_every_steps,
-      keep=config.keep_checkpoints,
-      metadata=checkpoint_metadata(config, image_shape))
-  checkpointer.check_compatible()
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
-    logging.info('Resuming from the checkpoint of step %d.', int(state.step))
-  start_step = int(state.step)
-  state = dp.put_state(state)
+  # Pending checkpoint writes and logs are finished even when a step fails.
+  with contextlib.ExitStack() as cleanup:
+    checkpointer = cleanup.enter_context(checkpoints.Checkpointer(
+        os.path.join(os.path.abspath(workdir), 'checkpoints'),
+        save_every_steps=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints,
+        metadata=checkpoint_metadata(config, image_shape)))
+    checkpointer.check_compatible()
+    if checkpointer.latest_step() is not None:
+      state = checkpointer.restore(state)
+      logging.info('Resuming from the checkpoint of step %d.', int(state.step))
+    start_step = int(state.step)
+    state = dp.put_state(state)
 
-  if config.data.normalization == 'measured':
-    mean, std = input_pipeline.measure_channel_stats(train_ds)
-  else:
-    mean, std = config.data.mean, config.data.std
-  train_step = dp.train_step(functools.partial(
-      steps.train_step, learning_rate_fn=learning_rate_fn,
-      label_smoothing=config.label_smoothing,
-      augment_fn=functools.partial(
-          augment.augment, mean=mean, std=std, padding=config.data.crop_padding,
-          flip=config.data.random_flip)))
-  eval_step = dp.eval_step(functools.partial(
-      steps.eval_step, preprocess_fn=functools.partial(
-          augment.normalize, mean=mean, std=std)))
+    if config.data.normalization == 'measured':
+      mean, std = input_pipeline.measure_channel_stats(train_ds)
+    else:
+      mean, std = config.data.mean, config.data.std
+    train_step = dp.train_step(functools.partial(
+        steps.train_step, learning_rate_fn=learning_rate_fn,
+        label_smoothing=config.label_smoothing,
+        augment_fn=functools.partial(
+            augment.augment, mean=mean, std=std,
+            padding=config.data.crop_padding, flip=config.data.random_flip)))
+    eval_step = dp.eval_step(functools.partial(
+        steps.eval_step, preprocess_fn=functools.partial(
+            augment.normalize, mean=mean, std=std)))
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
-  if start_step == 0:
-    writer.write_hparams(_flat(config))
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=total_steps, writer=writer)
-  batches = input_pipeline.prefetch(
-      input_pipeline.train_batches(
-          train_ds, seed=config.seed, start_step=start_step,
-          global_batch_size=config.batch_size,
-          process_index=jax.process_index(),
-          process_count=jax.process_count()),
-      dp.put_batch)
-  logging.info('Training steps %d..%d of %d (%d per epoch of %d examples) on '
-               '%d device(s), %s.', start_step, total_steps, total_steps,
-               steps_per_epoch, train_ds.num_examples, dp.num_devices,
-               config.parallelism)
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0)
+    cleanup.callback(writer.close)
+    if start_step == 0:
+      writer.write_hparams(_flat(config))
+    report_progress = periodic_actions.ReportProgress(
+        num_train_steps=total_steps, writer=writer)
+    batches = input_pipeline.prefetch(
+        input_pipeline.train_batches(
+            train_ds, seed=config.seed, start_step=start_step,
+            global_batch_size=config.batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count()),
+        dp.put_batch)
+    logging.info('Training steps %d..%d of %d (%d per epoch of %d examples) on '
+                 '%d device(s), %s.', start_step, total_steps, total_steps,
+                 steps_per_epoch, train_ds.num_examples, dp.num_devices,
+                 config.parallelism)
 
-  start_time = time.time()
-  paused = 0.0  # Seconds spent evaluating and checkpointing.
-  first_step_done = None
-  train_sums, val, best = None, None, None
-  last_step = total_steps if stop_at_step is None else min(stop_at_step,
-                                                            total_steps)
-  for step in range(start_step, last_step):
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      state, sums = train_step(state, next(batches),
-                               jax.random.fold_in(augment_key, step))
-    train_sums = _add(train_sums, sums)
-    done = step + 1
-    if first_step_done is None:  # Excludes compilation from the throughput.
-      jax.block_until_ready(sums)
-      first_step_done = time.time()
-    report_progress(done)
-    if done % config.log_every_steps == 0 or done == total_steps:
-      train_sums = jax.device_get(train_sums)
-      summary = compute_metrics(train_sums)
-      writer.write_scalars(done, {
-          'train_loss': summary['loss'], 'train_accuracy': summary['accuracy'],
-          'learning_rate': float(sums['learning_rate'])})
-      train_sums = None
-    pause_start = time.time()
-    if eval_ds and (done % config.eval_every_steps == 0 or done == total_steps):
-      val = evaluate(eval_step, state, eval_ds, dp, config.eval_batch_size)
-      writer.write_scalars(done, {'val_loss': val['loss'],
-                                  'val_accuracy': val['accuracy']})
-      if best is None or val['accuracy'] > best[1]:
-        best = (done, val['accuracy'])
-    checkpointer.maybe_save(done, dp.get_state(state))
-    paused += time.time() - pause_start
-  jax.block_until_ready(state)
-  end_time = time.time()
-  checkpointer.save(last_step, dp.get_state(state))
-  if last_step < total_steps:
-    checkpointer.close()
-    return None
+    start_time = time.time()
+    paused = 0.0  # Seconds spent evaluating and checkpointing.
+    first_step_done = None
+    train_sums, val, best = None, None, None
+    last_step = total_steps if stop_at_step is None else min(stop_at_step,
+                                                              total_steps)
+    for step in range(start_step, last_step):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, sums = train_step(state, next(batches),
+                                 jax.random.fold_in(augment_key, step))
+      train_sums = _add(train_sums, sums)
+      done = step + 1
+      if first_step_done is None:  # Excludes compilation from the throughput.
+        jax.block_until_ready(sums)
+        first_step_done = time.time()
+      report_progress(done)
+      if done % config.log_every_steps == 0 or done == total_steps:
+        train_sums = jax.device_get(train_sums)
+        means = compute_metrics(train_sums)
+        writer.write_scalars(done, {
+            'train_loss': means['loss'], 'train_accuracy': means['accuracy'],
+            'learning_rate': float(sums['learning_rate'])})
+        train_sums = None
+      pause_start = time.time()
+      if eval_ds and (done % config.eval_every_steps == 0 or done == total_steps):
+        val = evaluate(eval_step, state, eval_ds, dp, config.eval_batch_size)
+        writer.write_scalars(done, {'val_loss': val['loss'],
+                                    'val_accuracy': val['accuracy']})
+        if best is None or val['accuracy'] > best[1]:
+          best = (done, val['accuracy'])
+      checkpointer.maybe_save(done, dp.get_state(state))
+      paused += time.time() - pause_start
+    jax.block_until_ready(state)
+    end_time = time.time()
+    checkpointer.save(last_step, dp.get_state(state))
+    if last_step < total_steps:
+      return None
 
-  summary = {
-      'config': config_name,
-      'dataset': config.data.name,
-      'steps': total_steps,
-      'epochs': total_steps / steps_per_epoch,
-      'batch_size': config.batch_size,
-      'train_examples': train_ds.num_examples,
-  }
-  if eval_ds:
-    if val is None:  # Resumed at the end: evaluate what was restored.
-      val = evaluate(eval_step, state, eval_ds, dp, config.eval_batch_size)
-    summary |= {'eval_examples': eval_ds.num_examples,
-                'final_val_accuracy': val['accuracy'],
-                'final_val_loss': val['loss']}
-    if best:
-      summary |= {'best_val_accuracy': best[1], 'best_val_step': best[0]}
-  if test_ds:
-    test = evaluate(eval_step, state, test_ds, dp, config.eval_batch_size)
-    writer.write_scalars(total_steps, {'test_loss': test['loss'],
-                                       'test_accuracy': test['accuracy']})
-    summary |= {'test_examples': test_ds.num_examples,
-                'test_accuracy': test['accuracy'], 'test_loss': test['loss']}
-  timed_steps = total_steps - start_step - 1
-  summary |= {
-      'steps_this_run': total_steps - start_step,
-      'wall_seconds': round(time.time() - start_time, 2),
-      'train_images_per_second': round(
-          timed_steps * config.batch_size /
-          (end_time - first_step_done - paused), 1) if timed_steps > 0 else None,
-  }
-  writer.flush()
-  checkpointer.close()
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
-  logging.info('Summary: %s', json.dumps(summary))
-  return summary
+    summary = {
+        'config': config_name,
+        'dataset': config.data.name,
+        'steps': total_steps,
+        'epochs': total_steps / steps_per_epoch,
+        'batch_size': config.batch_size,
+        'train_examples': train_ds.num_examples,
+    }
+    if eval_ds:
+      if val is None:  # Resumed at the end: evaluate what was restored.
+        val = evaluate(eval_step, state, eval_ds, dp, config.eval_batch_size)
+      summary |= {'eval_examples': eval_ds.num_examples,
+                  'final_val_accuracy': val['accuracy'],
+                  'final_val_loss': val['loss']}
+      if best:
+        summary |= {'best_val_accuracy': best[1], 'best_val_step': best[0]}
+    if test_ds:
+      test = evaluate(eval_step, state, test_ds, dp, config.eval_batch_size)
+      writer.write_scalars(total_steps, {'test_loss': test['loss'],
+                                         'test_accuracy': test['accuracy']})
+      summary |= {'test_examples': test_ds.num_examples,
+                  'test_accuracy': test['accuracy'], 'test_loss': test['loss']}
+    # Throughput of training alone: compilation (the first step), evaluation
+    # and checkpointing excluded.
+    timed_steps = total_steps - start_step - 1
+    images_per_second = None
+    if timed_steps > 0:
+      images_per_second = round(timed_steps * config.batch_size / (
+          end_time - first_step_done - paused), 1)
+    summary |= {
+        'steps_this_run': total_steps - start_step,
+        'wall_seconds': round(time.time() - start_time, 2),
+        'train_images_per_second': images_per_second,
+    }
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    logging.info('Summary: %s', json.dumps(summary))
+    return summary

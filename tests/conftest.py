@@ -10,6 +10,9 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
 # Tests never need a GPU; keep TensorFlow (when a test imports it) off one.
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# Where a GPU is made visible, float32 convolutions would otherwise run in
+# TF32 and miss the float64 reference by ~1e-3 (seen on an H100).
+os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 
 from hypothesis import settings  # pylint: disable=g-import-not-at-top
 
