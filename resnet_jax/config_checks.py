@@ -12,18 +12,20 @@ def _check(ok: bool, field: str, value, requirement: str):
     raise ValueError(f'config.{field}={value!r}: {requirement}')
 
 
-def _one_of(config, field, choices):
-  value = config
+def _get(config, field: str):
   for part in field.split('.'):
-    value = value[part]
+    config = config[part]
+  return config
+
+
+def _one_of(config, field, choices):
+  value = _get(config, field)
   _check(value in choices, field, value, f'must be one of {choices}')
 
 
 def _positive(config, *fields):
   for field in fields:
-    value = config
-    for part in field.split('.'):
-      value = value[part]
+    value = _get(config, field)
     _check(isinstance(value, int) and value > 0, field, value,
            'must be a positive integer')
 
