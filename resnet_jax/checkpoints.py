@@ -182,10 +182,12 @@ class Checkpointer:
 
     Also saves when JAX's preemption service says the job is about to be
     preempted; never saves a step that is not newer than the latest checkpoint.
+    `state` may be a function returning the state, called only when a save is
+    due, so that a caller checking every step gathers the state only then.
     """
     if not self._manager.should_save(step):
       return False
-    self._save(step, state)
+    self._save(step, state() if callable(state) else state)
     return True
 
   def save(self, step: int, state) -> None:

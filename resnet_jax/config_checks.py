@@ -2,7 +2,7 @@
 
 from resnet_jax import input_pipeline, models, optimizer, parallel, schedules
 
-DATASETS = ('cifar10', 'cifar100', 'image_folder')
+DATASETS = input_pipeline.TFDS_DATASETS + (input_pipeline.IMAGE_FOLDER,)
 NORMALIZATIONS = ('constants', 'measured')
 DTYPES = ('float32', 'bfloat16')
 

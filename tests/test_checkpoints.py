@@ -112,6 +112,22 @@ def test_maybe_save_saves_at_multiples_and_keeps_the_newest(
   assert open_checkpointer().latest_step() == 6
 
 
+def test_maybe_save_asks_for_the_state_only_when_saving(
+    open_checkpointer, tmp_path, trained):
+  ckpt = open_checkpointer(save_every_steps=3, keep=2)
+  asked = []
+
+  def get_state():
+    asked.append(True)
+    return trained
+
+  saved = [ckpt.maybe_save(step, get_state) for step in range(1, 7)]
+  ckpt.wait_until_finished()
+  assert saved == [False, False, True, False, False, True]
+  assert len(asked) == 2
+  assert _steps_on_disk(tmp_path / 'checkpoints') == [3, 6]
+
+
 def test_save_is_unconditional_and_once_per_step(
     open_checkpointer, tmp_path, fresh, trained):
   ckpt = open_checkpointer(save_every_steps=10)
