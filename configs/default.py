@@ -28,6 +28,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Image folders are read in an arbitrary (often class-by-class) order, so
   # they are shuffled with this seed before slicing; TFDS splits are not.
   config.data.split_shuffle_seed = 0
+  # True: the training split is copied to every device once and each step
+  # gathers its batch there (device_data.py); False: the host copies each
+  # batch over. Same batches either way. Needs the split to fit in device
+  # memory (CIFAR: 138 MB).
+  config.data.on_device = True
   config.data.crop_padding = 4  # Random crops from images zero-padded this much.
   config.data.random_flip = True  # Horizontal flips with probability 1/2.
   # Per-channel normalisation in 0..255 pixel units: 'constants' uses
@@ -98,4 +103,11 @@ def get_config() -> ml_collections.ConfigDict:
   # 'pmap' (all local devices), 'shard_map' (jit over a device mesh) or 'jit'
   # (one device). The first two average gradients and batch-norm statistics.
   config.parallelism = 'pmap'
+  # XLA CPU devices to split the CPU into (parallel.configure_cpu_devices):
+  # 0 = one per core that the batch sizes divide over; no effect on GPU/TPU.
+  config.cpu_devices = 0
+  # JAX's persistent compilation cache ('' for none): a restarted run loads
+  # its compiled steps from here instead of compiling them again. Shared by
+  # runs; entries are keyed by program, JAX version and device.
+  config.compilation_cache_dir = '~/.cache/resnet_jax/jax'
   return config

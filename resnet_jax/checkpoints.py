@@ -1,24 +1,36 @@
 """Checkpointing of the train state with Orbax.
 
 One `orbax.checkpoint.CheckpointManager` per run directory
-(<workdir>/checkpoints). Each checkpoint is a step directory holding two items:
+(<workdir>/checkpoints). Each checkpoint is a step directory holding:
 
 - 'state': the TrainState's arrays (step, params, batch_stats, opt_state),
   written by Orbax's StandardSave. `apply_fn` and `tx` are static fields, so
   they are not stored: they come back from the target state on restore.
 - 'metadata': a JSON dict of what must match to resume (model, dataset, ...).
+- 'fingerprint': a SHA-256 of the state's bytes, checked on restore, so a
+  damaged file is detected rather than trained on.
+- 'progress': a JSON dict the trainer needs to continue exactly (partial
+  metric sums, the best validation accuracy so far, ...).
+- 'metrics' (Orbax's own item), when a validation accuracy is given: the best
+  checkpoint by it is kept in addition to the newest ones.
 
 Orbax does the parts that are easy to get wrong:
 
 - Multi-host: every process calls save and restore; Orbax writes each array
   shard once, writes the JSON from the primary process only, and synchronises
-  the processes. This module writes no file itself.
+  the processes.
 - Atomicity: a step is written under a temporary name and only renamed (or, on
   object stores, marked committed) once complete, so an interrupted save is
   never listed as a checkpoint.
 - Asynchrony: `save` returns once the arrays are copied to host memory, so the
   caller may donate or overwrite the state at once; writing finishes in the
   background. `wait_until_finished` and `close` wait for it.
+
+What Orbax does not do: a checkpoint that is complete but damaged afterwards
+(a truncated or overwritten file, a disk error) fails to restore or restores
+wrong values. `restore` then falls back to the next older checkpoint with a
+warning naming the bad one, and `tidy` moves bad ones aside (never deleting
+them), so that the newest-N cleanup never counts them among the N.
 
 Restoring reads into abstract arrays taken from the target state (shape, dtype
 and sharding), so the state comes back in the layout the trainer chose,
@@ -31,19 +43,44 @@ leaves the directory exactly as it was: the manager is created without
 writes nothing.
 """
 
+import hashlib
 import json
+import logging as logging_lib
+import time
 from typing import Any
 
 from absl import logging
 from etils import epath
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 _ABSENT = '<absent>'
+# Where `tidy` moves checkpoints that cannot be read, beside the directory.
+UNREADABLE_DIR = 'unreadable_checkpoints'
+# Orbax's name for a step being written (see orbax's atomicity module).
+_TMP_MARKER = '.orbax-checkpoint-tmp'
+
+
+class _NoMetricsWarning(logging_lib.Filter):
+  """Drops Orbax's warning for each save without a validation accuracy.
+
+  Most checkpoints have none (validation runs less often), which is expected.
+  """
+
+  def filter(self, record):
+    return 'did not provide metrics' not in record.getMessage()
+
+
+logging_lib.getLogger('absl').addFilter(_NoMetricsWarning())
 
 
 class IncompatibleCheckpointError(ValueError):
   """The directory holds checkpoints of a run with different settings."""
+
+
+class UnreadableCheckpointError(ValueError):
+  """No checkpoint (or not the one asked for) can be read back intact."""
 
 
 def _normalise(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -63,9 +100,10 @@ def _flatten(tree, prefix: str = '') -> dict[str, Any]:
 
 
 def _differences(stored: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+  """Each setting of `ours` that the checkpoint's `stored` does not share."""
   stored, ours = _flatten(stored), _flatten(ours)
   diffs = []
-  for key in sorted(stored.keys() | ours.keys()):
+  for key in sorted(ours):
     saved, now = stored.get(key, _ABSENT), ours.get(key, _ABSENT)
     if saved != now:
       show = lambda v: v if v is _ABSENT else json.dumps(v)
@@ -77,6 +115,35 @@ def _abstract(x):
   if isinstance(x, jax.Array):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
   return x  # Python and NumPy scalars (e.g. a fresh state's step) as they are.
+
+
+def _host_copy(x) -> np.ndarray:
+  if isinstance(x, jax.Array):
+    if not x.is_fully_addressable and not x.is_fully_replicated:
+      raise NotImplementedError('fingerprints need replicated state')
+    # A replicated array's first local shard is all of it, on every process.
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)
+
+
+def fingerprint(state) -> str:
+  """SHA-256 over every array of `state`: its path, dtype, shape and bytes."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    array = _host_copy(leaf)
+    if array.ndim == 0 and array.dtype.kind in 'iu':
+      # The step: restored as a Python int when the target's is one.
+      array = array.astype(np.int64)
+    digest.update(f'{jax.tree_util.keystr(path)}:{array.dtype.str}:'
+                  f'{array.shape}'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def _one_line(error: Exception) -> str:
+  text = ' '.join(str(error).split())
+  text = text if len(text) <= 200 else text[:197] + '...'
+  return f'{type(error).__name__}: {text}'
 
 
 class Checkpointer:
@@ -92,11 +159,12 @@ class Checkpointer:
     Args:
       directory: where the step directories live; a local path (relative ones
         are made absolute, as Orbax requires) or a URL such as gs://.
-      save_every_steps: `maybe_save` saves at multiples of this.
+      save_every_steps: `should_save` is true at multiples of this.
       keep: how many of the newest checkpoints to keep; older ones are deleted
-        after each save.
+        after each save, except the best by validation accuracy.
       metadata: JSON-serialisable dict of what must match to resume; written
-        with every checkpoint and checked before restoring or saving.
+        with every checkpoint and checked before restoring or saving. Only
+        the settings it holds are compared, so a reader may pass a subset.
     """
     if save_every_steps < 1 or keep < 1:
       raise ValueError(f'save_every_steps ({save_every_steps}) and keep '
@@ -105,16 +173,21 @@ class Checkpointer:
     self.directory = path if path.is_absolute() else path.absolute()
     self._metadata = _normalise(metadata)  # Fails early if not JSON.
     self._compatible = False
+    self.unreadable_steps: list[int] = []
     policies = ocp.checkpoint_managers
+    best_accuracy = lambda metrics: metrics['val_accuracy']
     options = ocp.CheckpointManagerOptions(
-        # Orbax's default policy would also save the first step it sees; an
-        # explicit policy saves exactly at multiples, plus when JAX's
-        # preemption service reports that the job is about to be preempted.
-        save_decision_policy=policies.AnySavePolicy([
-            policies.FixedIntervalPolicy(save_every_steps),
-            policies.PreemptionCheckpointingPolicy(),
+        # Orbax's default policy would also save the first step it sees.
+        # Preemption is the trainer's business (preemption.py): it decides
+        # on the step and calls `save`.
+        save_decision_policy=policies.FixedIntervalPolicy(save_every_steps),
+        best_fn=best_accuracy,
+        best_mode='max',
+        preservation_policy=policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=best_accuracy, n=1,
+                           keep_checkpoints_without_metrics=False),
         ]),
-        preservation_policy=policies.LatestN(n=keep),
         # The first save creates the directory; opening one must not write.
         create=False,
         enable_async_checkpointing=True,
@@ -125,84 +198,191 @@ class Checkpointer:
     """The newest complete checkpoint's step, or None if there is none."""
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    """Every complete checkpoint's step, oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def best_step(self) -> int | None:
+    """The step with the best validation accuracy, or None if none has one."""
+    _, ranked = self._manager._sort_checkpoints_by_metrics(  # pylint: disable=protected-access
+        list(self._manager._checkpoints))  # pylint: disable=protected-access
+    return ranked[-1].step if ranked else None
+
+  def _read_json(self, step: int, item: str):
+    return self._manager.restore(
+        step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
+
   def check_compatible(self) -> None:
     """Raises IncompatibleCheckpointError if the checkpoints are another run's.
 
-    Compares the latest checkpoint's metadata with this run's, without
-    restoring any array; passes when there is no checkpoint.
+    Compares the newest readable checkpoint's metadata with this run's,
+    without restoring any array; passes when there is no checkpoint.
     """
     if self._compatible:
       return
-    step = self.latest_step()
-    if step is not None:
+    for step in reversed(self.all_steps()):
       try:
-        stored = self._manager.restore(
-            step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-        stored = stored['metadata']
+        stored = self._read_json(step, 'metadata')
       except KeyError:
         raise IncompatibleCheckpointError(
             f'checkpoint {step} in {self.directory} has no run metadata, so '
             'it cannot be checked against this run; start afresh with a new '
             '--workdir') from None
+      except Exception as e:  # pylint: disable=broad-except
+        # A damaged checkpoint: `restore` will skip it and say so.
+        logging.warning('Checkpoint %d: cannot read its metadata (%s).', step,
+                        _one_line(e))
+        continue
       diffs = _differences(stored, self._metadata)
       if diffs:
         raise IncompatibleCheckpointError(
             f'checkpoints in {self.directory} come from a different run '
             f'({"; ".join(diffs)}); resume with the same settings, or start '
             'afresh with a new --workdir')
+      break
     self._compatible = True
 
-  def restore(self, target_state):
-    """Returns the latest checkpoint, laid out like `target_state`.
+  def _restore_step(self, step: int, target_state):
+    abstract_state = jax.tree.map(_abstract, target_state)
+    state = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))['state']
+    try:
+      expected = self._read_json(step, 'fingerprint')['sha256']
+    except KeyError:
+      # Written before checkpoints had fingerprints: nothing to check.
+      logging.info('Checkpoint %d has no fingerprint to check.', step)
+      return state
+    if fingerprint(state) != expected:
+      raise ValueError('its arrays do not match the fingerprint written '
+                       'with them')
+    return state
+
+  def metadata(self, step: int) -> dict[str, Any]:
+    """The run metadata stored with checkpoint `step`."""
+    return self._read_json(step, 'metadata')
+
+  def restore(self, target_state, step: int | None = None):
+    """Returns a checkpoint's state, laid out like `target_state`.
 
     The structure, dtypes and shardings come from `target_state` (a freshly
     initialised state); the values, the step included, from the checkpoint.
 
-    With no checkpoint in the directory, returns `target_state` unchanged, so
-    a trainer can always write `state = checkpointer.restore(state)`.
+    Args:
+      target_state: a freshly initialised state of the same model.
+      step: which checkpoint; None for the newest one that reads back intact.
+        Each newer one that does not is logged as a warning naming its step
+        and listed in `unreadable_steps`.
+
+    With no checkpoint in the directory and `step` None, returns
+    `target_state` unchanged, so a trainer can always write
+    `state = checkpointer.restore(state)`.
 
     Raises:
       IncompatibleCheckpointError: the checkpoint is of a different run.
+      UnreadableCheckpointError: no checkpoint (or not `step`) reads back.
     """
     self.check_compatible()
-    step = self.latest_step()
-    if step is None:
+    available = self.all_steps()
+    if step is not None and step not in available:
+      raise UnreadableCheckpointError(
+          f'no checkpoint of step {step} in {self.directory}; there are '
+          f'{available or "none"}')
+    candidates = [step] if step is not None else list(reversed(available))
+    if not candidates:
       logging.info('No checkpoint in %s; starting from scratch.',
                    self.directory)
       return target_state
-    abstract_state = jax.tree.map(_abstract, target_state)
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
-    logging.info('Restored checkpoint %d from %s.', step, self.directory)
-    return restored['state']
+    failures = []
+    for candidate in candidates:
+      try:
+        state = self._restore_step(candidate, target_state)
+      except Exception as e:  # pylint: disable=broad-except
+        failures.append(f'step {candidate}: {_one_line(e)}')
+        if candidate not in self.unreadable_steps:
+          self.unreadable_steps.append(candidate)
+        logging.warning('Checkpoint %d in %s is unreadable (%s)%s.',
+                        candidate, self.directory, _one_line(e),
+                        '' if step is not None else
+                        '; falling back to the previous one')
+        continue
+      logging.info('Restored checkpoint %d from %s.', candidate,
+                   self.directory)
+      return state
+    raise UnreadableCheckpointError(
+        f'no readable checkpoint in {self.directory} ({"; ".join(failures)})')
 
-  def maybe_save(self, step: int, state) -> bool:
-    """Saves if `step` is a multiple of `save_every_steps`; returns if it did.
+  def progress(self, step: int) -> dict[str, Any]:
+    """The progress dict saved with checkpoint `step` ({} if there is none)."""
+    try:
+      return self._read_json(step, 'progress')
+    except KeyError:
+      return {}
 
-    Also saves when JAX's preemption service says the job is about to be
-    preempted; never saves a step that is not newer than the latest checkpoint.
+  def tidy(self) -> None:
+    """Moves unreadable checkpoints aside and deletes interrupted writes.
+
+    Call after `restore`, before the first save. Unreadable steps go to
+    <directory>/../unreadable_checkpoints/ (kept for inspection, out of the
+    newest-N count, and out of the way of the step being saved again). An
+    interrupted write (a temporary step directory) holds nothing usable.
+    """
+    if jax.process_index() == 0 and self.directory.exists():
+      for step in self.unreadable_steps:
+        aside = self.directory.parent / UNREADABLE_DIR
+        aside.mkdir(parents=True, exist_ok=True)
+        destination = aside / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+        (self.directory / str(step)).rename(destination)
+        logging.warning('Moved unreadable checkpoint %d to %s.', step,
+                        destination)
+      for partial in self.directory.glob(f'*{_TMP_MARKER}*'):
+        logging.info('Deleting %s, an interrupted checkpoint write.', partial)
+        partial.rmtree()
+    self.unreadable_steps = []
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('resnet_jax checkpoints tidy')
+    self._manager.reload()
+
+  def should_save(self, step: int) -> bool:
+    """Whether `step` is a multiple of `save_every_steps`, and not yet saved."""
+    return self._manager.should_save(step)
+
+  def maybe_save(self, step: int, state, **kwargs) -> bool:
+    """Saves if `should_save(step)`; returns whether it did.
+
     `state` may be a function returning the state, called only when a save is
     due, so that a caller checking every step gathers the state only then.
+    Keyword arguments go to `save`.
     """
-    if not self._manager.should_save(step):
+    if not self.should_save(step):
       return False
-    self._save(step, state() if callable(state) else state)
+    self.save(step, state() if callable(state) else state, **kwargs)
     return True
 
-  def save(self, step: int, state) -> None:
-    """Saves unconditionally (end of training); a no-op if `step` is saved."""
+  def save(self, step: int, state, *, progress: dict[str, Any] | None = None,
+           val_accuracy: float | None = None) -> None:
+    """Saves `state` as checkpoint `step`; a no-op if `step` is saved.
+
+    Args:
+      step: the step number (the directory's name).
+      state: the train state; replicated if it is sharded over devices.
+      progress: JSON-serialisable dict returned by `progress(step)`.
+      val_accuracy: this step's validation accuracy, if it was evaluated: the
+        best checkpoint by it is kept beyond the newest `keep`.
+    """
     if step in self._manager.all_steps():
       return
-    self._save(step, state)
-
-  def _save(self, step: int, state) -> None:
     # Never add a checkpoint of this run next to those of another one.
     self.check_compatible()
     self._manager.save(
-        step, force=True, args=ocp.args.Composite(
+        step, force=True,
+        metrics=None if val_accuracy is None else {
+            'val_accuracy': float(val_accuracy)},
+        args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            metadata=ocp.args.JsonSave(self._metadata)))
+            metadata=ocp.args.JsonSave(self._metadata),
+            fingerprint=ocp.args.JsonSave({'sha256': fingerprint(state)}),
+            progress=ocp.args.JsonSave(_normalise(progress or {}))))
 
   def wait_until_finished(self) -> None:
     """Blocks until background writes (and deletions) are done."""

@@ -80,6 +80,8 @@ def validate(config) -> None:
         input_pipeline.parse_split(data[field])
       except ValueError as e:
         raise ValueError(f'config.data.{field}={data[field]!r}: {e}') from None
+  _check(isinstance(data.on_device, bool), 'data.on_device', data.on_device,
+         'must be True or False')
   _check(isinstance(data.crop_padding, int) and data.crop_padding >= 0,
          'data.crop_padding', data.crop_padding, 'must be an integer >= 0')
   _check(len(data.mean) == 3 and len(data.std) == 3 and min(data.std) > 0,
@@ -88,3 +90,9 @@ def validate(config) -> None:
   _check(data.name != 'image_folder' or bool(data.data_dir), 'data.data_dir',
          data.data_dir, "must be the folder's root for data.name='image_folder'")
   _one_of(config, 'parallelism', parallel.MODES)
+  _check(isinstance(config.cpu_devices, int) and config.cpu_devices >= 0,
+         'cpu_devices', config.cpu_devices,
+         'must be an integer >= 0 (0: one per core)')
+  _check(isinstance(config.compilation_cache_dir, str),
+         'compilation_cache_dir', config.compilation_cache_dir,
+         "must be a directory path, or '' for no cache")

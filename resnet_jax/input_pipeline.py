@@ -474,21 +474,31 @@ def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return order
 
 
-def train_batch(ds: InMemoryDataset, *, seed: int, step: int,
-                global_batch_size: int, process_index: int = 0,
-                process_count: int = 1) -> dict[str, np.ndarray]:
-  """This process's part of the global training batch of `step`.
+def train_rows(num_examples: int, *, seed: int, step: int,
+               global_batch_size: int, process_index: int = 0,
+               process_count: int = 1) -> np.ndarray:
+  """Which examples make this process's part of the training batch of `step`.
 
-  A pure function of (seed, step, global_batch_size) and the data; the
-  processes' parts, concatenated in process order, are the global batch.
+  A pure function of its arguments: each epoch is a permutation drawn from
+  (seed, epoch), cut into consecutive global batches; the processes' parts,
+  concatenated in process order, are the global batch.
   """
   per_process = _per_process(global_batch_size, process_index, process_count)
   if step < 0:
     raise ValueError(f'step must be >= 0, got {step}')
-  spe = steps_per_epoch(ds.num_examples, global_batch_size)
-  order = _epoch_order(seed, step // spe, ds.num_examples)
+  spe = steps_per_epoch(num_examples, global_batch_size)
+  order = _epoch_order(seed, step // spe, num_examples)
   start = (step % spe) * global_batch_size + process_index * per_process
-  rows = order[start:start + per_process]
+  return order[start:start + per_process]
+
+
+def train_batch(ds: InMemoryDataset, *, seed: int, step: int,
+                global_batch_size: int, process_index: int = 0,
+                process_count: int = 1) -> dict[str, np.ndarray]:
+  """This process's part of the global training batch of `step` (see train_rows)."""
+  rows = train_rows(ds.num_examples, seed=seed, step=step,
+                    global_batch_size=global_batch_size,
+                    process_index=process_index, process_count=process_count)
   return {'image': ds.images[rows], 'label': ds.labels[rows]}
 
 

@@ -16,6 +16,9 @@ from the same global batch. The state's buffers are donated to each train step.
 
 import dataclasses
 import functools
+import os
+
+from absl import logging
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +27,38 @@ import numpy as np
 
 AXIS = 'batch'
 MODES = ('jit', 'pmap', 'shard_map')
+
+
+def cpu_device_count(cores: int, batch_sizes) -> int:
+  """The most CPU devices, at most `cores`, that every batch size divides by."""
+  return max(n for n in range(1, max(cores, 1) + 1)
+             if all(size % n == 0 for size in batch_sizes))
+
+
+def configure_cpu_devices(config) -> int | None:
+  """Splits the CPU into devices before JAX starts, as config.cpu_devices says.
+
+  XLA runs a CPU device's convolutions on few threads; one device per core
+  under pmap or shard_map trains faster (ResNet-20 on 2 cores: 380-406
+  images/s against 312-337 on one device). 0 means one device per core
+  available to this process, reduced until the global batch sizes divide by
+  it (per process). Only the CPU backend is affected: on a GPU or TPU
+  machine the accelerators are used as before. An XLA_FLAGS setting of
+  --xla_force_host_platform_device_count wins. Returns the count set, or
+  None when it left things alone (backends already started, or XLA_FLAGS).
+  """
+  if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
+    return None
+  count = config.cpu_devices
+  if count == 0:
+    count = cpu_device_count(len(os.sched_getaffinity(0)),
+                             [config.batch_size, config.eval_batch_size])
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError as e:  # The backends are already running.
+    logging.info('CPU device count left as it is: %s', e)
+    return None
+  return count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +116,7 @@ class DataParallel:
 
   def put_batch(self, batch):
     """Splits a batch of host arrays over the devices (asynchronously)."""
-    self.check_batch_size(len(batch['label']))
+    self.check_batch_size(len(jax.tree.leaves(batch)[0]))
     if self.mode == 'pmap':
       n, sharding = self.num_devices, NamedSharding(self.mesh, P(AXIS))
       return jax.tree.map(lambda x: jax.device_put(
@@ -90,22 +125,26 @@ class DataParallel:
       return jax.device_put(batch, NamedSharding(self.mesh, P(AXIS)))
     return jax.device_put(batch, self.devices[0])
 
-  def _compile(self, step_fn, num_args: int, donate: bool):
-    """Compiles `step_fn(state, batch, [rng], axis_name=...)` for this layout.
+  def _compile(self, step_fn, layouts: tuple[str, ...], donate: bool):
+    """Compiles `step_fn(*args, axis_name=...)` for this layout.
 
-    The state comes first; any argument after the batch is replicated.
+    `layouts` says how each argument lies on the devices: 'state' (from
+    `put_state`: replicated), 'batch' (from `put_batch`: split along its first
+    axis) or 'shared' (one value for all, such as a key). The state (the
+    first argument) is donated when `donate`.
     """
     fn = functools.partial(step_fn, axis_name=self.axis_name)
     donate_argnums = (0,) if donate else ()
     if self.mode == 'jit':
       return jax.jit(fn, donate_argnums=donate_argnums)
     if self.mode == 'pmap':
-      pmapped = jax.pmap(fn, axis_name=AXIS, devices=self.devices,
-                         in_axes=(0, 0) + (None,) * (num_args - 2),
-                         donate_argnums=donate_argnums)
+      pmapped = jax.pmap(
+          fn, axis_name=AXIS, devices=self.devices,
+          in_axes=tuple(None if l == 'shared' else 0 for l in layouts),
+          donate_argnums=donate_argnums)
       # Metrics were summed over the axis, so every device holds the total.
       return lambda *args: _first_of_last(pmapped(*args))
-    in_specs = (P(), P(AXIS)) + (P(),) * (num_args - 2)
+    in_specs = tuple(P(AXIS) if l == 'batch' else P() for l in layouts)
     # check_vma=False keeps pmap's semantics, where a gradient is per device
     # until the step sums it: with it on, shard_map would sum it implicitly.
     return jax.jit(
@@ -113,17 +152,19 @@ class DataParallel:
                       check_vma=False),
         donate_argnums=donate_argnums)
 
-  def train_step(self, step_fn):
+  def train_step(self, step_fn, *, with_data: bool = False):
     """`step_fn(state, batch, rng) -> (state, metrics)` compiled for this layout.
 
     Takes a state from `put_state` and a batch from `put_batch`; returns one
-    copy of the metrics.
+    copy of the metrics. With `with_data`, the step takes a fourth argument
+    laid out like the state: the dataset on the devices (device_data.py).
     """
-    return self._compile(step_fn, 3, donate=True)
+    layouts = ('state', 'batch', 'shared') + (('state',) if with_data else ())
+    return self._compile(step_fn, layouts, donate=True)
 
   def eval_step(self, step_fn):
     """`step_fn(state, batch) -> metrics` compiled for this layout."""
-    return self._compile(step_fn, 2, donate=False)
+    return self._compile(step_fn, ('state', 'batch'), donate=False)
 
 
 def _first_of_last(outputs):

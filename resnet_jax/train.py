@@ -1,14 +1,20 @@
 """The training loop: one run from a config into a workdir.
 
-`train_and_evaluate` validates everything it can before any work, loads the
-data into memory, restores the latest checkpoint if the workdir has one, and
-trains with the jitted steps of parallel.py, evaluating, logging and
-checkpointing as the config says. At the end it evaluates the test split
-(when there is one) and writes `summary.json` into the workdir.
+`train_and_evaluate` validates everything it can before it writes anything,
+loads the data into memory, restores the newest readable checkpoint if the
+workdir has one, and trains with the jitted steps of parallel.py, evaluating,
+logging and checkpointing as the config says. At the end it evaluates the
+test split (when there is one) and writes `summary.json` into the workdir.
 
 Every batch is a pure function of (seed, step), and so is its augmentation
-(`fold_in(key, step)`), so a resumed run continues exactly where the
-checkpointed one stood.
+(`fold_in(key, step)`); the metric sums since the last log and the best
+validation accuracy are saved with each checkpoint. So a run killed at any
+moment and rerun ends bit-identical to one never interrupted: same
+parameters, same logged metrics, same summary.
+
+The loop reads the metrics back from the device only when it logs, evaluates
+or saves; it checks then that every step's loss was finite (and the state
+before it is saved), and stops naming the first step that was not.
 """
 
 import contextlib
@@ -21,16 +27,21 @@ from absl import logging
 from clu import metric_writers
 from clu import metrics as clu_metrics
 from clu import periodic_actions
+from etils import epath
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import augment
 from resnet_jax import checkpoints
 from resnet_jax import config_checks
+from resnet_jax import curves
+from resnet_jax import device_data
 from resnet_jax import input_pipeline
 from resnet_jax import models
 from resnet_jax import optimizer
 from resnet_jax import parallel
+from resnet_jax import preemption
 from resnet_jax import schedules
 from resnet_jax import steps
 from resnet_jax import train_state
@@ -64,11 +75,27 @@ def evaluate(eval_step, state, ds, dp, global_batch_size) -> dict:
 
 
 def _check_workdir(workdir: str):
+  """Fails if `workdir` could not be written; creates nothing."""
+  if '://' in workdir:
+    return  # An object store (gs://...): Orbax and TensorBoard write there.
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'--workdir={workdir} exists and is not a directory')
-  os.makedirs(workdir, exist_ok=True)
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise ValueError(f'--workdir={workdir} is not writable')
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f'--workdir={workdir} cannot be created: {existing} is '
+                     'not a directory')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f'--workdir={workdir} is not writable ({existing} is '
+                     'read-only to this user)')
+
+
+def _write_json(path: epath.Path, value) -> None:
+  # Written whole then renamed, so a crash never leaves half a file.
+  partial = path.parent / f'{path.name}.partial'
+  partial.write_text(json.dumps(value, indent=2))
+  partial.replace(path)
 
 
 def _load_data(config):
@@ -98,16 +125,39 @@ def _check_batch_sizes(config, dp):
           f'{dp.num_devices}); use a multiple of {shards}')
 
 
-def checkpoint_metadata(config, image_shape) -> dict:
-  """What a checkpoint must agree with to be resumed by this config."""
-  model = config.model
-  return {
+def checkpoint_metadata(config, image_shape,
+                        total_steps: int | None = None) -> dict:
+  """What a checkpoint must agree with to be used by this config.
+
+  'model', 'dataset' and 'image_shape' say what the parameters are: all that
+  inference checks. With `total_steps`, 'training' adds what produced them:
+  resuming under another seed, batch size, length, schedule, optimizer or
+  data order would give a result that no single run gives, so the trainer
+  refuses it. How the run is laid out (devices, parallelism, data on the
+  device or not) and how often it logs or saves are not part of it.
+  """
+  model, data = config.model, config.data
+  metadata = {
       'model': {k: model[k] for k in ('depth', 'block', 'preact', 'shortcut',
                                       'width', 'num_classes')},
-      'dataset': config.data.name,
+      'dataset': data.name,
       'image_shape': list(image_shape),
       'optimizer': {'momentum': config.optimizer.momentum > 0},
   }
+  if total_steps is not None:
+    metadata['training'] = {
+        'seed': config.seed,
+        'batch_size': config.batch_size,
+        'total_steps': total_steps,
+        'label_smoothing': config.label_smoothing,
+        'schedule': config.schedule.to_dict(),
+        'optimizer': config.optimizer.to_dict(),
+        'data': {k: data[k] for k in (
+            'train_split', 'split_shuffle_seed', 'crop_padding',
+            'random_flip', 'normalization', 'mean', 'std')},
+        'model': {k: model[k] for k in ('bn_momentum', 'bn_epsilon', 'dtype')},
+    }
+  return metadata
 
 
 def _flat(config) -> dict:
@@ -122,12 +172,63 @@ def _flat(config) -> dict:
   return dict(walk(config.to_dict(), ''))
 
 
+class NonFiniteLossError(ValueError):
+  """The training loss stopped being finite; nothing of it was saved."""
+
+
+def _newest(checkpointer) -> str:
+  step = checkpointer.latest_step()
+  return ('no checkpoint was written' if step is None else
+          f'the newest checkpoint, step {step}, is intact')
+
+
+def _checked_sums(window: list, first_step: int, checkpointer) -> list[dict]:
+  """The per-step metric sums of `window` on the host, all of them finite.
+
+  Fetched only when the loop needs them (logging, evaluating, saving), so the
+  host never waits for the device in between.
+  """
+  window = jax.device_get(window)
+  for offset, sums in enumerate(window):
+    if not np.isfinite(sums['loss']):
+      step = first_step + offset
+      raise NonFiniteLossError(
+          f'the training loss is {float(sums["loss"])} at step {step}; '
+          f'stopped without saving it ({_newest(checkpointer)}); lower '
+          'config.schedule.base_learning_rate or add warm-up')
+  return window
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _sum(total: dict | None, sums: dict) -> dict:
+  # Accumulated on the host in float64, and saved with checkpoints in JSON
+  # (which keeps float64 exactly), so a resumed run logs the same numbers.
+  sums = {k: float(sums[k]) for k in ('loss', 'correct', 'count')}
+  return sums if total is None else {k: total[k] + sums[k] for k in sums}
+
+
 def train_and_evaluate(config, workdir: str, config_name: str = '',
                        stop_at_step: int | None = None) -> dict | None:
   """Trains and evaluates one run; returns the summary written to the workdir.
 
+  Everything that can be checked is checked before the workdir is touched.
+  A rerun with the same config resumes from the newest readable checkpoint
+  and ends bit-identical to an uninterrupted run.
+
   With `stop_at_step`, training stops after that step with a checkpoint, as
   an interrupted run would, and returns None; rerunning resumes from there.
+
+  Raises:
+    ValueError: the config, data, workdir or checkpoints are unusable, or
+      the loss became non-finite (NonFiniteLossError).
+    preemption.Preempted: SIGTERM arrived; a checkpoint of the step reached
+      was saved.
   """
   config_checks.validate(config)
   _check_workdir(workdir)
@@ -147,31 +248,53 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
   model = models.create_model(config.model, dp.axis_name)
   init_key, augment_key = jax.random.split(jax.random.key(config.seed))
   state = train_state.create_train_state(init_key, model, tx, image_shape)
+  workdir_path = epath.Path(workdir)
 
   # Pending checkpoint writes and logs are finished even when a step fails.
   with contextlib.ExitStack() as cleanup:
     checkpointer = cleanup.enter_context(checkpoints.Checkpointer(
-        os.path.join(os.path.abspath(workdir), 'checkpoints'),
+        workdir_path.absolute() / 'checkpoints',
         save_every_steps=config.checkpoint_every_steps,
         keep=config.keep_checkpoints,
-        metadata=checkpoint_metadata(config, image_shape)))
-    checkpointer.check_compatible()
-    if checkpointer.latest_step() is not None:
-      state = checkpointer.restore(state)
-      logging.info('Resuming from the checkpoint of step %d.', int(state.step))
+        metadata=checkpoint_metadata(config, image_shape, total_steps)))
+    state = checkpointer.restore(state)
     start_step = int(state.step)
+    progress = checkpointer.progress(start_step) if start_step else {}
+    if start_step:
+      logging.info('Resuming from the checkpoint of step %d.', start_step)
+
+    # Every check has passed: only now is the workdir written.
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+      _write_json(workdir_path / 'config.json', json.loads(
+          config.to_json_best_effort()))
+    checkpointer.tidy()
     state = dp.put_state(state)
 
     if config.data.normalization == 'measured':
       mean, std = input_pipeline.measure_channel_stats(train_ds)
     else:
       mean, std = config.data.mean, config.data.std
-    train_step = dp.train_step(functools.partial(
+    train_step = functools.partial(
         steps.train_step, learning_rate_fn=learning_rate_fn,
         label_smoothing=config.label_smoothing,
         augment_fn=functools.partial(
             augment.augment, mean=mean, std=std,
-            padding=config.data.crop_padding, flip=config.data.random_flip)))
+            padding=config.data.crop_padding, flip=config.data.random_flip))
+    batch_source = dict(
+        seed=config.seed, start_step=start_step,
+        global_batch_size=config.batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    if config.data.on_device:
+      data = (device_data.place(train_ds, dp),)
+      train_step = dp.train_step(device_data.gathering(train_step),
+                                 with_data=True)
+      batches = device_data.row_batches(train_ds.num_examples, **batch_source)
+    else:
+      data = ()
+      train_step = dp.train_step(train_step)
+      batches = input_pipeline.train_batches(train_ds, **batch_source)
+    batches = input_pipeline.prefetch(batches, dp.put_batch)
     eval_step = dp.eval_step(functools.partial(
         steps.eval_step, preprocess_fn=functools.partial(
             augment.normalize, mean=mean, std=std)))
@@ -183,55 +306,88 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       writer.write_hparams(_flat(config))
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=total_steps, writer=writer)
-    batches = input_pipeline.prefetch(
-        input_pipeline.train_batches(
-            train_ds, seed=config.seed, start_step=start_step,
-            global_batch_size=config.batch_size,
-            process_index=jax.process_index(),
-            process_count=jax.process_count()),
-        dp.put_batch)
     logging.info('Training steps %d..%d of %d (%d per epoch of %d examples) on '
-                 '%d device(s), %s.', start_step, total_steps, total_steps,
-                 steps_per_epoch, train_ds.num_examples, dp.num_devices,
-                 config.parallelism)
+                 '%d device(s), %s, training split on the %s.', start_step,
+                 total_steps, total_steps, steps_per_epoch,
+                 train_ds.num_examples, dp.num_devices, config.parallelism,
+                 'devices' if config.data.on_device else 'host')
+
+    # What a resumed run must carry on with, saved with every checkpoint.
+    train_sums = progress.get('train_sums')  # Since the last logged step.
+    best = progress.get('best')  # [step, validation accuracy]
+    val = None
+
+    def validate(step):
+      nonlocal val, best
+      val = evaluate(eval_step, state, eval_ds, dp, config.eval_batch_size)
+      writer.write_scalars(step, {'val_loss': val['loss'],
+                                  'val_accuracy': val['accuracy']})
+      if best is None or val['accuracy'] > best[1]:
+        best = [step, val['accuracy']]
+
+    if progress.get('eval_pending') and eval_ds:
+      validate(start_step)  # Preempted before this step's evaluation.
 
     start_time = time.time()
     paused = 0.0  # Seconds spent evaluating and checkpointing.
     first_step_done = None
-    train_sums, val, best = None, None, None
+    window = []  # Metric sums of the steps since the last check, on device.
     last_step = total_steps if stop_at_step is None else min(stop_at_step,
                                                               total_steps)
+    watcher = cleanup.enter_context(preemption.PreemptionWatcher())
     for step in range(start_step, last_step):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, sums = train_step(state, next(batches),
-                                 jax.random.fold_in(augment_key, step))
-      train_sums = _add(train_sums, sums)
+                                 jax.random.fold_in(augment_key, step), *data)
+      window.append(sums)
       done = step + 1
       if first_step_done is None:  # Excludes compilation from the throughput.
         jax.block_until_ready(sums)
         first_step_done = time.time()
       report_progress(done)
-      if done % config.log_every_steps == 0 or done == total_steps:
-        train_sums = jax.device_get(train_sums)
+      preempted = watcher.reached(done)
+      log_due = done % config.log_every_steps == 0 or done == total_steps
+      eval_due = bool(eval_ds) and (done % config.eval_every_steps == 0 or
+                                    done == total_steps)
+      save_due = (checkpointer.should_save(done) or done == last_step or
+                  preempted)
+      if not (log_due or eval_due or save_due):
+        continue
+
+      pause_start = time.time()
+      window = _checked_sums(window, done - len(window) + 1, checkpointer)
+      for sums in window:
+        train_sums = _sum(train_sums, sums)
+      if log_due:
         means = compute_metrics(train_sums)
         writer.write_scalars(done, {
             'train_loss': means['loss'], 'train_accuracy': means['accuracy'],
-            'learning_rate': float(sums['learning_rate'])})
+            'learning_rate': float(window[-1]['learning_rate'])})
         train_sums = None
-      pause_start = time.time()
-      if eval_ds and (done % config.eval_every_steps == 0 or done == total_steps):
-        val = evaluate(eval_step, state, eval_ds, dp, config.eval_batch_size)
-        writer.write_scalars(done, {'val_loss': val['loss'],
-                                    'val_accuracy': val['accuracy']})
-        if best is None or val['accuracy'] > best[1]:
-          best = (done, val['accuracy'])
-      # Taking pmap's copy off device 0 costs a dispatch per array: only
-      # when saving.
-      checkpointer.maybe_save(done, lambda: dp.get_state(state))
+      window = []
+      # A preempted job has seconds left: it saves first, evaluates on resume.
+      if eval_due and not preempted:
+        validate(done)
+      if save_due:
+        saved_state = dp.get_state(state)
+        if not _all_finite(saved_state):
+          raise NonFiniteLossError(
+              f'the train state has non-finite values after step {done}; '
+              f'stopped without saving it ({_newest(checkpointer)})')
+        checkpointer.save(
+            done, saved_state,
+            progress={'train_sums': train_sums, 'best': best,
+                      'eval_pending': eval_due and preempted},
+            val_accuracy=val['accuracy'] if eval_due and not preempted
+            else None)
+      if preempted:
+        checkpointer.wait_until_finished()
+        raise preemption.Preempted(done, watcher.seconds_since_signal())
       paused += time.time() - pause_start
     jax.block_until_ready(state)
     end_time = time.time()
-    checkpointer.save(last_step, dp.get_state(state))
+    # The last checkpoint is on disk before anything says the run is done.
+    checkpointer.wait_until_finished()
     if last_step < total_steps:
       return None
 
@@ -270,7 +426,12 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
         'train_images_per_second': images_per_second,
     }
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
+      _write_json(workdir_path / 'summary.json', summary)
+      writer.flush()
+      try:
+        curves.write_curves(workdir)
+      except Exception as e:  # pylint: disable=broad-except
+        # A picture is not worth failing a finished run for.
+        logging.warning('Could not draw the training curves: %s', e)
     logging.info('Summary: %s', json.dumps(summary))
     return summary

@@ -253,3 +253,160 @@ def test_relative_directory_is_resolved(
 
   assert _steps_on_disk(tmp_path / 'relative' / 'checkpoints') == [123]
   _assert_identical(ckpt.restore(fresh), trained)
+
+
+def _largest_array_file(step_dir):
+  return max((p for p in (step_dir / 'state').rglob('*') if p.is_file()),
+             key=lambda p: p.stat().st_size)
+
+
+def _flip_bytes(step_dir):
+  path = _largest_array_file(step_dir)
+  data = bytearray(path.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+  path.write_bytes(bytes(data))
+
+
+def _truncate(step_dir):
+  path = _largest_array_file(step_dir)
+  path.write_bytes(path.read_bytes()[:100])
+
+
+def _garble_fingerprint(step_dir):
+  (step_dir / 'fingerprint' / 'metadata').write_text('{"sha256": "0')
+
+
+@pytest.mark.parametrize('damage', [_flip_bytes, _truncate, _garble_fingerprint])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+    open_checkpointer, tmp_path, fresh, trained, caplog, damage):
+  directory = tmp_path / 'checkpoints'
+  older, newer = _trained(fresh, seed=3), trained
+  writer = open_checkpointer(keep=3)
+  writer.save(4, older)
+  writer.save(6, newer)
+  writer.close()
+  damage(directory / '6')
+
+  reader = open_checkpointer(keep=3)
+  restored = reader.restore(fresh)
+
+  _assert_identical(restored, older)
+  assert reader.unreadable_steps == [6]
+  warning, = [r.getMessage() for r in caplog.records
+              if r.levelname == 'WARNING' and 'unreadable' in r.getMessage()]
+  assert warning.startswith('Checkpoint 6 in ') and 'previous one' in warning
+  # Nothing is moved until the trainer tidies, before it saves.
+  assert _steps_on_disk(directory) == [4, 6]
+
+
+def test_tidy_moves_unreadable_checkpoints_aside_and_never_deletes_good_ones(
+    open_checkpointer, tmp_path, fresh, trained):
+  directory = tmp_path / 'checkpoints'
+  writer = open_checkpointer(keep=2)
+  writer.save(4, trained)
+  writer.save(6, trained)
+  writer.close()
+  _flip_bytes(directory / '6')
+  (directory / '8.orbax-checkpoint-tmp-123').mkdir()  # An interrupted write.
+
+  ckpt = open_checkpointer(keep=2)
+  ckpt.restore(fresh)
+  ckpt.tidy()
+  # Resumed from 4, the run saves 6 again, then 8: with keep=2 the bad 6 must
+  # not be one of the two kept, and the good 4 goes only when 6 and 8 exist.
+  ckpt.save(6, trained)
+  ckpt.wait_until_finished()
+  assert _steps_on_disk(directory) == [4, 6]
+  ckpt.save(8, trained)
+  ckpt.wait_until_finished()
+
+  assert _steps_on_disk(directory) == [6, 8]
+  assert not list(directory.glob('*tmp*'))
+  aside, = (tmp_path / checkpoints.UNREADABLE_DIR).iterdir()
+  assert aside.name.startswith('6-')
+  _assert_identical(open_checkpointer().restore(fresh), trained)
+
+
+def test_no_readable_checkpoint_is_an_error_naming_each(
+    open_checkpointer, tmp_path, fresh, trained):
+  directory = tmp_path / 'checkpoints'
+  writer = open_checkpointer()
+  writer.save(4, trained)
+  writer.save(6, trained)
+  writer.close()
+  _truncate(directory / '4')
+  _flip_bytes(directory / '6')
+  before = _snapshot(directory)
+
+  with pytest.raises(checkpoints.UnreadableCheckpointError) as error:
+    open_checkpointer().restore(fresh)
+
+  message = str(error.value)
+  assert 'step 6: ' in message and 'step 4: ' in message
+  assert '\n' not in message
+  assert _snapshot(directory) == before
+
+
+def test_restore_a_chosen_step(open_checkpointer, fresh, trained):
+  older = _trained(fresh, seed=3)
+  writer = open_checkpointer()
+  writer.save(4, older)
+  writer.save(6, trained)
+  writer.close()
+  reader = open_checkpointer()
+
+  _assert_identical(reader.restore(fresh, step=4), older)
+  with pytest.raises(checkpoints.UnreadableCheckpointError,
+                     match=r'no checkpoint of step 5 .* \[4, 6\]'):
+    reader.restore(fresh, step=5)
+
+
+def test_the_best_checkpoint_is_kept_beyond_the_newest(
+    open_checkpointer, tmp_path, trained):
+  ckpt = open_checkpointer(keep=2)
+  for step, accuracy in [(2, 0.5), (4, 0.9), (6, None), (8, 0.7), (10, None)]:
+    ckpt.save(step, trained, val_accuracy=accuracy)
+  ckpt.wait_until_finished()
+
+  assert _steps_on_disk(tmp_path / 'checkpoints') == [4, 8, 10]
+  assert ckpt.best_step() == 4
+  assert open_checkpointer().best_step() == 4  # Read back from the disk.
+
+
+def test_progress_is_saved_with_each_checkpoint(open_checkpointer, trained):
+  ckpt = open_checkpointer()
+  progress = {'train_sums': {'loss': 1 / 3, 'count': 16.0}, 'best': [4, 0.25]}
+
+  ckpt.save(5, trained, progress=progress)
+  ckpt.save(6, trained)
+  ckpt.wait_until_finished()
+
+  reader = open_checkpointer()
+  assert reader.progress(5) == progress  # Floats exactly, through JSON.
+  assert reader.progress(6) == {}
+
+
+def test_fingerprint_covers_every_value_and_dtype(fresh, trained):
+  assert checkpoints.fingerprint(trained) == checkpoints.fingerprint(
+      jax.tree.map(np.array, trained))
+  changed = trained.replace(params=jax.tree.map(
+      lambda x: x.at[(0,) * x.ndim].add(1e-7), trained.params))
+  assert checkpoints.fingerprint(changed) != checkpoints.fingerprint(trained)
+  as_bf16 = trained.replace(params=jax.tree.map(
+      lambda x: x.astype(jnp.bfloat16), trained.params))
+  assert checkpoints.fingerprint(as_bf16) != checkpoints.fingerprint(trained)
+
+
+def test_checkpoints_written_before_fingerprints_still_restore(
+    open_checkpointer, tmp_path, fresh, trained):
+  # As the first release wrote them: state and metadata only.
+  with ocp.CheckpointManager(tmp_path / 'checkpoints') as old:
+    old.save(5, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(trained),
+        metadata=ocp.args.JsonSave(_run_metadata())))
+
+  reader = open_checkpointer()
+
+  _assert_identical(reader.restore(fresh), trained)
+  assert reader.metadata(5) == checkpoints._normalise(_run_metadata())

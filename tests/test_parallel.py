@@ -1,12 +1,15 @@
 """The three layouts (jit, pmap, shard_map) compute the same training step."""
 
 import functools
+import subprocess
+import sys
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
+from cli import REPO
 from resnet_jax import models, optimizer, parallel, schedules, steps, train_state
 
 GLOBAL_BATCH = 16
@@ -114,3 +117,33 @@ def test_single_device_mode_uses_one_device_and_no_axis():
   dp = parallel.DataParallel('jit')
   assert dp.num_devices == 1 and dp.axis_name is None
   assert parallel.DataParallel('pmap').num_devices == 8
+
+
+def test_cpu_devices_are_the_most_cores_the_batch_sizes_divide_over():
+  assert parallel.cpu_device_count(2, [128, 500]) == 2
+  assert parallel.cpu_device_count(3, [128, 500]) == 2
+  assert parallel.cpu_device_count(16, [128, 500]) == 4
+  assert parallel.cpu_device_count(8, [96, 48]) == 8
+  assert parallel.cpu_device_count(7, [127]) == 1
+
+
+def test_a_fresh_process_gets_one_cpu_device_per_core():
+  # conftest has already started JAX with 8 devices here: ask a new process.
+  code = '''
+import os
+os.environ.pop('XLA_FLAGS', None)
+import jax
+from configs import default
+from resnet_jax import parallel
+config = default.get_config()
+expected = parallel.cpu_device_count(len(os.sched_getaffinity(0)), [128, 500])
+assert parallel.configure_cpu_devices(config) == expected, expected
+assert jax.device_count() == expected, jax.devices()
+config.cpu_devices = 1  # Too late now: the backend has started.
+assert parallel.configure_cpu_devices(config) is None
+print('ok', expected)
+'''
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.startswith('ok ')

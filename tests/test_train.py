@@ -3,8 +3,9 @@
 import json
 import os
 import pathlib
-import subprocess
-import sys
+import re
+import shutil
+import signal
 import time
 import zipfile
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from cli import error_line, run_cli, scalars
 from configs import smoke
 from resnet_jax import checkpoints, models, optimizer, schedules, train, train_state
 
@@ -20,23 +22,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_ZIP = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg75' / 'train.zip'
 # .ci/run sets this, so that CI fails rather than skips without the images.
 REQUIRE_REAL_DATA = os.environ.get('RESNET_JAX_REQUIRE_REAL_DATA') == '1'
-
-# Runs the CLI as `python -m resnet_jax.main` would, inside TFDS's mock data.
-MOCKED_MAIN = '''
-import runpy, sys
-import tensorflow_datasets as tfds
-sys.argv = ['resnet_jax.main'] + sys.argv[1:]
-with tfds.testing.mock_data(num_examples=100):
-  runpy.run_module('resnet_jax.main', run_name='__main__')
-'''
-
-
-def run_cli(*args, mocked=True, timeout=300):
-  command = [sys.executable, '-c', MOCKED_MAIN] if mocked else [
-      sys.executable, '-m', 'resnet_jax.main']
-  return subprocess.run(command + list(args), cwd=REPO, capture_output=True,
-                        text=True, timeout=timeout)
-
 
 def test_smoke_config_runs_end_to_end_through_the_command_line(tmp_path):
   result = run_cli('--config=configs/smoke.py', f'--workdir={tmp_path}')
@@ -90,7 +75,7 @@ def test_an_unprepared_dataset_fails_fast_with_instructions(tmp_path):
                    f'--config.data.data_dir={tmp_path}/no_data', mocked=False)
   assert time.time() - start < 60
   assert result.returncode != 0
-  last_line = result.stderr.strip().splitlines()[-1]
+  last_line = error_line(result)
   assert last_line.startswith('error: ') and 'image_folder' in last_line
   assert not (tmp_path / 'run' / 'checkpoints').exists()
 
@@ -108,20 +93,182 @@ def extract_subset(zip_path, destination, per_class):
   return destination
 
 
-def test_a_small_resnet_learns_real_images(tmp_path):
+def test_a_small_resnet_learns_real_images_in_float32_and_bfloat16(tmp_path):
   if not TRAIN_ZIP.exists():
     if REQUIRE_REAL_DATA:
       pytest.fail(f'{TRAIN_ZIP} is missing and RESNET_JAX_REQUIRE_REAL_DATA=1')
     pytest.skip(f'skipped: {TRAIN_ZIP} not found')
   root = extract_subset(TRAIN_ZIP, tmp_path / 'images', per_class=300)
-  config = smoke.get_config()
-  config.data.update(name='image_folder', data_dir=str(root),
-                     train_split='train[:2500]', eval_split='train[2500:]',
-                     test_split='')
-  config.update(parallelism='jit', batch_size=64, eval_batch_size=100,
-                num_train_steps=300, log_every_steps=100, eval_every_steps=300,
-                checkpoint_every_steps=300)
-  summary = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert summary['eval_examples'] == 500
+  accuracy = {}
+  for dtype in ('float32', 'bfloat16'):
+    config = smoke.get_config()
+    config.data.update(name='image_folder', data_dir=str(root),
+                       train_split='train[:2500]', eval_split='train[2500:]',
+                       test_split='')
+    config.model.dtype = dtype
+    config.update(parallelism='jit', batch_size=64, eval_batch_size=100,
+                  num_train_steps=300, log_every_steps=100,
+                  eval_every_steps=300, checkpoint_every_steps=300)
+    summary = train.train_and_evaluate(config, str(tmp_path / dtype))
+    assert summary['eval_examples'] == 500
+    accuracy[dtype] = summary['final_val_accuracy']
   # Chance is 10%: 500 held-out images the model never trained on.
-  assert summary['final_val_accuracy'] > 0.3
+  assert accuracy['float32'] > 0.3, accuracy
+  # bfloat16 computation (float32 parameters and statistics) learns as well:
+  # the same data and steps, within the noise of 500 images.
+  assert abs(accuracy['bfloat16'] - accuracy['float32']) < 0.05, accuracy
+
+# A run long enough to be interrupted in many places: 12 steps (5 per epoch of
+# the 90 mock training images), logs every 3, evaluations every 6,
+# checkpoints every 4, the two newest kept.
+RECOVERY_FLAGS = ('--config=configs/smoke.py', '--config.num_train_steps=12',
+                  '--config.log_every_steps=3', '--config.eval_every_steps=6',
+                  '--config.checkpoint_every_steps=4')
+# Timings and the like, which differ between any two runs.
+NOT_REPRODUCIBLE = ('wall_seconds', 'train_images_per_second', 'steps_this_run')
+SCALAR_TAGS = ('train_loss', 'train_accuracy', 'learning_rate', 'val_loss',
+               'val_accuracy', 'test_loss', 'test_accuracy')
+
+
+@pytest.fixture(scope='module')
+def compilation_cache(tmp_path_factory):
+  return f'--config.compilation_cache_dir={tmp_path_factory.mktemp("xla")}'
+
+
+def recovery_run(workdir, compilation_cache, *extra, fault=None):
+  return run_cli(*RECOVERY_FLAGS, f'--workdir={workdir}', compilation_cache,
+                 *extra, fault=fault)
+
+
+def outcome(workdir):
+  """What must not depend on interruptions: final state, summary, curves."""
+  config = smoke.get_config()
+  summary = json.loads((workdir / 'summary.json').read_text())
+  return (restore_params(workdir, config),
+          {k: v for k, v in summary.items() if k not in NOT_REPRODUCIBLE},
+          {k: v for k, v in scalars(workdir).items() if k[0] in SCALAR_TAGS})
+
+
+def assert_same_outcome(got, want):
+  jax.tree.map(np.testing.assert_array_equal, got[0], want[0])
+  assert got[1] == want[1]
+  assert got[2] == want[2]
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, compilation_cache):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  result = recovery_run(workdir, compilation_cache)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert int(outcome(workdir)[0][0]) == 12
+  return workdir
+
+
+@pytest.mark.parametrize('fault, latest_before_resume', [
+    ('kill@batch:3', None),  # Before the first checkpoint.
+    ('kill@batch:8', 4),  # Mid-way between checkpoints, after a log and an
+                          # evaluation.
+    ('kill@save:8', 4),  # Checkpoint 8 fully written but not yet complete.
+    ('kill@eval:2', 8),  # In the last evaluation, before the last save.
+    ('kill@summary', 12),  # After the last checkpoint.
+])
+def test_kill_9_anywhere_then_rerun_ends_bit_identical(
+    tmp_path, uninterrupted, compilation_cache, fault, latest_before_resume):
+  killed = recovery_run(tmp_path, compilation_cache, fault=fault)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').glob('*')
+                 if p.name.isdigit()) if (tmp_path / 'checkpoints').exists() else []
+  assert (steps[-1] if steps else None) == latest_before_resume
+  if fault.startswith('kill@save'):  # The half-written step is there...
+    assert list((tmp_path / 'checkpoints').glob('8.orbax-checkpoint-tmp*'))
+
+  resumed = recovery_run(tmp_path, compilation_cache)
+
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert_same_outcome(outcome(tmp_path), outcome(uninterrupted))
+  # ...and is never read: it is deleted on resume.
+  assert not list((tmp_path / 'checkpoints').glob('*tmp*'))
+
+
+@pytest.mark.parametrize('fault, reached', [
+    ('term@batch:5', 5),  # Between checkpoints and evaluations.
+    ('term@batch:6', 6),  # At an evaluation step: evaluated after resuming.
+])
+def test_sigterm_saves_the_step_reached_and_a_rerun_resumes_there(
+    tmp_path, uninterrupted, compilation_cache, fault, reached):
+  preempted = recovery_run(tmp_path, compilation_cache, fault=fault)
+
+  assert preempted.returncode == 128 + signal.SIGTERM, preempted.stderr[-3000:]
+  message = [line for line in preempted.stderr.splitlines()
+             if 'preempted: saved a checkpoint at step' in line]
+  assert len(message) == 1
+  assert f'at step {reached} ' in message[0], message[0]
+  seconds = float(message[0].split(' s after SIGTERM')[0].split()[-1])
+  assert 0 <= seconds < 60
+  assert checkpoints.Checkpointer(
+      tmp_path / 'checkpoints', save_every_steps=4, keep=2,
+      metadata={}).latest_step() == reached
+  assert int(restore_params(tmp_path, smoke.get_config())[0]) == reached
+
+  resumed = recovery_run(tmp_path, compilation_cache)
+
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resuming from the checkpoint of step {reached}.' in resumed.stderr
+  assert_same_outcome(outcome(tmp_path), outcome(uninterrupted))
+
+
+def test_a_damaged_latest_checkpoint_is_set_aside_and_training_redone(
+    tmp_path, uninterrupted, compilation_cache):
+  workdir = tmp_path / 'run'
+  shutil.copytree(uninterrupted, workdir)
+  (workdir / 'summary.json').unlink()
+  # Overwrite the middle of checkpoint 12's largest array file.
+  array_file = max((p for p in (workdir / 'checkpoints' / '12').rglob('*')
+                    if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(array_file.read_bytes())
+  data[len(data) // 2:len(data) // 2 + 16] = b'\x55' * 16
+  array_file.write_bytes(bytes(data))
+
+  resumed = recovery_run(workdir, compilation_cache)
+
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Checkpoint 12 in ' in resumed.stderr and 'unreadable' in resumed.stderr
+  assert 'Resuming from the checkpoint of step 8.' in resumed.stderr
+  aside, = (workdir / checkpoints.UNREADABLE_DIR).iterdir()
+  assert aside.name.startswith('12-')
+  assert_same_outcome(outcome(workdir), outcome(uninterrupted))
+
+
+def test_a_diverging_loss_stops_naming_the_step_and_saves_nothing_after(
+    tmp_path):
+  config = smoke.get_config()
+  # Eight steps of warm-up at a sane rate (one reference step at batch 128 is
+  # eight at batch 16), checkpoints at 4 and 8, then an absurd rate.
+  config.schedule.update(warmup_steps=1, base_learning_rate=1e30)
+  config.update(num_train_steps=16, checkpoint_every_steps=4,
+                eval_every_steps=4, log_every_steps=4)
+  with tfds.testing.mock_data(num_examples=100):
+    with pytest.raises(train.NonFiniteLossError) as error:
+      train.train_and_evaluate(config, str(tmp_path))
+
+  message = str(error.value)
+  match = re.match(r'the training loss is (nan|inf) at step (\d+);', message)
+  assert match and 8 < int(match.group(2)) <= 12, message
+  assert 'the newest checkpoint, step 8, is intact' in message
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4', '8']
+  step, params, batch_stats, opt_state = restore_params(tmp_path, config)
+  assert int(step) == 8
+  for leaf in jax.tree.leaves((params, batch_stats, opt_state)):
+    assert np.all(np.isfinite(leaf))
+
+
+def test_the_first_non_finite_loss_is_the_step_named():
+  checkpointer = checkpoints.Checkpointer(
+      'unused', save_every_steps=1, keep=1, metadata={})
+  window = [{'loss': np.float32(v)} for v in (2.3, 2.2, np.inf, np.nan)]
+
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'^the training loss is inf at step 12; .*'
+                           r'no checkpoint was written'):
+    train._checked_sums(window, 10, checkpointer)
+  assert train._checked_sums(window[:2], 10, checkpointer) == window[:2]

@@ -1,0 +1,70 @@
+"""Draws a run's training curves into <workdir>/curves.png.
+
+  python -m resnet_jax.curves --workdir=runs/resnet20
+
+Loss, accuracy (train, validation, test) and the learning rate against the
+step, from the TensorBoard events the trainer writes into the workdir; where
+a resumed run logged a step again, its later value is shown (see
+report.read_scalars). The trainer calls `write_curves` at the end of training;
+the command redraws them at any time, during training too.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from resnet_jax import tools
+
+FLAGS = flags.FLAGS
+CURVES_FILE = 'curves.png'
+
+
+def write_curves(workdir: str) -> str:
+  """Writes <workdir>/curves.png from the workdir's events; returns its path.
+
+  Raises:
+    ValueError: the workdir does not exist or holds no scalar events.
+  """
+  from resnet_jax import report  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(workdir):
+    raise ValueError(f'workdir {workdir} does not exist or is not a directory')
+  scalars = report.read_scalars(workdir)
+  if not scalars:
+    raise ValueError(f'no TensorBoard scalars in {workdir} (no '
+                     'events.out.tfevents.* file with any): nothing to draw')
+  return report.curves_png(scalars, os.path.join(workdir, CURVES_FILE),
+                           title=_title(workdir))
+
+
+def _title(workdir: str) -> str:
+  """The workdir's name, and what ran there when summary.json says."""
+  title = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
+  try:
+    with open(os.path.join(workdir, 'summary.json')) as f:
+      summary = json.load(f)
+    details = [summary.get('config'), summary.get('dataset'),
+               f'{summary["epochs"]:g} epochs' if 'epochs' in summary else None]
+  except (OSError, ValueError, TypeError, AttributeError):
+    details = []  # Still training, or not the trainer's summary.
+  details = ', '.join(str(d) for d in details if d)
+  return f'{title}: {details}' if details else title
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  tools.start()
+  try:
+    print(write_curves(FLAGS.workdir))
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'A run directory written by '
+                      'resnet_jax.main.')
+  flags.mark_flag_as_required('workdir')
+  app.run(main)

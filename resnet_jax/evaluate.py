@@ -1,0 +1,235 @@
+"""Evaluates a trained run on one split: numbers, confusion matrix, mistakes.
+
+  python -m resnet_jax.evaluate --workdir=runs/resnet20 --split=test --tta
+
+--split is 'validation' (the run's config.data.eval_split), 'test' (its
+config.data.test_split) or any split of the run's dataset in TFDS syntax,
+e.g. 'train[45000:]'. --checkpoint is 'latest', 'best' or a step.
+
+Every example of the split is classified exactly once, and the files are
+written into the workdir, named after the split as given (see `split_tag`):
+
+- eval_<split>.json: accuracy, mean loss, per-class accuracy (= recall),
+  precision, recall and F1 with their counts, the confusion matrix (rows true,
+  columns predicted), the class names, the checkpoint's step, the split
+  string loaded and the number of examples. With --tta, the same figures for
+  test-time augmentation (the logits of each image and of its horizontal flip,
+  averaged) under "tta", next to the plain ones.
+- confusion_<split>.png: the confusion matrix as a labelled heat map.
+- misclassified_<split>.png: the --num_misclassified mistakes made with the
+  highest confidence, with their true and predicted classes.
+
+The pictures show the plain predictions, not the augmented ones.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from resnet_jax import input_pipeline
+from resnet_jax import report
+from resnet_jax import tools
+
+# inference (through train and clu) imports TensorFlow, so it is imported only
+# once main() has kept TensorFlow off the GPUs.
+
+FLAGS = flags.FLAGS
+SPLIT_ALIASES = {'validation': 'eval_split', 'test': 'test_split'}
+TTA_DESCRIPTION = 'mean of the logits of the image and its horizontal flip'
+
+
+def split_tag(split: str) -> str:
+  """The split as it appears in file names: letters, digits, '_', '-', '.'.
+
+  A plain name stays as it is ('validation', 'test', 'train'); a slice
+  becomes _<start>-<stop>, an open end 'start' or 'end', a percentage 'pct',
+  a negative bound 'minus': 'train[45000:]' -> 'train_45000-end',
+  'train[:10%]' -> 'train_start-10pct', 'train[-500:]' -> 'train_minus500-end'.
+  """
+  split = split.strip()
+  base, bounds = input_pipeline.parse_split(split)
+  if '[' not in split:
+    return base
+
+  def bound(value, open_end):
+    if value is None:
+      return open_end
+    text = f'minus{-value}' if value < 0 else str(value)
+    return text + ('pct' if bounds.percent else '')
+
+  return f'{base}_{bound(bounds.start, "start")}-{bound(bounds.stop, "end")}'
+
+
+def resolve_split(config, split: str) -> str:
+  """The split string to load: the alias's config field, or `split` itself."""
+  split = (split or '').strip()
+  if not split:
+    raise ValueError("--split is empty: use 'validation', 'test' or a split "
+                     "of the dataset such as 'train[45000:]'")
+  if split in SPLIT_ALIASES:
+    field = SPLIT_ALIASES[split]
+    resolved = config.data.get(field)
+    if not resolved:
+      raise ValueError(
+          f'this run has no {split} split (config.data.{field} is empty); '
+          "pass the split to evaluate, e.g. --split='train[45000:]'")
+    return resolved
+  input_pipeline.parse_split(split)  # A malformed name fails here, in words.
+  if not input_pipeline.has_split(config.data, split):
+    raise ValueError(f'{config.data.name} has no split {split!r}')
+  return split
+
+
+def flipped(images):
+  """Each image mirrored left to right ((N, H, W, C) arrays)."""
+  return images[:, :, ::-1]
+
+
+def evaluate_images(apply_fn, images, labels, *, batch_size: int,
+                    class_names=None, tta: bool = False) -> tuple[dict, object]:
+  """Classifies every image once; returns (summary, plain logits).
+
+  `apply_fn(batch)` maps a batch of uint8 images to logits; `summary` is
+  report.classification_summary of the plain logits, plus under 'tta' that
+  of the averaged logits of each image and its flip.
+  """
+  from resnet_jax import inference  # pylint: disable=g-import-not-at-top
+  logits = inference.batched_logits(apply_fn, images, batch_size)
+  summary = report.classification_summary(labels, logits, class_names)
+  if summary['num_examples'] != len(labels):
+    raise RuntimeError(f'evaluated {summary["num_examples"]} examples of '
+                       f'{len(labels)}')
+  if tta:
+    flip_logits = inference.batched_logits(apply_fn, flipped(images),
+                                           batch_size)
+    summary['tta'] = {
+        'transform': TTA_DESCRIPTION,
+        **report.classification_summary(labels, (logits + flip_logits) / 2,
+                                        class_names),
+    }
+  return summary, logits
+
+
+def _check_writable(workdir: str):
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ValueError(f'cannot write the results into {workdir}: not writable')
+
+
+def run(workdir: str, split: str = 'test', checkpoint='latest',
+        tta: bool = False, num_misclassified: int = 24) -> dict:
+  """Evaluates a checkpoint of `workdir` on `split`; writes, returns the JSON.
+
+  Raises:
+    ValueError: a one-line reason (workdir, checkpoint, split or data).
+  """
+  from resnet_jax import inference  # pylint: disable=g-import-not-at-top
+  if num_misclassified < 0:
+    raise ValueError(f'--num_misclassified must be >= 0, got '
+                     f'{num_misclassified}')
+  config = inference.read_config(workdir)
+  tfds_split = resolve_split(config, split)
+  tag = split_tag(split)
+  _check_writable(workdir)
+  loaded = inference.load(workdir, checkpoint)
+  input_pipeline.check_available(config.data)
+  ds = input_pipeline.load_split(config.data, tfds_split)
+  if ds.num_classes != loaded.num_classes:
+    raise ValueError(f'split {tfds_split!r} has {ds.num_classes} classes, the '
+                     f'model {loaded.num_classes}')
+  if tuple(ds.images.shape[1:]) != loaded.image_shape:
+    raise ValueError(f'split {tfds_split!r} has images of '
+                     f'{ds.images.shape[1:]}, the model takes '
+                     f'{loaded.image_shape}')
+  class_names = loaded.class_names or ds.class_names
+  summary, logits = evaluate_images(
+      loaded.apply, ds.images, ds.labels, batch_size=config.eval_batch_size,
+      class_names=class_names, tta=tta)
+  if summary['num_examples'] != ds.num_examples:
+    raise RuntimeError(f'evaluated {summary["num_examples"]} examples of a '
+                       f'split of {ds.num_examples}')
+
+  files = {
+      'json': os.path.join(workdir, f'eval_{tag}.json'),
+      'confusion': os.path.join(workdir, f'confusion_{tag}.png'),
+      'misclassified': os.path.join(workdir, f'misclassified_{tag}.png'),
+  }
+  result = {
+      'workdir': os.path.abspath(workdir),
+      'dataset': config.data.name,
+      'split': split,
+      'tfds_split': tfds_split,
+      'checkpoint': inference.parse_checkpoint(checkpoint),
+      'checkpoint_step': loaded.step,
+      'class_names': list(class_names),
+      **summary,
+      'files': {kind: os.path.basename(path) for kind, path in files.items()},
+  }
+  what = f'{config.data.name} {tfds_split}, step {loaded.step}'
+  report.confusion_png(summary['confusion_matrix'], class_names,
+                       files['confusion'], title=what)
+  probabilities = report.softmax(logits)
+  mistakes = report.most_confident_mistakes(ds.labels, probabilities,
+                                            num_misclassified)
+  report.misclassified_grid_png(
+      ds.images[mistakes], ds.labels[mistakes],
+      probabilities[mistakes].argmax(-1), probabilities[mistakes].max(-1),
+      class_names, files['misclassified'],
+      title=f'{len(mistakes)} most confident mistakes: {what}')
+  with open(files['json'], 'w') as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
+def format_summary(result: dict) -> str:
+  """A few readable lines: overall figures, then one line per class."""
+  lines = [f'{result["dataset"]} {result["tfds_split"]} '
+           f'({result["num_examples"]} examples), checkpoint step '
+           f'{result["checkpoint_step"]}:',
+           f'  accuracy {result["accuracy"]:.2%}, loss {result["loss"]:.4f}']
+  if 'tta' in result:
+    lines.append(f'  with flip TTA: accuracy {result["tta"]["accuracy"]:.2%}, '
+                 f'loss {result["tta"]["loss"]:.4f}')
+  show = lambda x: '   n/a' if x is None else f'{x:6.1%}'
+  width = max(len(c['name']) for c in result['per_class'])
+  lines.append(f'  {"class":<{width}}  support  accuracy  precision      f1')
+  for c in result['per_class']:
+    lines.append(f'  {c["name"]:<{width}}  {c["support"]:7d}    '
+                 f'{show(c["accuracy"])}     {show(c["precision"])}  '
+                 f'{show(c["f1"])}')
+  lines.append('wrote ' + ', '.join(result['files'].values()))
+  return '\n'.join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  tools.start()
+  try:
+    result = run(FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
+                 tta=FLAGS.tta, num_misclassified=FLAGS.num_misclassified)
+  except ValueError as e:
+    # A wrong workdir, checkpoint, split or missing data: one line.
+    sys.exit(f'error: {e}')
+  print(format_summary(result))
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program)."""
+  flags.DEFINE_string('workdir', None, 'A run directory written by '
+                      'resnet_jax.main; the results are written into it.')
+  flags.DEFINE_string('split', 'test', "'validation', 'test' or a split of "
+                      "the run's dataset, e.g. 'train[45000:]'.")
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.")
+  flags.DEFINE_bool('tta', False, 'Also report test-time augmentation: the '
+                    'mean logits of each image and its horizontal flip.')
+  flags.DEFINE_integer('num_misclassified', 24, 'How many of the most '
+                       'confident mistakes to show.')
+  flags.mark_flag_as_required('workdir')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

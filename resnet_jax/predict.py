@@ -1,0 +1,185 @@
+"""Classifies image files with a trained run.
+
+  python -m resnet_jax.predict --workdir=runs/resnet20 cat.png ship.jpg
+  python -m resnet_jax.predict --workdir=runs/resnet20 --resize --json photo.jpg
+
+Loads the checkpoint once (--checkpoint: 'latest', 'best' or a step) and
+prints each file's --top_k most probable classes: a small table per image, or
+with --json one JSON document on stdout.
+
+Images are read with Pillow (PNG, JPEG, and whatever else it reads), the EXIF
+orientation applied, and converted to the model's channels: grayscale to RGB
+by repeating the gray, transparency composited onto white. An image must have
+the model's size (32x32 for CIFAR) unless --resize is given: it is then scaled,
+keeping its aspect ratio, until it covers that size, and the centre cut out
+(Pillow's ImageOps.fit, bicubic with antialiasing), so nothing is stretched and
+the edges of the longer side are dropped.
+
+A file that is missing, not an image, or of the wrong size gets one line
+`error: <file>: <reason>` on stderr; the other files are still classified,
+and the exit status is 1 if any file failed. Nothing of the dataset is needed
+(class names: see inference.class_names), except for a run that measured its
+normalisation on the training split.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+from PIL import UnidentifiedImageError
+
+from resnet_jax import report
+from resnet_jax import tools
+
+# inference (through train and clu) imports TensorFlow, so it is imported only
+# once main() has kept TensorFlow off the GPUs.
+
+FLAGS = flags.FLAGS
+
+
+class ImageError(ValueError):
+  """A file that cannot be classified; the message says why, in a few words."""
+
+
+def read_image(path: str, image_shape, resize: bool = False) -> np.ndarray:
+  """The image at `path` as uint8 (H, W, C) of `image_shape` (see module doc).
+
+  Raises:
+    ImageError: missing, unreadable, not an image, or of another size
+      without `resize`.
+  """
+  height, width, channels = image_shape
+  if not os.path.exists(path):
+    raise ImageError('no such file')
+  if os.path.isdir(path):
+    raise ImageError('is a directory')
+  try:
+    with Image.open(path) as image:
+      image = ImageOps.exif_transpose(image)  # Also loads the pixels.
+  except UnidentifiedImageError:
+    raise ImageError('not an image (Pillow does not recognise it)') from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ImageError(f'cannot read the image ({e})') from None
+  if image.mode in ('RGBA', 'LA', 'PA') or (
+      image.mode == 'P' and 'transparency' in image.info):
+    rgba = image.convert('RGBA')
+    image = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+    image.alpha_composite(rgba)
+  image = image.convert('RGB' if channels == 3 else 'L')
+  if image.size != (width, height):
+    if not resize:
+      raise ImageError(
+          f'is {image.width}x{image.height} pixels, the model takes '
+          f'{width}x{height}; pass --resize to scale and centre-crop it')
+    image = ImageOps.fit(image, (width, height),
+                         method=Image.Resampling.BICUBIC)
+  pixels = np.asarray(image, np.uint8)
+  return pixels.reshape(height, width, channels)
+
+
+@dataclasses.dataclass
+class Prediction:
+  """One file's result: the top classes, or why it has none."""
+  file: str
+  top_k: list[dict] | None = None  # {'class', 'index', 'probability'}
+  error: str | None = None
+
+  def to_json(self) -> dict:
+    return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def predict_files(loaded, paths, *, top_k: int = 3,
+                  resize: bool = False) -> list[Prediction]:
+  """Classifies each file of `paths` with `loaded` (inference.load's result)."""
+  if top_k < 1:
+    raise ValueError(f'--top_k must be >= 1, got {top_k}')
+  names = report.display_names(loaded.class_names, loaded.num_classes)
+  results, images = [], []
+  for path in paths:
+    try:
+      images.append(read_image(path, loaded.image_shape, resize))
+      results.append(Prediction(path))
+    except ImageError as e:
+      results.append(Prediction(path, error=str(e)))
+  if images:
+    # One batch size, a power of two, so a few files compile once.
+    batch_size = 1 << (min(len(images), 256) - 1).bit_length()
+    probabilities = report.softmax(
+        loaded.logits(np.stack(images), batch_size=batch_size))
+    k = min(top_k, loaded.num_classes)
+    ok = [r for r in results if r.error is None]
+    for result, probs in zip(ok, probabilities, strict=True):
+      best = np.argsort(-probs, kind='stable')[:k]
+      result.top_k = [{'class': names[i], 'index': int(i),
+                       'probability': float(probs[i])} for i in best]
+  return results
+
+
+def format_table(results: list[Prediction]) -> str:
+  """Per file: its name, then one line per class with its probability."""
+  lines = []
+  for result in results:
+    if result.error is not None:
+      continue
+    lines.append(result.file)
+    width = max(len(p['class']) for p in result.top_k)
+    for rank, p in enumerate(result.top_k, 1):
+      lines.append(f'  {rank}. {p["class"]:<{width}}  '
+                   f'{p["probability"]:7.2%}')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  paths = argv[1:]
+  if not paths:
+    raise app.UsageError('give one or more image files to classify')
+  if FLAGS.top_k < 1:
+    raise app.UsageError(f'--top_k must be >= 1, got {FLAGS.top_k}')
+  tools.start()
+  from resnet_jax import inference  # pylint: disable=g-import-not-at-top
+  try:
+    loaded = inference.load(FLAGS.workdir, FLAGS.checkpoint)
+    results = predict_files(loaded, paths, top_k=FLAGS.top_k,
+                            resize=FLAGS.resize)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  for result in results:
+    if result.error is not None:
+      print(f'error: {result.file}: {result.error}', file=sys.stderr)
+  if FLAGS.json:
+    print(json.dumps({
+        'workdir': os.path.abspath(FLAGS.workdir),
+        'checkpoint_step': loaded.step,
+        'predictions': [r.to_json() for r in results],
+    }, indent=2))
+  else:
+    table = format_table(results)
+    if table:
+      print(table)
+  if any(r.error is not None for r in results):
+    sys.exit(1)
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program)."""
+  flags.DEFINE_string('workdir', None, 'A run directory written by '
+                      'resnet_jax.main.')
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.")
+  flags.DEFINE_integer('top_k', 3, 'How many of the most probable classes '
+                       'to show per image.')
+  flags.DEFINE_bool('json', False, 'Print one JSON document instead of tables.')
+  flags.DEFINE_bool('resize', False, 'Scale images of another size to cover '
+                    "the model's and crop the centre, instead of refusing "
+                    'them.')
+  flags.mark_flag_as_required('workdir')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,392 @@
+"""What a model gets right and wrong: metrics, pictures, training curves.
+
+Pure functions of NumPy arrays (labels, predictions, logits, images) and of a
+workdir's TensorBoard events; evaluate.py and curves.py write their results
+into the workdir.
+
+Conventions:
+
+- The confusion matrix has the true class along rows and the predicted class
+  along columns: row sums are the class counts, column sums the prediction
+  counts, the trace the correct predictions.
+- A class's accuracy is its recall: the fraction of its examples predicted as
+  it. Precision is the fraction of the predictions of a class that are right;
+  F1 = 2 TP / (2 TP + FP + FN).
+- A ratio with nothing to count (the precision of a class never predicted, the
+  recall of a class with no examples) is NaN in arrays and null in JSON, never
+  a made-up 0; macro averages are over the classes where it is defined.
+
+Pictures are drawn with Matplotlib's Agg renderer through `Figure` objects,
+never pyplot: nothing opens a window, and the caller's pyplot state (in a
+notebook, say) is left alone.
+"""
+
+from collections.abc import Mapping, Sequence
+import glob
+import math
+import os
+
+from matplotlib import figure as mpl_figure
+import numpy as np
+
+# The trainer's TensorBoard tags (train.py) that the curves show.
+LOSS_TAGS = ('train_loss', 'val_loss', 'test_loss')
+ACCURACY_TAGS = ('train_accuracy', 'val_accuracy', 'test_accuracy')
+LEARNING_RATE_TAG = 'learning_rate'
+_LABELS = {'train': 'train', 'val': 'validation', 'test': 'test'}
+
+
+# ----------------------------------------------------------------------------
+# Numbers.
+
+
+def softmax(logits) -> np.ndarray:
+  """Class probabilities, computed in float64."""
+  logits = np.asarray(logits, np.float64)
+  exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+  return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def cross_entropy(logits, labels) -> np.ndarray:
+  """Per-example softmax cross-entropy (natural log), as the eval step's."""
+  logits = np.asarray(logits, np.float64)
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+  return -np.take_along_axis(log_probs, np.asarray(labels)[:, None], -1)[:, 0]
+
+
+def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
+  """counts[true, predicted], int64 (num_classes, num_classes)."""
+  labels = np.asarray(labels).astype(np.int64).ravel()
+  predictions = np.asarray(predictions).astype(np.int64).ravel()
+  if labels.shape != predictions.shape:
+    raise ValueError(f'{labels.size} labels but {predictions.size} '
+                     'predictions')
+  for name, values in (('label', labels), ('prediction', predictions)):
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+      raise ValueError(f'a {name} is outside 0..{num_classes - 1}')
+  counts = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(counts, (labels, predictions), 1)
+  return counts
+
+
+def overall_accuracy(confusion) -> float:
+  """Correct predictions over all examples: trace / total."""
+  confusion = np.asarray(confusion)
+  total = confusion.sum()
+  return float(np.trace(confusion) / total) if total else math.nan
+
+
+def _ratio(numerator, denominator) -> np.ndarray:
+  numerator = np.asarray(numerator, np.float64)
+  denominator = np.asarray(denominator, np.float64)
+  out = np.full(numerator.shape, np.nan)
+  np.divide(numerator, denominator, out=out, where=denominator > 0)
+  return out
+
+
+def per_class_metrics(confusion) -> dict[str, np.ndarray]:
+  """Per-class counts and ratios from a confusion matrix (see module doc).
+
+  Returns arrays of length num_classes: 'support' (examples of the class),
+  'predicted' (predictions of it), 'correct', and the ratios 'accuracy'
+  (= 'recall'), 'precision', 'f1'.
+  """
+  confusion = np.asarray(confusion, np.int64)
+  correct = np.diag(confusion)
+  support = confusion.sum(axis=1)
+  predicted = confusion.sum(axis=0)
+  recall = _ratio(correct, support)
+  return {
+      'support': support,
+      'predicted': predicted,
+      'correct': correct,
+      'accuracy': recall,
+      'recall': recall,
+      'precision': _ratio(correct, predicted),
+      # 2TP / (2TP + FP + FN), where FP + FN = predicted + support - 2TP.
+      'f1': _ratio(2 * correct, support + predicted),
+  }
+
+
+def _json_number(x):
+  x = float(x)
+  return None if math.isnan(x) else x
+
+
+def _nanmean(values) -> float:
+  values = np.asarray(values, np.float64)
+  values = values[~np.isnan(values)]
+  return float(values.mean()) if values.size else math.nan
+
+
+def display_names(class_names: Sequence[str] | None,
+                  num_classes: int) -> list[str]:
+  """The class names, or the class indices as strings when unknown."""
+  if class_names is None:
+    return [str(i) for i in range(num_classes)]
+  if len(class_names) != num_classes:
+    raise ValueError(f'{len(class_names)} class names for {num_classes} '
+                     'classes')
+  return list(class_names)
+
+
+def classification_summary(labels, logits,
+                           class_names: Sequence[str] | None = None) -> dict:
+  """Accuracy, mean loss, per-class figures and the confusion matrix, as JSON.
+
+  `logits` (N, num_classes) are the model's outputs; predictions are their
+  argmax (ties go to the lower class, as in the eval step).
+  """
+  logits = np.asarray(logits)
+  labels = np.asarray(labels)
+  if logits.ndim != 2 or len(logits) != len(labels):
+    raise ValueError(f'logits {logits.shape} do not match {len(labels)} '
+                     'labels')
+  num_classes = logits.shape[1]
+  names = display_names(class_names, num_classes)
+  confusion = confusion_matrix(labels, logits.argmax(-1), num_classes)
+  metrics = per_class_metrics(confusion)
+  per_class = []
+  for i, name in enumerate(names):
+    per_class.append({
+        'index': i, 'name': name,
+        'support': int(metrics['support'][i]),
+        'predicted': int(metrics['predicted'][i]),
+        'correct': int(metrics['correct'][i]),
+        **{key: _json_number(metrics[key][i])
+           for key in ('accuracy', 'precision', 'recall', 'f1')},
+    })
+  return {
+      'num_examples': int(confusion.sum()),
+      'accuracy': _json_number(overall_accuracy(confusion)),
+      'loss': _json_number(cross_entropy(logits, labels).mean()),
+      'macro_avg': {key: _json_number(_nanmean(metrics[key]))
+                    for key in ('precision', 'recall', 'f1')},
+      'per_class': per_class,
+      'confusion_matrix': confusion.tolist(),
+  }
+
+
+def most_confident_mistakes(labels, probabilities, k: int) -> np.ndarray:
+  """Indices of up to `k` wrong predictions, the most confident first.
+
+  Confidence is the probability of the predicted class; ties keep the
+  examples' order.
+  """
+  probabilities = np.asarray(probabilities)
+  predictions = probabilities.argmax(-1)
+  confidence = probabilities.max(-1)
+  wrong = np.flatnonzero(predictions != np.asarray(labels))
+  order = np.argsort(-confidence[wrong], kind='stable')
+  return wrong[order[:max(k, 0)]]
+
+
+# ----------------------------------------------------------------------------
+# Pictures.
+
+
+def _save(fig: mpl_figure.Figure, path: str) -> str:
+  fig.savefig(path, format='png', bbox_inches='tight')
+  return path
+
+
+def confusion_png(confusion, class_names: Sequence[str] | None, path: str,
+                  title: str = '') -> str:
+  """A heat map of the confusion matrix with counts in the cells.
+
+  A cell's colour is its share of the true class (its row), so rows of
+  classes of any size read alike; the number is the count. Rows are true
+  classes, columns predictions, the diagonal the correct ones. Above 25
+  classes the counts are left out (they would not be legible).
+  """
+  confusion = np.asarray(confusion, np.int64)
+  num_classes = confusion.shape[0]
+  names = display_names(class_names, num_classes)
+  shares = _ratio(confusion, confusion.sum(axis=1, keepdims=True))
+  shares = np.nan_to_num(shares)
+  size = min(max(4.0, 0.55 * num_classes + 2.0), 16.0)
+  fig = mpl_figure.Figure(figsize=(size + 1.2, size), dpi=100,
+                          layout='constrained')
+  ax = fig.add_subplot()
+  image = ax.imshow(shares, cmap='Blues', vmin=0.0, vmax=1.0)
+  fig.colorbar(image, ax=ax, shrink=0.8,
+               label='share of the true class (row)')
+  ticks = np.arange(num_classes)
+  font = 9 if num_classes <= 25 else 6
+  ax.set_xticks(ticks, names, rotation=45, ha='right', fontsize=font,
+                rotation_mode='anchor')
+  ax.set_yticks(ticks, names, fontsize=font)
+  ax.set_xlabel('predicted class')
+  ax.set_ylabel('true class')
+  if num_classes <= 25:
+    for (row, col), count in np.ndenumerate(confusion):
+      colour = 'white' if shares[row, col] > 0.5 else (
+          'black' if count else 'silver')  # Zeros recede.
+      ax.text(col, row, str(count), ha='center', va='center', fontsize=8,
+              color=colour)
+  accuracy = overall_accuracy(confusion)
+  ax.set_title(f'{title}{" - " if title else ""}accuracy {accuracy:.2%} of '
+               f'{confusion.sum():,}', fontsize=10)
+  return _save(fig, path)
+
+
+def misclassified_grid_png(images, labels, predictions, confidences,
+                           class_names: Sequence[str] | None, path: str,
+                           title: str = '') -> str:
+  """The given images in a grid, each titled true / predicted (confidence).
+
+  Pass the mistakes to show, e.g. `most_confident_mistakes`'s; with none, the
+  picture says so.
+  """
+  images = np.asarray(images)
+  count = len(images)
+  name = str if class_names is None else class_names.__getitem__
+  columns = min(8, max(count, 1))
+  rows = max(1, -(-count // columns))
+  fig = mpl_figure.Figure(figsize=(1.45 * columns, 1.75 * rows + 0.4),
+                          dpi=100, layout='constrained')
+  if title:
+    fig.suptitle(title, fontsize=10)
+  if not count:
+    ax = fig.add_subplot()
+    ax.axis('off')
+    ax.text(0.5, 0.5, 'no misclassified examples', ha='center', va='center')
+    return _save(fig, path)
+  axes = fig.subplots(rows, columns, squeeze=False)
+  for i, ax in enumerate(axes.flat):
+    ax.axis('off')
+    if i >= count:
+      continue
+    image = images[i]
+    if image.ndim == 3 and image.shape[-1] == 1:
+      image = image[..., 0]
+    ax.imshow(image, cmap='gray' if image.ndim == 2 else None,
+              interpolation='nearest')
+    ax.set_title(f'true: {name(int(labels[i]))}\npred: '
+                 f'{name(int(predictions[i]))} ({confidences[i]:.1%})',
+                 fontsize=7)
+  return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------
+# Training curves from TensorBoard event files.
+
+
+def _event_files(workdir: str) -> list[str]:
+  return [p for p in glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+          if os.path.isfile(p)]
+
+
+def _scalar(value) -> float | None:
+  """A summary value's number: clu writes tensors; old writers simple_value."""
+  # TensorBoard imports TensorFlow: only when events are read (see
+  # read_scalars), so that importing this module stays light.
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  kind = value.WhichOneof('value')
+  if kind == 'simple_value':
+    return float(value.simple_value)
+  plugin = value.metadata.plugin_data.plugin_name
+  if kind != 'tensor' or plugin not in ('', 'scalars'):
+    return None  # Hyperparameters, images, text, ...
+  array = tensor_util.make_ndarray(value.tensor)
+  if array.size != 1 or array.dtype.kind not in 'biuf':
+    return None
+  return float(array.reshape(()))
+
+
+def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Every scalar tag in the workdir's event files: tag -> (steps, values).
+
+  Steps are sorted and unique. A resumed run writes the steps after its last
+  checkpoint again, into a new event file, so a (tag, step) can occur more
+  than once: the value written last wins, by the events' wall times
+  (microseconds; file names and their first events only have seconds), then
+  by file name and position. A file truncated by a crash is read up to its
+  last complete event.
+  """
+  # Imports TensorFlow, which a caller may have to keep off the GPUs first.
+  from tensorboard.backend.event_processing import (  # pylint: disable=g-import-not-at-top
+      event_file_loader)
+  latest: dict[str, dict[int, tuple[tuple, float]]] = {}
+  for path in sorted(_event_files(workdir)):
+    name = os.path.basename(path)
+    loader = event_file_loader.EventFileLoader(path)
+    for position, event in enumerate(loader.Load()):
+      for value in event.summary.value:
+        number = _scalar(value)
+        if number is None:
+          continue
+        by_step = latest.setdefault(value.tag, {})
+        order = (event.wall_time, name, position)
+        step = int(event.step)
+        if step not in by_step or by_step[step][0] <= order:
+          by_step[step] = (order, number)
+  scalars = {}
+  for tag, by_step in latest.items():
+    steps = np.array(sorted(by_step), np.int64)
+    scalars[tag] = (steps, np.array([by_step[s][1] for s in steps],
+                                    np.float64))
+  return scalars
+
+
+def _plot(ax, scalars, tag, **kwargs):
+  if tag not in scalars:
+    return False
+  steps, values = scalars[tag]
+  split = tag.split('_')[0]
+  label = _LABELS.get(split, split)
+  # A single point (the test split, evaluated once) would not show as a line.
+  marker = 'o' if len(steps) <= 20 or split == 'test' else None
+  ax.plot(steps, values, label=label, marker=marker, markersize=4, **kwargs)
+  return True
+
+
+def curves_png(scalars: Mapping[str, tuple[np.ndarray, np.ndarray]],
+               path: str, title: str = '') -> str:
+  """Loss, accuracy and learning rate against the step, side by side.
+
+  `scalars` as `read_scalars` returns them; missing tags are left out (a run
+  without validation has no validation curve). The best validation accuracy
+  is marked.
+  """
+  fig = mpl_figure.Figure(figsize=(13.5, 3.9), dpi=100, layout='constrained')
+  loss_ax, accuracy_ax, lr_ax = fig.subplots(1, 3)
+  if title:
+    fig.suptitle(title, fontsize=11)
+  colours = {'train': 'tab:blue', 'val': 'tab:orange', 'test': 'tab:green'}
+  for ax, tags, name in ((loss_ax, LOSS_TAGS, 'loss (cross-entropy)'),
+                         (accuracy_ax, ACCURACY_TAGS, 'accuracy')):
+    shown = [_plot(ax, scalars, tag, color=colours[tag.split('_')[0]])
+             for tag in tags]
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+    if any(shown):
+      ax.legend(fontsize=8)
+    else:
+      ax.text(0.5, 0.5, 'not logged', ha='center', va='center',
+              transform=ax.transAxes)
+  if 'val_accuracy' in scalars:
+    steps, values = scalars['val_accuracy']
+    best = int(np.argmax(values))
+    accuracy_ax.annotate(
+        f'best {values[best]:.2%}\nstep {steps[best]:,}',
+        (steps[best], values[best]), textcoords='offset points',
+        xytext=(-10, -30), ha='right', fontsize=8,
+        arrowprops={'arrowstyle': '->', 'lw': 0.8})
+  lr_ax.set_title('learning rate', fontsize=10)
+  lr_ax.set_xlabel('step')
+  lr_ax.grid(alpha=0.3)
+  if LEARNING_RATE_TAG in scalars:
+    steps, values = scalars[LEARNING_RATE_TAG]
+    # Each logged rate is the last of the steps up to it: a step schedule
+    # drops within the interval before the first lower value.
+    lr_ax.plot(steps, values, color='tab:purple', drawstyle='steps-pre')
+    if values.size and values.min() > 0 and values.max() / values.min() > 20:
+      lr_ax.set_yscale('log')  # Step schedules: each tenth gets its row.
+  else:
+    lr_ax.text(0.5, 0.5, 'not logged', ha='center', va='center',
+               transform=lr_ax.transAxes)
+  return _save(fig, path)
+

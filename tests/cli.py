@@ -1,0 +1,137 @@
+"""Runs the trainer's command line in a subprocess, optionally with a fault.
+
+`run_cli(..., fault='kill@save:8')` makes the process signal itself at a
+chosen point, which is how the tests kill it at moments they could not hit
+from outside (in the middle of a checkpoint write, during an evaluation):
+
+  <signal>@batch:K   when the input pipeline builds the batch of step K,
+                     which it does as the trainer takes the batch of step
+                     K - 1: after that step, K steps are done;
+  <signal>@save:K    while Orbax writes checkpoint K: every file is written,
+                     the rename that completes it has not happened;
+  <signal>@eval:N    during the N-th evaluation (1-based);
+  <signal>@summary   when summary.json is about to be written, after the
+                     last checkpoint.
+
+<signal> is `kill` (SIGKILL: nothing runs after it) or `term` (SIGTERM: the
+trainer's handler runs; the process goes on until it stops by itself).
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import tensorflow as tf
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+_MAIN = '''
+import os, runpy, signal, sys
+import tensorflow_datasets as tfds
+
+def _install_fault(fault):
+  name, _, where = fault.partition('@')
+  point, _, arg = where.partition(':')
+  signum = {'kill': signal.SIGKILL, 'term': signal.SIGTERM}[name]
+  fire = lambda: os.kill(os.getpid(), signum)
+  if point == 'batch':
+    from resnet_jax import input_pipeline
+    original = input_pipeline.train_rows
+    def train_rows(*args, step, **kwargs):
+      if step == int(arg):
+        fire()
+      return original(*args, step=step, **kwargs)
+    input_pipeline.train_rows = train_rows
+  elif point == 'save':
+    from orbax.checkpoint._src.path import atomicity
+    cls = atomicity.AtomicRenameTemporaryPath
+    original = cls.finalize
+    async def finalize(self, *args, **kwargs):
+      if os.path.basename(str(self.get_final())) == arg:
+        fire()
+      return await original(self, *args, **kwargs)
+    cls.finalize = finalize
+  elif point == 'eval':
+    from resnet_jax import train
+    original, calls = train.evaluate, []
+    def evaluate(*args, **kwargs):
+      calls.append(1)
+      if len(calls) == int(arg):
+        fire()
+      return original(*args, **kwargs)
+    train.evaluate = evaluate
+  elif point == 'summary':
+    from resnet_jax import train
+    original = train._write_json
+    def write_json(path, value):
+      if path.name == 'summary.json':
+        fire()
+      return original(path, value)
+    train._write_json = write_json
+  else:
+    raise ValueError(fault)
+
+if os.environ.get('RESNET_JAX_TEST_FAULT'):
+  _install_fault(os.environ['RESNET_JAX_TEST_FAULT'])
+sys.argv = ['resnet_jax.main'] + sys.argv[1:]
+if os.environ.get('RESNET_JAX_TEST_MOCK_DATA') == '1':
+  with tfds.testing.mock_data(num_examples=100):
+    runpy.run_module('resnet_jax.main', run_name='__main__')
+else:
+  runpy.run_module('resnet_jax.main', run_name='__main__')
+'''
+
+
+def run_cli(*args, mocked=True, fault=None, timeout=300):
+  """Runs `python -m resnet_jax.main *args` from the repository root.
+
+  Args:
+    *args: command-line arguments.
+    mocked: inside TFDS's mock data (random images; no dataset needed).
+    fault: where to signal the process itself (see the module docstring).
+    timeout: seconds before the test fails.
+  """
+  env = dict(os.environ, RESNET_JAX_TEST_MOCK_DATA='1' if mocked else '0',
+             RESNET_JAX_TEST_FAULT=fault or '')
+  return subprocess.run([sys.executable, '-c', _MAIN, *args], cwd=REPO,
+                        env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def error_line(result) -> str:
+  """The command's last line of output, which is the error when it failed."""
+  return result.stderr.strip().splitlines()[-1]
+
+
+def scalars(workdir) -> dict[tuple[str, int], float]:
+  """{(tag, step): value} from the TensorBoard event files of `workdir`.
+
+  A resumed run writes the steps after its checkpoint again: the later
+  write wins. A killed run may leave a truncated last record: reading stops
+  there.
+  """
+  values = {}
+  for path in sorted(pathlib.Path(workdir).glob('events.out.tfevents.*')):
+    try:
+      for event in tf.compat.v1.train.summary_iterator(str(path)):
+        for value in event.summary.value:
+          if value.HasField('tensor'):
+            array = tf.make_ndarray(value.tensor)
+            if array.shape == () and array.dtype.kind == 'f':
+              values[value.tag, event.step] = float(array)
+    except tf.errors.DataLossError:
+      pass
+  return values
+
+
+def snapshot(directory) -> dict[str, tuple[int, int]] | None:
+  """Every path under `directory` with its size and mtime (None if absent)."""
+  directory = pathlib.Path(directory)
+  if not directory.exists():
+    return None
+  paths = [directory, *directory.rglob('*')] if directory.is_dir() else [
+      directory]
+  return {str(p.relative_to(directory)): (p.stat().st_size,
+                                          p.stat().st_mtime_ns)
+          for p in paths}

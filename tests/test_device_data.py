@@ -1,0 +1,86 @@
+"""The training split on the devices gives exactly the host pipeline's steps."""
+
+import functools
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from resnet_jax import augment, device_data, input_pipeline, models, optimizer
+from resnet_jax import parallel, steps, train_state
+
+GLOBAL_BATCH = 16
+
+
+@pytest.fixture(scope='module')
+def dataset():
+  rng = np.random.default_rng(0)
+  return input_pipeline.InMemoryDataset(
+      images=rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8),
+      labels=rng.integers(0, 10, 50).astype(np.int32),
+      class_names=tuple('abcdefghij'))
+
+
+def test_rows_pick_the_host_pipelines_examples_for_every_process(dataset):
+  # 50 examples, batch 16: 3 steps an epoch; steps 0..7 cross two epochs.
+  for process_index in range(2):
+    rows = device_data.row_batches(
+        dataset.num_examples, seed=3, start_step=0, global_batch_size=16,
+        process_index=process_index, process_count=2)
+    for step in range(8):
+      batch = input_pipeline.train_batch(
+          dataset, seed=3, step=step, global_batch_size=16,
+          process_index=process_index, process_count=2)
+      got = next(rows)['rows']
+      assert got.dtype == np.int32 and got.shape == (8,)
+      np.testing.assert_array_equal(dataset.images[got], batch['image'])
+      np.testing.assert_array_equal(dataset.labels[got], batch['label'])
+
+
+def _train(mode, dataset, on_device, num_steps=4):
+  dp = parallel.DataParallel(mode)
+  tx = optimizer.create_optimizer(ml_collections.ConfigDict(dict(
+      momentum=0.9, nesterov=False, weight_decay=5e-4, weight_decay_mode='l2',
+      weight_decay_on='all')), lambda step: 0.1)
+  state = dp.put_state(train_state.create_train_state(
+      jax.random.key(0), models.ResNet(depth=8, bn_axis_name=dp.axis_name),
+      tx, (8, 8, 3)))
+  step_fn = functools.partial(
+      steps.train_step, learning_rate_fn=lambda step: 0.1,
+      augment_fn=functools.partial(augment.augment, mean=(120.,) * 3,
+                                   std=(60.,) * 3, padding=2, flip=True))
+  source = dict(seed=1, start_step=0, global_batch_size=GLOBAL_BATCH)
+  if on_device:
+    data = (device_data.place(dataset, dp),)
+    train_step = dp.train_step(device_data.gathering(step_fn), with_data=True)
+    batches = device_data.row_batches(dataset.num_examples, **source)
+  else:
+    data = ()
+    train_step = dp.train_step(step_fn)
+    batches = input_pipeline.train_batches(dataset, **source)
+  history = []
+  for step in range(num_steps):
+    state, metrics = train_step(state, dp.put_batch(next(batches)),
+                                jax.random.key(step), *data)
+    history.append(metrics)
+  state = dp.get_state(state)
+  return jax.device_get((state.step, state.params, state.batch_stats,
+                         state.opt_state, history))
+
+
+@pytest.mark.parametrize('mode', ['jit', 'pmap', 'shard_map'])
+def test_training_on_device_data_is_bit_identical_to_host_batches(
+    mode, dataset):
+  want = _train(mode, dataset, on_device=False)
+  got = _train(mode, dataset, on_device=True)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_the_data_is_on_every_device_once():
+  dp = parallel.DataParallel('shard_map')
+  data = device_data.place(input_pipeline.InMemoryDataset(
+      images=np.zeros((10, 4, 4, 3), np.uint8),
+      labels=np.zeros(10, np.int32), class_names=('a',)), dp)
+  assert data['image'].sharding.is_fully_replicated
+  assert data['image'].sharding.device_set == set(jax.devices())

@@ -1,0 +1,247 @@
+"""Evaluating a trained run (evaluate.py, inference.py)."""
+
+import functools
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import smoke
+from resnet_jax import checkpoints
+from resnet_jax import evaluate
+from resnet_jax import inference
+from resnet_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Runs `python -m <module>` inside TFDS's mock data, as test_train does.
+MOCKED_MODULE = '''
+import runpy, sys
+import tensorflow_datasets as tfds
+module = sys.argv[1]
+sys.argv = [module] + sys.argv[2:]
+with tfds.testing.mock_data(num_examples=100):
+  runpy.run_module(module, run_name='__main__')
+'''
+
+
+def run_module(module, *args, mocked=True, timeout=300):
+  command = ([sys.executable, '-c', MOCKED_MODULE, module] if mocked else
+             [sys.executable, '-m', module])
+  return subprocess.run(command + list(args), cwd=REPO, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def smoke_run_config():
+  """The smoke config, shortened: checkpoints (and validation) at 2 and 4."""
+  config = smoke.get_config()
+  config.update(parallelism='jit', num_train_steps=4, log_every_steps=1,
+                eval_every_steps=2, checkpoint_every_steps=2,
+                keep_checkpoints=3)
+  return config
+
+
+@functools.cache
+def train_smoke_run(workdir: pathlib.Path) -> pathlib.Path:
+  """Trains the smoke run into `workdir` on mock data, once per process.
+
+  test_predict.py uses the same run.
+  """
+  with tfds.testing.mock_data(num_examples=100):
+    train.train_and_evaluate(smoke_run_config(), str(workdir),
+                             config_name='smoke')
+  assert (workdir / 'config.json').exists()  # Written by the trainer.
+  return workdir
+
+
+@pytest.fixture(name='run_dir', scope='module')
+def fixture_run_dir(tmp_path_factory):
+  return train_smoke_run(tmp_path_factory.getbasetemp() / 'smoke_run')
+
+
+def assert_picture(path):
+  with Image.open(path) as image:
+    assert image.format == 'PNG'
+    pixels = np.asarray(image.convert('RGB'))
+  assert pixels.std() > 0
+  assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1
+
+
+def snapshot(directory: pathlib.Path) -> dict:
+  return {str(p.relative_to(directory)): (p.stat().st_size,
+                                          p.stat().st_mtime_ns)
+          for p in [directory, *directory.rglob('*')]}
+
+
+# ----------------------------------------------------------------------------
+# The numbers, on a fake model.
+
+NUM_CLASSES = 3
+
+
+def fake_model(batch):
+  """Predicts the class written in each image's top-left pixel (red)."""
+  classes = batch[:, 0, 0, 0].astype(np.int64) % NUM_CLASSES
+  return 4.0 * np.eye(NUM_CLASSES, dtype=np.float32)[classes]
+
+
+def images_saying(left, right):
+  """2x2 images whose left column says `left`, right column `right`."""
+  images = np.zeros((len(left), 2, 2, 3), np.uint8)
+  images[:, :, 0, 0] = np.asarray(left)[:, None]
+  images[:, :, 1, 0] = np.asarray(right)[:, None]
+  return images
+
+
+def test_a_fake_models_figures_match_a_hand_computed_confusion_matrix():
+  labels = np.array([0, 0, 0, 1, 1, 2, 2])
+  left = np.array([0, 0, 1, 1, 2, 2, 0])  # What the model says.
+  right = np.array([0, 1, 0, 1, 1, 2, 2])  # What it says of the flips.
+  summary, logits = evaluate.evaluate_images(
+      fake_model, images_saying(left, right), labels, batch_size=3,
+      class_names=['a', 'b', 'c'], tta=True)
+  assert summary['confusion_matrix'] == [[2, 1, 0],
+                                         [0, 1, 1],
+                                         [1, 0, 1]]
+  assert summary['num_examples'] == 7 and summary['accuracy'] == 4 / 7
+  assert [c['accuracy'] for c in summary['per_class']] == [2 / 3, 1 / 2, 1 / 2]
+  assert [c['precision'] for c in summary['per_class']] == [2 / 3, 1 / 2, 1 / 2]
+  np.testing.assert_array_equal(logits.argmax(-1), left)
+  # Flip TTA averages each image's logits with its flip's. Where the two
+  # disagree the averaged logits tie, and argmax takes the lower class:
+  # example 1 (0 or 1) stays 0, 2 (1 or 0) becomes 0, 4 (2 or 1) becomes 1,
+  # 6 (0 or 2) stays 0.
+  tta = summary['tta']
+  assert tta['confusion_matrix'] == [[3, 0, 0],
+                                     [0, 2, 0],
+                                     [1, 0, 1]]
+  assert tta['num_examples'] == 7 and tta['accuracy'] == 6 / 7
+
+
+def test_every_example_is_classified_once_in_padded_batches():
+  seen = []
+
+  def model(batch):
+    assert len(batch) == 4  # Padded: one compiled shape.
+    seen.append(batch[:, 0, 0, 0].copy())
+    return np.eye(NUM_CLASSES, dtype=np.float32)[batch[:, 0, 0, 0] % 3]
+
+  images = images_saying(np.arange(1, 11) % 3, np.zeros(10))
+  logits = inference.batched_logits(model, images, batch_size=4)
+  assert len(seen) == 3 and len(logits) == 10
+  np.testing.assert_array_equal(np.concatenate(seen)[:10], np.arange(1, 11) % 3)
+  np.testing.assert_array_equal(np.concatenate(seen)[10:], 0)  # Padding.
+  np.testing.assert_array_equal(logits.argmax(-1), np.arange(1, 11) % 3)
+
+
+@pytest.mark.parametrize('split, tag', [
+    ('validation', 'validation'),
+    ('test', 'test'),
+    ('train', 'train'),
+    ('train[45000:]', 'train_45000-end'),
+    ('train[:45000]', 'train_start-45000'),
+    ('train[10%:20%]', 'train_10pct-20pct'),
+    ('train[-500:]', 'train_minus500-end'),
+])
+def test_file_names_carry_the_split_in_safe_characters(split, tag):
+  assert evaluate.split_tag(split) == tag
+
+
+def test_the_split_names_resolve_through_the_config():
+  config = smoke_run_config()
+  assert evaluate.resolve_split(config, 'validation') == 'train[90%:]'
+  assert evaluate.resolve_split(config, 'test') == 'test'
+  config.data.test_split = ''
+  with pytest.raises(ValueError, match='no test split'):
+    evaluate.resolve_split(config, 'test')
+  with pytest.raises(ValueError, match='--split is empty'):
+    evaluate.resolve_split(config, ' ')
+  with pytest.raises(ValueError, match='malformed split'):
+    evaluate.resolve_split(config, 'train[1:2:3]')
+
+
+# ----------------------------------------------------------------------------
+# A real (smoke) run.
+
+
+def test_evaluating_a_run_reproduces_the_trainers_validation_figures(run_dir):
+  with tfds.testing.mock_data(num_examples=100):
+    result = evaluate.run(str(run_dir), split='validation', tta=True,
+                          num_misclassified=5)
+  summary = json.loads((run_dir / 'summary.json').read_text())
+  assert result['checkpoint_step'] == 4
+  assert result['tfds_split'] == 'train[90%:]'
+  assert result['num_examples'] == summary['eval_examples'] == 10
+  assert result['accuracy'] == pytest.approx(summary['final_val_accuracy'])
+  assert result['loss'] == pytest.approx(summary['final_val_loss'], rel=1e-5)
+  confusion = np.array(result['confusion_matrix'])
+  assert confusion.sum() == 10
+  assert np.trace(confusion) / 10 == result['accuracy']
+  assert [c['support'] for c in result['per_class']] == list(confusion.sum(1))
+  assert result['class_names'] == list(inference.CIFAR10_CLASS_NAMES)
+  assert result['tta']['num_examples'] == 10
+  written = (run_dir / 'eval_validation.json').read_text()
+  assert json.loads(written) == result
+  json.loads(written, parse_constant=pytest.fail)  # No NaN in the file.
+  assert_picture(run_dir / 'confusion_validation.png')
+  assert_picture(run_dir / 'misclassified_validation.png')
+
+
+def test_a_checkpoint_is_chosen_by_step_latest_or_best_and_nothing_written(
+    run_dir):
+  before = snapshot(run_dir)
+  with checkpoints.Checkpointer(run_dir / 'checkpoints', save_every_steps=1,
+                                keep=1, metadata={}) as checkpointer:
+    best = checkpointer.best_step()
+  assert best in (2, 4)
+  assert inference.load(str(run_dir)).step == 4
+  assert inference.load(str(run_dir), 'best').step == best
+  loaded = inference.load(str(run_dir), 2)
+  assert loaded.step == 2 and loaded.image_shape == (32, 32, 3)
+  assert snapshot(run_dir) == before
+
+
+def test_bad_workdirs_checkpoints_and_splits_are_one_line_errors(
+    run_dir, tmp_path):
+  with pytest.raises(ValueError, match='does not exist'):
+    evaluate.run(str(tmp_path / 'missing'))
+  with pytest.raises(ValueError, match='config.json is missing'):
+    evaluate.run(str(tmp_path))
+  no_checkpoints = tmp_path / 'no_checkpoints'
+  no_checkpoints.mkdir()
+  shutil.copy(run_dir / 'config.json', no_checkpoints)
+  with pytest.raises(ValueError, match='no checkpoint in'):
+    evaluate.run(str(no_checkpoints), split='validation')
+  with pytest.raises(ValueError, match=r'no checkpoint of step 3 .*\[2, 4\]'):
+    evaluate.run(str(run_dir), split='validation', checkpoint='3')
+  with pytest.raises(ValueError, match='use latest, best or a step'):
+    evaluate.run(str(run_dir), split='validation', checkpoint='newest')
+  assert not list(no_checkpoints.glob('eval_*'))
+
+
+def test_the_command_line_evaluates_the_test_split(run_dir):
+  result = run_module('resnet_jax.evaluate', f'--workdir={run_dir}',
+                      '--split=test', '--tta')
+  assert result.returncode == 0, result.stderr[-3000:]
+  written = json.loads((run_dir / 'eval_test.json').read_text())
+  summary = json.loads((run_dir / 'summary.json').read_text())
+  assert written['num_examples'] == summary['test_examples'] == 100
+  assert written['accuracy'] == pytest.approx(summary['test_accuracy'])
+  assert f'accuracy {written["accuracy"]:.2%}' in result.stdout
+  assert 'with flip TTA' in result.stdout
+  assert 'eval_test.json' in result.stdout
+
+
+def test_the_command_line_reports_a_malformed_split_in_one_line(run_dir):
+  result = run_module('resnet_jax.evaluate', f'--workdir={run_dir}',
+                      '--split=train[1:2:3]')
+  assert result.returncode != 0
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith('error: malformed split')
+  assert not list(run_dir.glob('eval_train*'))
