@@ -103,6 +103,14 @@ def get_config() -> ml_collections.ConfigDict:
   # 'pmap' (all local devices), 'shard_map' (jit over a device mesh) or 'jit'
   # (one device). The first two average gradients and batch-norm statistics.
   config.parallelism = 'pmap'
+  # Several processes (multi-host: TPU pod slices, GPU clusters) with
+  # parallelism='shard_map'. enabled alone: JAX detects the rest (TPU VMs,
+  # Slurm, Open MPI); else give all three (e.g. '10.0.0.1:1234', 2, 0..1).
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  config.distributed.coordinator_address = ''
+  config.distributed.num_processes = 0
+  config.distributed.process_id = -1
   # XLA CPU devices to split the CPU into (parallel.configure_cpu_devices):
   # 0 = one per core that the batch sizes divide over; no effect on GPU/TPU.
   config.cpu_devices = 0

@@ -90,6 +90,16 @@ def validate(config) -> None:
   _check(data.name != 'image_folder' or bool(data.data_dir), 'data.data_dir',
          data.data_dir, "must be the folder's root for data.name='image_folder'")
   _one_of(config, 'parallelism', parallel.MODES)
+  distributed = config.distributed
+  _check(isinstance(distributed.num_processes, int) and
+         distributed.num_processes >= 0, 'distributed.num_processes',
+         distributed.num_processes, 'must be an integer >= 0 (0: detect)')
+  _check(isinstance(distributed.process_id, int) and
+         distributed.process_id >= -1, 'distributed.process_id',
+         distributed.process_id, 'must be an integer >= -1 (-1: detect)')
+  _check(not distributed.enabled or config.parallelism == 'shard_map',
+         'parallelism', config.parallelism,
+         "must be 'shard_map' with config.distributed.enabled")
   _check(isinstance(config.cpu_devices, int) and config.cpu_devices >= 0,
          'cpu_devices', config.cpu_devices,
          'must be an integer >= 0 (0: one per core)')

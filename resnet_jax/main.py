@@ -94,7 +94,9 @@ def main(argv):
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
 
   _enable_compilation_cache(config.compilation_cache_dir)
+  # Both before anything starts JAX's backends.
   parallel.configure_cpu_devices(config)
+  parallel.initialize_distributed(config)
   try:
     train.train_and_evaluate(
         config, FLAGS.workdir,

@@ -5,9 +5,10 @@ The steps (steps.py) are written once; this module compiles them for a layout:
 - 'jit': one device, `jax.jit`; no collectives.
 - 'pmap': every given device under `jax.pmap` (the project's default). The
   state carries a leading device axis; each device gets B / n examples.
-- 'shard_map': `jax.jit` of `jax.shard_map` over a one-axis device mesh: the
-  state is replicated, the batch sharded along its first dimension. This is
-  JAX's successor to pmap, and what multi-host meshes build on.
+- 'shard_map': `jax.jit` of `jax.shard_map` over a one-axis mesh of every
+  device of every process: the state is replicated, the batch sharded along
+  its first dimension, each process supplying its own part. This is JAX's
+  successor to pmap, and the layout for several processes (multi-host).
 
 In the last two, the steps combine gradients, batch-norm statistics and
 metrics over the 'batch' axis, so all three layouts compute the same update
@@ -61,6 +62,24 @@ def configure_cpu_devices(config) -> int | None:
   return count
 
 
+def initialize_distributed(config) -> None:
+  """Joins the processes of a multi-host job, as config.distributed says.
+
+  Call before anything starts JAX's backends. With `enabled` and no other
+  field set, JAX finds the coordinator, the number of processes and this
+  process's index itself (TPU VMs, Slurm, Open MPI); otherwise they are
+  taken from the config. On CPUs the processes talk through Gloo.
+  """
+  settings = config.distributed
+  if not settings.enabled:
+    return
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(
+      coordinator_address=settings.coordinator_address or None,
+      num_processes=settings.num_processes or None,
+      process_id=None if settings.process_id < 0 else settings.process_id)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataParallel:
   """A layout of the train state and batches over `devices`."""
@@ -71,7 +90,12 @@ class DataParallel:
     if self.mode not in MODES:
       raise ValueError(f'unknown parallelism {self.mode!r}; choose one of '
                        f'{MODES}')
-    devices = tuple(self.devices) or tuple(jax.local_devices())
+    if self.mode != 'shard_map' and jax.process_count() > 1:
+      raise ValueError(
+          f'parallelism={self.mode!r} runs within one process; use '
+          f"'shard_map' with several processes ({jax.process_count()})")
+    devices = tuple(self.devices) or tuple(
+        jax.devices() if self.mode == 'shard_map' else jax.local_devices())
     if self.mode == 'jit':
       devices = devices[:1]
     object.__setattr__(self, 'devices', devices)
@@ -83,7 +107,13 @@ class DataParallel:
 
   @property
   def num_devices(self) -> int:
+    """Devices of the layout, over all processes."""
     return len(self.devices)
+
+  @property
+  def num_local_devices(self) -> int:
+    """Devices of the layout that belong to this process."""
+    return sum(d.process_index == jax.process_index() for d in self.devices)
 
   @functools.cached_property
   def mesh(self) -> Mesh:
@@ -91,11 +121,12 @@ class DataParallel:
     return Mesh(np.array(self.devices), (AXIS,))
 
   def check_batch_size(self, batch_size: int):
-    if batch_size % self.num_devices:
+    """Fails unless this process's `batch_size` splits over its devices."""
+    if batch_size % self.num_local_devices:
       raise ValueError(
           f'batch size {batch_size} does not divide evenly over '
-          f'{self.num_devices} devices ({self.mode}); choose a multiple of '
-          f'{self.num_devices}')
+          f'{self.num_local_devices} devices ({self.mode}); choose a multiple '
+          f'of {self.num_local_devices}')
 
   def put_state(self, state):
     """Places a state (or any pytree) on the devices, replicated."""
@@ -105,6 +136,10 @@ class DataParallel:
           lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))),
                                    sharding), state)
     if self.mode == 'shard_map':
+      if jax.process_count() > 1:
+        # Through the host: arrays restored from a checkpoint sit on one
+        # device, and no device is copied from across hosts.
+        state = jax.device_get(state)
       return jax.device_put(state, NamedSharding(self.mesh, P()))
     return jax.device_put(state, self.devices[0])
 
@@ -115,14 +150,20 @@ class DataParallel:
     return state
 
   def put_batch(self, batch):
-    """Splits a batch of host arrays over the devices (asynchronously)."""
+    """Splits this process's batch of host arrays over its devices.
+
+    Under 'shard_map' the processes' batches, in process order, make one
+    global batch. The transfer is asynchronous.
+    """
     self.check_batch_size(len(jax.tree.leaves(batch)[0]))
     if self.mode == 'pmap':
       n, sharding = self.num_devices, NamedSharding(self.mesh, P(AXIS))
       return jax.tree.map(lambda x: jax.device_put(
           x.reshape(n, x.shape[0] // n, *x.shape[1:]), sharding), batch)
     if self.mode == 'shard_map':
-      return jax.device_put(batch, NamedSharding(self.mesh, P(AXIS)))
+      sharding = NamedSharding(self.mesh, P(AXIS))
+      return jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
     return jax.device_put(batch, self.devices[0])
 
   def _compile(self, step_fn, layouts: tuple[str, ...], donate: bool):

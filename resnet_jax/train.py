@@ -112,17 +112,14 @@ def _load_data(config):
 
 
 def _check_batch_sizes(config, dp):
-  # Every process feeds its devices an equal share of the global batch.
-  shards = jax.process_count() * dp.num_devices
-  if config.parallelism == 'jit' and jax.process_count() > 1:
-    raise ValueError("config.parallelism='jit' runs on one device of one "
-                     'process; use pmap or shard_map with several processes')
+  # Every device of every process gets an equal share of the global batch.
+  shards = dp.num_devices
   for field in ('batch_size', 'eval_batch_size'):
     if config[field] % shards:
       raise ValueError(
           f'config.{field}={config[field]} does not divide over '
           f'{shards} devices ({jax.process_count()} processes x '
-          f'{dp.num_devices}); use a multiple of {shards}')
+          f'{dp.num_local_devices}); use a multiple of {shards}')
 
 
 def checkpoint_metadata(config, image_shape,

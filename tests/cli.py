@@ -83,20 +83,30 @@ else:
 '''
 
 
-def run_cli(*args, mocked=True, fault=None, timeout=300):
+def cli_command(*args, mocked=True, fault=None, own_devices=False):
+  """The command and environment that `run_cli` runs (see there)."""
+  env = dict(os.environ, RESNET_JAX_TEST_MOCK_DATA='1' if mocked else '0',
+             RESNET_JAX_TEST_FAULT=fault or '')
+  if own_devices:
+    env.pop('XLA_FLAGS', None)
+  return [sys.executable, '-c', _MAIN, *args], env
+
+
+def run_cli(*args, mocked=True, fault=None, own_devices=False, timeout=300):
   """Runs `python -m resnet_jax.main *args` from the repository root.
 
   Args:
     *args: command-line arguments.
     mocked: inside TFDS's mock data (random images; no dataset needed).
     fault: where to signal the process itself (see the module docstring).
+    own_devices: without conftest's 8 CPU devices, so that
+      --config.cpu_devices decides.
     timeout: seconds before the test fails.
   """
-  env = dict(os.environ, RESNET_JAX_TEST_MOCK_DATA='1' if mocked else '0',
-             RESNET_JAX_TEST_FAULT=fault or '')
-  return subprocess.run([sys.executable, '-c', _MAIN, *args], cwd=REPO,
-                        env=env, capture_output=True, text=True,
-                        timeout=timeout)
+  command, env = cli_command(*args, mocked=mocked, fault=fault,
+                             own_devices=own_devices)
+  return subprocess.run(command, cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)
 
 
 def error_line(result) -> str:
