@@ -346,8 +346,10 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       log_due = done % config.log_every_steps == 0 or done == total_steps
       eval_due = bool(eval_ds) and (done % config.eval_every_steps == 0 or
                                     done == total_steps)
-      save_due = (checkpointer.should_save(done) or done == last_step or
-                  preempted)
+      # Decided here rather than by Orbax's should_save, which would query
+      # the manager (and JAX's preemption sync point, asked above) every step.
+      save_due = (done % config.checkpoint_every_steps == 0 or
+                  done == last_step or preempted)
       if not (log_due or eval_due or save_due):
         continue
 
