@@ -118,4 +118,10 @@ def get_config() -> ml_collections.ConfigDict:
   # its compiled steps from here instead of compiling them again. Shared by
   # runs; entries are keyed by program, JAX version and device.
   config.compilation_cache_dir = '~/.cache/resnet_jax/jax'
+  # A profiler trace of num_steps training steps from first_step (after
+  # compilation and warm-up), into <workdir>/plugins/profile for
+  # TensorBoard's profile tab; 0 steps: none.
+  config.profile = ml_collections.ConfigDict()
+  config.profile.first_step = 10
+  config.profile.num_steps = 0
   return config

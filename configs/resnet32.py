@@ -1,7 +1,7 @@
 """ResNet-32 on CIFAR-10 with the recipe of He et al. 2015 (Table 6 row).
 
 Command:
-  python -m resnet_jax.main --config=configs/resnet32.py --workdir=runs/resnet32
+  python -m resnet_jax.main --config=configs/resnet32.py
 
 Model: 0.46M parameters, option-A shortcuts. Recipe: SGD momentum 0.9, weight
 decay 1e-4, batch 128, learning rate 0.1 divided by 10 at 32k and 48k

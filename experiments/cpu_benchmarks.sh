@@ -22,9 +22,9 @@ torch_bench() {
   python -m experiments.torch_benchmark --device=cpu "$@" 2>&1 | tail -1 | tee -a "$out"
 }
 
-jax_bench --config.parallelism=jit --input=synthetic
-jax_bench --input=synthetic  # pmap, one device per core (config.cpu_devices=0)
-jax_bench --input=synthetic --config.model.dtype=bfloat16
+jax_bench --config.parallelism=jit --loop_steps=30
+jax_bench --loop_steps=30  # pmap, one device per core (config.cpu_devices=0)
+jax_bench --config.parallelism=shard_map --loop_steps=30
+jax_bench --config.model.dtype=bfloat16 --loop_steps=30
 jax_bench --input=host --loop_steps=30
-jax_bench --input=device --loop_steps=30
 torch_bench --variants=eager_nchw_f32,eager_cl_f32,eager_cl_bf16,compiled_cl_f32

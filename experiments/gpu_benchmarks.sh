@@ -23,8 +23,8 @@ torch_bench() {
   python3 -m experiments.torch_benchmark --device=cuda "$@" 2>&1 | tail -1 | tee -a "$out"
 }
 
-jax_bench --input=synthetic --config.batch_size=128
-jax_bench --input=synthetic --config.batch_size=128 --config.model.dtype=bfloat16
+jax_bench --input=device --config.batch_size=128
+jax_bench --input=device --config.batch_size=128 --config.model.dtype=bfloat16
 jax_bench --input=device --config.batch_size=128 --config.model.dtype=bfloat16 --loop_steps=0
 jax_bench --input=host --config.batch_size=1024 --config.model.dtype=bfloat16 --loop_steps=0
 jax_bench --input=device --config.batch_size=512 --config.model.dtype=bfloat16 --loop_steps=0

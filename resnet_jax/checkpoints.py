@@ -62,17 +62,20 @@ UNREADABLE_DIR = 'unreadable_checkpoints'
 _TMP_MARKER = '.orbax-checkpoint-tmp'
 
 
-class _NoMetricsWarning(logging_lib.Filter):
-  """Drops Orbax's warning for each save without a validation accuracy.
+class _ExpectedWarnings(logging_lib.Filter):
+  """Drops Orbax's warnings about what this module does on purpose.
 
-  Most checkpoints have none (validation runs less often), which is expected.
+  A save without a validation accuracy (validation runs less often than
+  saving), and a reader's manager opened read-only.
   """
+  EXPECTED = ('did not provide metrics', 'read_only=True',
+              'Given directory is read only')
 
   def filter(self, record):
-    return 'did not provide metrics' not in record.getMessage()
+    return not any(text in record.getMessage() for text in self.EXPECTED)
 
 
-logging_lib.getLogger('absl').addFilter(_NoMetricsWarning())
+logging_lib.getLogger('absl').addFilter(_ExpectedWarnings())
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -152,23 +155,23 @@ class Checkpointer:
   All processes of a multi-host job construct one and make the same calls.
   """
 
-  def __init__(self, directory, *, save_every_steps: int, keep: int,
-               metadata: dict[str, Any]):
+  def __init__(self, directory, *, keep: int = 1,
+               metadata: dict[str, Any], read_only: bool = False):
     """Opens `directory` (the run's workdir/checkpoints); writes nothing yet.
 
     Args:
       directory: where the step directories live; a local path (relative ones
         are made absolute, as Orbax requires) or a URL such as gs://.
-      save_every_steps: `should_save` is true at multiples of this.
       keep: how many of the newest checkpoints to keep; older ones are deleted
         after each save, except the best by validation accuracy.
       metadata: JSON-serialisable dict of what must match to resume; written
         with every checkpoint and checked before restoring or saving. Only
         the settings it holds are compared, so a reader may pass a subset.
+      read_only: for readers (evaluate, predict): Orbax then never creates,
+        deletes or cleans up anything, even while a trainer writes there.
     """
-    if save_every_steps < 1 or keep < 1:
-      raise ValueError(f'save_every_steps ({save_every_steps}) and keep '
-                       f'({keep}) must be positive')
+    if keep < 1:
+      raise ValueError(f'keep ({keep}) must be positive')
     path = epath.Path(directory)
     self.directory = path if path.is_absolute() else path.absolute()
     self._metadata = _normalise(metadata)  # Fails early if not JSON.
@@ -177,10 +180,6 @@ class Checkpointer:
     policies = ocp.checkpoint_managers
     best_accuracy = lambda metrics: metrics['val_accuracy']
     options = ocp.CheckpointManagerOptions(
-        # Orbax's default policy would also save the first step it sees.
-        # Preemption is the trainer's business (preemption.py): it decides
-        # on the step and calls `save`.
-        save_decision_policy=policies.FixedIntervalPolicy(save_every_steps),
         best_fn=best_accuracy,
         best_mode='max',
         preservation_policy=policies.AnyPreservationPolicy([
@@ -190,7 +189,8 @@ class Checkpointer:
         ]),
         # The first save creates the directory; opening one must not write.
         create=False,
-        enable_async_checkpointing=True,
+        read_only=read_only,
+        enable_async_checkpointing=not read_only,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -204,13 +204,32 @@ class Checkpointer:
 
   def best_step(self) -> int | None:
     """The step with the best validation accuracy, or None if none has one."""
-    _, ranked = self._manager._sort_checkpoints_by_metrics(  # pylint: disable=protected-access
-        list(self._manager._checkpoints))  # pylint: disable=protected-access
-    return ranked[-1].step if ranked else None
+    return self._manager.best_step()
 
   def _read_json(self, step: int, item: str):
     return self._manager.restore(
         step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
+
+  def stored_metadata(self, step: int | None = None) -> dict[str, Any] | None:
+    """The run metadata saved with checkpoint `step`.
+
+    With `step` None: that of the newest checkpoint whose metadata reads
+    back (a damaged one is skipped with a warning); None if there is none.
+    """
+    candidates = [step] if step is not None else reversed(self.all_steps())
+    for candidate in candidates:
+      try:
+        return self._read_json(candidate, 'metadata')
+      except KeyError:
+        raise IncompatibleCheckpointError(
+            f'checkpoint {candidate} in {self.directory} has no run metadata, '
+            'so it cannot be checked against this run; start afresh with a '
+            'new --workdir') from None
+      except Exception as e:  # pylint: disable=broad-except
+        # A damaged checkpoint: `restore` will skip it and say so.
+        logging.warning('Checkpoint %d: cannot read its metadata (%s).',
+                        candidate, _one_line(e))
+    return None
 
   def check_compatible(self) -> None:
     """Raises IncompatibleCheckpointError if the checkpoints are another run's.
@@ -220,26 +239,13 @@ class Checkpointer:
     """
     if self._compatible:
       return
-    for step in reversed(self.all_steps()):
-      try:
-        stored = self._read_json(step, 'metadata')
-      except KeyError:
-        raise IncompatibleCheckpointError(
-            f'checkpoint {step} in {self.directory} has no run metadata, so '
-            'it cannot be checked against this run; start afresh with a new '
-            '--workdir') from None
-      except Exception as e:  # pylint: disable=broad-except
-        # A damaged checkpoint: `restore` will skip it and say so.
-        logging.warning('Checkpoint %d: cannot read its metadata (%s).', step,
-                        _one_line(e))
-        continue
-      diffs = _differences(stored, self._metadata)
-      if diffs:
-        raise IncompatibleCheckpointError(
-            f'checkpoints in {self.directory} come from a different run '
-            f'({"; ".join(diffs)}); resume with the same settings, or start '
-            'afresh with a new --workdir')
-      break
+    stored = self.stored_metadata()
+    diffs = [] if stored is None else _differences(stored, self._metadata)
+    if diffs:
+      raise IncompatibleCheckpointError(
+          f'checkpoints in {self.directory} come from a different run '
+          f'({"; ".join(diffs)}); resume with the same settings, or start '
+          'afresh with a new --workdir')
     self._compatible = True
 
   def _restore_step(self, step: int, target_state):
@@ -256,10 +262,6 @@ class Checkpointer:
       raise ValueError('its arrays do not match the fingerprint written '
                        'with them')
     return state
-
-  def metadata(self, step: int) -> dict[str, Any]:
-    """The run metadata stored with checkpoint `step`."""
-    return self._read_json(step, 'metadata')
 
   def restore(self, target_state, step: int | None = None):
     """Returns a checkpoint's state, laid out like `target_state`.
@@ -342,22 +344,6 @@ class Checkpointer:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices('resnet_jax checkpoints tidy')
     self._manager.reload()
-
-  def should_save(self, step: int) -> bool:
-    """Whether `step` is a multiple of `save_every_steps`, and not yet saved."""
-    return self._manager.should_save(step)
-
-  def maybe_save(self, step: int, state, **kwargs) -> bool:
-    """Saves if `should_save(step)`; returns whether it did.
-
-    `state` may be a function returning the state, called only when a save is
-    due, so that a caller checking every step gathers the state only then.
-    Keyword arguments go to `save`.
-    """
-    if not self.should_save(step):
-      return False
-    self.save(step, state() if callable(state) else state, **kwargs)
-    return True
 
   def save(self, step: int, state, *, progress: dict[str, Any] | None = None,
            val_accuracy: float | None = None) -> None:

@@ -11,10 +11,10 @@ the command redraws them at any time, during training too.
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from resnet_jax import tools
 
@@ -56,15 +56,12 @@ def _title(workdir: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  tools.start()
-  try:
-    print(write_curves(FLAGS.workdir))
-  except ValueError as e:
-    sys.exit(f'error: {e}')
+  tools.quiet_start(logging.WARNING)
+  print(write_curves(FLAGS.workdir))
 
 
 if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'A run directory written by '
                       'resnet_jax.main.')
   flags.mark_flag_as_required('workdir')
-  app.run(main)
+  tools.run(main)

@@ -24,17 +24,15 @@ The pictures show the plain predictions, not the augmented ones.
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
-from resnet_jax import input_pipeline
+from resnet_jax import datasets
+from resnet_jax import inference
 from resnet_jax import report
 from resnet_jax import tools
-
-# inference (through train and clu) imports TensorFlow, so it is imported only
-# once main() has kept TensorFlow off the GPUs.
 
 FLAGS = flags.FLAGS
 SPLIT_ALIASES = {'validation': 'eval_split', 'test': 'test_split'}
@@ -50,7 +48,7 @@ def split_tag(split: str) -> str:
   'train[:10%]' -> 'train_start-10pct', 'train[-500:]' -> 'train_minus500-end'.
   """
   split = split.strip()
-  base, bounds = input_pipeline.parse_split(split)
+  base, bounds = datasets.parse_split(split)
   if '[' not in split:
     return base
 
@@ -77,8 +75,8 @@ def resolve_split(config, split: str) -> str:
           f'this run has no {split} split (config.data.{field} is empty); '
           "pass the split to evaluate, e.g. --split='train[45000:]'")
     return resolved
-  input_pipeline.parse_split(split)  # A malformed name fails here, in words.
-  if not input_pipeline.has_split(config.data, split):
+  datasets.parse_split(split)  # A malformed name fails here, in words.
+  if not datasets.has_split(config.data, split):
     raise ValueError(f'{config.data.name} has no split {split!r}')
   return split
 
@@ -96,7 +94,6 @@ def evaluate_images(apply_fn, images, labels, *, batch_size: int,
   report.classification_summary of the plain logits, plus under 'tta' that
   of the averaged logits of each image and its flip.
   """
-  from resnet_jax import inference  # pylint: disable=g-import-not-at-top
   logits = inference.batched_logits(apply_fn, images, batch_size)
   summary = report.classification_summary(labels, logits, class_names)
   if summary['num_examples'] != len(labels):
@@ -125,7 +122,6 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
   Raises:
     ValueError: a one-line reason (workdir, checkpoint, split or data).
   """
-  from resnet_jax import inference  # pylint: disable=g-import-not-at-top
   if num_misclassified < 0:
     raise ValueError(f'--num_misclassified must be >= 0, got '
                      f'{num_misclassified}')
@@ -134,8 +130,8 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
   tag = split_tag(split)
   _check_writable(workdir)
   loaded = inference.load(workdir, checkpoint)
-  input_pipeline.check_available(config.data)
-  ds = input_pipeline.load_split(config.data, tfds_split)
+  datasets.check_available(config.data)
+  ds = datasets.load_split(config.data, tfds_split)
   if ds.num_classes != loaded.num_classes:
     raise ValueError(f'split {tfds_split!r} has {ds.num_classes} classes, the '
                      f'model {loaded.num_classes}')
@@ -206,13 +202,9 @@ def format_summary(result: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  tools.start()
-  try:
-    result = run(FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
-                 tta=FLAGS.tta, num_misclassified=FLAGS.num_misclassified)
-  except ValueError as e:
-    # A wrong workdir, checkpoint, split or missing data: one line.
-    sys.exit(f'error: {e}')
+  tools.quiet_start(logging.WARNING)
+  result = run(FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
+               tta=FLAGS.tta, num_misclassified=FLAGS.num_misclassified)
   print(format_summary(result))
 
 
@@ -232,4 +224,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  tools.run(main)

@@ -120,14 +120,6 @@ class DataParallel:
     """A one-axis mesh of the devices, named AXIS."""
     return Mesh(np.array(self.devices), (AXIS,))
 
-  def check_batch_size(self, batch_size: int):
-    """Fails unless this process's `batch_size` splits over its devices."""
-    if batch_size % self.num_local_devices:
-      raise ValueError(
-          f'batch size {batch_size} does not divide evenly over '
-          f'{self.num_local_devices} devices ({self.mode}); choose a multiple '
-          f'of {self.num_local_devices}')
-
   def put_state(self, state):
     """Places a state (or any pytree) on the devices, replicated."""
     if self.mode == 'pmap':
@@ -153,9 +145,9 @@ class DataParallel:
     """Splits this process's batch of host arrays over its devices.
 
     Under 'shard_map' the processes' batches, in process order, make one
-    global batch. The transfer is asynchronous.
+    global batch. The transfer is asynchronous. The batch size must divide
+    over the devices (experiment.build checks the configured ones).
     """
-    self.check_batch_size(len(jax.tree.leaves(batch)[0]))
     if self.mode == 'pmap':
       n, sharding = self.num_devices, NamedSharding(self.mesh, P(AXIS))
       return jax.tree.map(lambda x: jax.device_put(

@@ -18,7 +18,7 @@ the edges of the longer side are dropped.
 A file that is missing, not an image, or of the wrong size gets one line
 `error: <file>: <reason>` on stderr; the other files are still classified,
 and the exit status is 1 if any file failed. Nothing of the dataset is needed
-(class names: see inference.class_names), except for a run that measured its
+(class names: see datasets.class_names), except for a run that measured its
 normalisation on the training split.
 """
 
@@ -29,16 +29,15 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
+from resnet_jax import inference
 from resnet_jax import report
 from resnet_jax import tools
-
-# inference (through train and clu) imports TensorFlow, so it is imported only
-# once main() has kept TensorFlow off the GPUs.
 
 FLAGS = flags.FLAGS
 
@@ -141,14 +140,10 @@ def main(argv):
     raise app.UsageError('give one or more image files to classify')
   if FLAGS.top_k < 1:
     raise app.UsageError(f'--top_k must be >= 1, got {FLAGS.top_k}')
-  tools.start()
-  from resnet_jax import inference  # pylint: disable=g-import-not-at-top
-  try:
-    loaded = inference.load(FLAGS.workdir, FLAGS.checkpoint)
-    results = predict_files(loaded, paths, top_k=FLAGS.top_k,
-                            resize=FLAGS.resize)
-  except ValueError as e:
-    sys.exit(f'error: {e}')
+  tools.quiet_start(logging.WARNING)
+  loaded = inference.load(FLAGS.workdir, FLAGS.checkpoint)
+  results = predict_files(loaded, paths, top_k=FLAGS.top_k,
+                          resize=FLAGS.resize)
   for result in results:
     if result.error is not None:
       print(f'error: {result.file}: {result.error}', file=sys.stderr)
@@ -182,4 +177,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  tools.run(main)

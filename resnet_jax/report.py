@@ -22,9 +22,7 @@ notebook, say) is left alone.
 """
 
 from collections.abc import Mapping, Sequence
-import glob
 import math
-import os
 
 from matplotlib import figure as mpl_figure
 import numpy as np
@@ -273,61 +271,24 @@ def misclassified_grid_png(images, labels, predictions, confidences,
 # Training curves from TensorBoard event files.
 
 
-def _event_files(workdir: str) -> list[str]:
-  return [p for p in glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
-          if os.path.isfile(p)]
-
-
-def _scalar(value) -> float | None:
-  """A summary value's number: clu writes tensors; old writers simple_value."""
-  # TensorBoard imports TensorFlow: only when events are read (see
-  # read_scalars), so that importing this module stays light.
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
-  kind = value.WhichOneof('value')
-  if kind == 'simple_value':
-    return float(value.simple_value)
-  plugin = value.metadata.plugin_data.plugin_name
-  if kind != 'tensor' or plugin not in ('', 'scalars'):
-    return None  # Hyperparameters, images, text, ...
-  array = tensor_util.make_ndarray(value.tensor)
-  if array.size != 1 or array.dtype.kind not in 'biuf':
-    return None
-  return float(array.reshape(()))
-
-
 def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Every scalar tag in the workdir's event files: tag -> (steps, values).
 
-  Steps are sorted and unique. A resumed run writes the steps after its last
-  checkpoint again, into a new event file, so a (tag, step) can occur more
-  than once: the value written last wins, by the events' wall times
-  (microseconds; file names and their first events only have seconds), then
-  by file name and position. A file truncated by a crash is read up to its
-  last complete event.
+  Steps are sorted and unique; where a resumed run logged a step again, its
+  later value wins (see metric_writer.scalars). A file cut short by a crash is
+  read up to its last complete event.
+
+  Raises:
+    ValueError: an event file is damaged other than cut short at its end.
   """
-  # Imports TensorFlow, which a caller may have to keep off the GPUs first.
-  from tensorboard.backend.event_processing import (  # pylint: disable=g-import-not-at-top
-      event_file_loader)
-  latest: dict[str, dict[int, tuple[tuple, float]]] = {}
-  for path in sorted(_event_files(workdir)):
-    name = os.path.basename(path)
-    loader = event_file_loader.EventFileLoader(path)
-    for position, event in enumerate(loader.Load()):
-      for value in event.summary.value:
-        number = _scalar(value)
-        if number is None:
-          continue
-        by_step = latest.setdefault(value.tag, {})
-        order = (event.wall_time, name, position)
-        step = int(event.step)
-        if step not in by_step or by_step[step][0] <= order:
-          by_step[step] = (order, number)
-  scalars = {}
-  for tag, by_step in latest.items():
-    steps = np.array(sorted(by_step), np.int64)
-    scalars[tag] = (steps, np.array([by_step[s][1] for s in steps],
-                                    np.float64))
-  return scalars
+  # Not at the top: tensorboard's protos are only needed here.
+  from resnet_jax import metric_writer  # pylint: disable=g-import-not-at-top
+  by_tag: dict[str, list[tuple[int, float]]] = {}
+  for (tag, step), value in metric_writer.scalars(workdir).items():
+    by_tag.setdefault(tag, []).append((step, value))  # Sorted by step.
+  return {tag: (np.array([s for s, _ in pairs], np.int64),
+                np.array([v for _, v in pairs], np.float64))
+          for tag, pairs in by_tag.items()}
 
 
 def _plot(ax, scalars, tag, **kwargs):

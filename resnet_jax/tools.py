@@ -1,20 +1,72 @@
-"""What the inspection commands (evaluate, curves, predict) do first."""
+"""What every command does: quiet start-up and one error path.
 
+Every command of the project (main, evaluate, predict, curves, the sweep)
+runs through `run`: a ValueError anywhere (a bad config value, a missing
+workdir or dataset, an unreadable checkpoint) ends it with one line
+`error: ...` on stderr and exit status 1, never a traceback. The project's
+modules raise ValueError (or a subclass) for everything a user can cause.
+"""
+
+import logging as python_logging
 import os
+import sys
 
+from absl import app
 from absl import flags
 from absl import logging
 
+# Exit status for a user's mistake (bad input), as README promises.
+EXIT_ERROR = 1
 
-def start():
-  """Keeps TensorFlow off the GPUs and the console to the results.
 
-  TensorFlow (imported by the checkpoint, data and event-file code) only
-  reads files here: every GPU is left to JAX. Orbax's and TFDS's progress
-  lines would bury the results; -v 0 shows them again.
+def one_line(error: BaseException) -> str:
+  """An error's message with its whitespace folded: one line to print."""
+  return ' '.join(str(error).split())
+
+
+def fail(message: str):
+  """Ends the command with `error: <message>` and status 1."""
+  print(f'error: {" ".join(message.split())}', file=sys.stderr, flush=True)
+  sys.exit(EXIT_ERROR)
+
+
+class _QuietLibraries(python_logging.Filter):
+  """Keeps the console to our own lines: libraries speak up only to warn."""
+  NOISY = ('/orbax/', '/tensorflow_datasets/', '/jax/', '/matplotlib/')
+
+  def filter(self, record):
+    return (record.levelno >= python_logging.WARNING or
+            not any(path in record.pathname for path in self.NOISY))
+
+
+def quiet_start(default_verbosity: int | None = None) -> None:
+  """Silences TensorFlow's C++ banners and libraries' INFO lines.
+
+  `default_verbosity` (e.g. logging.WARNING for the inspection commands)
+  applies unless --verbosity was given, which always brings them back.
   """
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before any TF import.
+  python_logging.getLogger('matplotlib').setLevel(python_logging.ERROR)
+  if flags.FLAGS['verbosity'].present:
+    return
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if default_verbosity is not None:
+    logging.set_verbosity(default_verbosity)
+
+
+def guarded(main):
+  """`main` with every ValueError turned into `error: ...`, exit status 1."""
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except ValueError as e:
+      logging.debug('Failed:', exc_info=True)  # The traceback with -v 1.
+      fail(one_line(e))
+
+  return wrapped
+
+
+def run(main, **kwargs) -> None:
+  """`absl.app.run(main)` through the project's one error path."""
+  app.run(guarded(main), **kwargs)

@@ -1,16 +1,15 @@
 """The training loop: one run from a config into a workdir.
 
 `train_and_evaluate` validates everything it can before it writes anything,
-loads the data into memory, restores the newest readable checkpoint if the
-workdir has one, and trains with the jitted steps of parallel.py, evaluating,
+loads the data into memory, builds the run (experiment.py), restores the
+newest readable checkpoint if the workdir has one, and trains, evaluating,
 logging and checkpointing as the config says. At the end it evaluates the
 test split (when there is one) and writes `summary.json` into the workdir.
 
-Every batch is a pure function of (seed, step), and so is its augmentation
-(`fold_in(key, step)`); the metric sums since the last log and the best
-validation accuracy are saved with each checkpoint. So a run killed at any
-moment and rerun ends bit-identical to one never interrupted: same
-parameters, same logged metrics, same summary.
+Every batch is a pure function of (seed, step), and so is its augmentation;
+what the loop itself carries from step to step (`LoopState`) is saved with
+each checkpoint. So a run killed at any moment and rerun ends bit-identical
+to one never interrupted: same parameters, same logged metrics, same summary.
 
 The loop reads the metrics back from the device only when it logs, evaluates
 or saves; it checks then that every step's loss was finite (and the state
@@ -18,64 +17,60 @@ before it is saved), and stops naming the first step that was not.
 """
 
 import contextlib
-import functools
+import dataclasses
 import json
 import os
-import time
 
 from absl import logging
-from clu import metric_writers
-from clu import metrics as clu_metrics
-from clu import periodic_actions
+from clu import parameter_overview
 from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import augment
 from resnet_jax import checkpoints
 from resnet_jax import config_checks
-from resnet_jax import curves
-from resnet_jax import device_data
-from resnet_jax import input_pipeline
-from resnet_jax import models
-from resnet_jax import optimizer
-from resnet_jax import parallel
+from resnet_jax import datasets
+from resnet_jax import experiment
+from resnet_jax import metric_writer
+from resnet_jax import monitoring
 from resnet_jax import preemption
-from resnet_jax import schedules
-from resnet_jax import steps
-from resnet_jax import train_state
 
 
-def compute_metrics(sums) -> dict:
-  """Mean loss and accuracy from the steps' metric sums (see steps.py)."""
-  collection = clu_metrics.Collection.create_collection(
-      loss=clu_metrics.Average(sums['loss'], sums['count']),
-      accuracy=clu_metrics.Average(sums['correct'], sums['count']))
-  return {name: float(value) for name, value in collection.compute().items()}
+class NonFiniteLossError(ValueError):
+  """The training loss stopped being finite; nothing of it was saved."""
 
 
-def _add(a, b):
-  return b if a is None else jax.tree.map(lambda x, y: x + y, a, b)
+@dataclasses.dataclass
+class LoopState:
+  """What the loop carries between steps, saved with every checkpoint."""
+  # Metric sums of the steps since the last logged one, accumulated on the
+  # host in float64; JSON keeps them exactly, so a resumed run logs the same.
+  train_sums: dict[str, float] | None = None
+  best_step: int | None = None  # The best validation accuracy so far.
+  best_accuracy: float | None = None
+  eval_pending: bool = False  # Preempted before this step's validation.
 
+  def add(self, sums: dict) -> None:
+    sums = {k: float(sums[k]) for k in ('loss', 'correct', 'count')}
+    self.train_sums = sums if self.train_sums is None else {
+        k: self.train_sums[k] + sums[k] for k in sums}
 
-def evaluate(eval_step, state, ds, dp, global_batch_size) -> dict:
-  """Loss and accuracy over every example of `ds` exactly once."""
-  sums = None
-  batches = input_pipeline.eval_batches(
-      ds, global_batch_size=global_batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  for batch in input_pipeline.prefetch(batches, dp.put_batch):
-    sums = _add(sums, eval_step(state, batch))
-  sums = jax.device_get(sums)
-  if int(sums['count']) != ds.num_examples:
-    raise RuntimeError(f'evaluated {int(sums["count"])} examples of a split '
-                       f'of {ds.num_examples}')
-  return compute_metrics(sums)
+  def take_train_metrics(self) -> dict[str, float]:
+    """Mean loss and accuracy since the last call; restarts the sums."""
+    means = experiment.compute_metrics(self.train_sums)
+    self.train_sums = None
+    return {'train_loss': means['loss'], 'train_accuracy': means['accuracy']}
+
+  def validated(self, step: int, accuracy: float) -> None:
+    if self.best_accuracy is None or accuracy > self.best_accuracy:
+      self.best_step, self.best_accuracy = step, accuracy
 
 
 def _check_workdir(workdir: str):
   """Fails if `workdir` could not be written; creates nothing."""
+  if not workdir.strip():
+    raise ValueError('--workdir is empty; name a directory for the run')
   if '://' in workdir:
     return  # An object store (gs://...): Orbax and TensorBoard write there.
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -98,79 +93,10 @@ def _write_json(path: epath.Path, value) -> None:
   partial.replace(path)
 
 
-def _load_data(config):
-  """(train, eval or None, test or None) splits, each fully in memory."""
-  data = config.data
-  splits = [input_pipeline.load_split(data, split) if split else None
-            for split in (data.train_split, data.eval_split, data.test_split)]
-  num_classes = splits[0].num_classes
-  if num_classes != config.model.num_classes:
-    raise ValueError(
-        f'config.model.num_classes={config.model.num_classes} but '
-        f'{data.name} has {num_classes} classes')
-  return splits
-
-
-def _check_batch_sizes(config, dp):
-  # Every device of every process gets an equal share of the global batch.
-  shards = dp.num_devices
-  for field in ('batch_size', 'eval_batch_size'):
-    if config[field] % shards:
-      raise ValueError(
-          f'config.{field}={config[field]} does not divide over '
-          f'{shards} devices ({jax.process_count()} processes x '
-          f'{dp.num_local_devices}); use a multiple of {shards}')
-
-
-def checkpoint_metadata(config, image_shape,
-                        total_steps: int | None = None) -> dict:
-  """What a checkpoint must agree with to be used by this config.
-
-  'model', 'dataset' and 'image_shape' say what the parameters are: all that
-  inference checks. With `total_steps`, 'training' adds what produced them:
-  resuming under another seed, batch size, length, schedule, optimizer or
-  data order would give a result that no single run gives, so the trainer
-  refuses it. How the run is laid out (devices, parallelism, data on the
-  device or not) and how often it logs or saves are not part of it.
-  """
-  model, data = config.model, config.data
-  metadata = {
-      'model': {k: model[k] for k in ('depth', 'block', 'preact', 'shortcut',
-                                      'width', 'num_classes')},
-      'dataset': data.name,
-      'image_shape': list(image_shape),
-      'optimizer': {'momentum': config.optimizer.momentum > 0},
-  }
-  if total_steps is not None:
-    metadata['training'] = {
-        'seed': config.seed,
-        'batch_size': config.batch_size,
-        'total_steps': total_steps,
-        'label_smoothing': config.label_smoothing,
-        'schedule': config.schedule.to_dict(),
-        'optimizer': config.optimizer.to_dict(),
-        'data': {k: data[k] for k in (
-            'train_split', 'split_shuffle_seed', 'crop_padding',
-            'random_flip', 'normalization', 'mean', 'std')},
-        'model': {k: model[k] for k in ('bn_momentum', 'bn_epsilon', 'dtype')},
-    }
-  return metadata
-
-
 def _flat(config) -> dict:
   """The config as flat scalars, for TensorBoard's hyperparameter view."""
-  def walk(d, prefix):
-    for k, v in d.items():
-      if isinstance(v, dict):
-        yield from walk(v, f'{prefix}{k}.')
-      else:
-        scalar = isinstance(v, (int, float, str, bool))
-        yield f'{prefix}{k}', v if scalar else str(v)
-  return dict(walk(config.to_dict(), ''))
-
-
-class NonFiniteLossError(ValueError):
-  """The training loss stopped being finite; nothing of it was saved."""
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+          for k, v in experiment.flatten(config.to_dict()).items()}
 
 
 def _newest(checkpointer) -> str:
@@ -180,18 +106,14 @@ def _newest(checkpointer) -> str:
 
 
 def _checked_sums(window: list, first_step: int, checkpointer) -> list[dict]:
-  """The per-step metric sums of `window` on the host, all of them finite.
-
-  Fetched only when the loop needs them (logging, evaluating, saving), so the
-  host never waits for the device in between.
-  """
+  """The per-step metric sums of `window` on the host, all of them finite."""
   window = jax.device_get(window)
   for offset, sums in enumerate(window):
     if not np.isfinite(sums['loss']):
-      step = first_step + offset
       raise NonFiniteLossError(
-          f'the training loss is {float(sums["loss"])} at step {step}; '
-          f'stopped without saving it ({_newest(checkpointer)}); lower '
+          f'the training loss is {float(sums["loss"])} at step '
+          f'{first_step + offset}; stopped without saving it '
+          f'({_newest(checkpointer)}); lower '
           'config.schedule.base_learning_rate or add warm-up')
   return window
 
@@ -203,11 +125,55 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _sum(total: dict | None, sums: dict) -> dict:
-  # Accumulated on the host in float64, and saved with checkpoints in JSON
-  # (which keeps float64 exactly), so a resumed run logs the same numbers.
-  sums = {k: float(sums[k]) for k in ('loss', 'correct', 'count')}
-  return sums if total is None else {k: total[k] + sums[k] for k in sums}
+def _save(checkpointer, exp, step, state, loop, val_accuracy=None):
+  saved_state = exp.dp.get_state(state)
+  if not _all_finite(saved_state):
+    raise NonFiniteLossError(
+        f'the train state has non-finite values after step {step}; stopped '
+        f'without saving it ({_newest(checkpointer)})')
+  checkpointer.save(step, saved_state, progress=dataclasses.asdict(loop),
+                    val_accuracy=val_accuracy)
+
+
+def summarize(exp, config_name: str, splits, results: dict, loop: LoopState,
+              start_step: int, clock: monitoring.Stopwatch) -> dict:
+  """summary.json: what ran, on what, and how well."""
+  config = exp.config
+  train_ds, eval_ds, test_ds = splits
+  devices = exp.dp.devices
+  summary = {
+      'config': config_name,
+      'dataset': config.data.name,
+      'steps': exp.total_steps,
+      'epochs': exp.total_steps / exp.steps_per_epoch,
+      'batch_size': config.batch_size,
+      'train_examples': train_ds.num_examples,
+  }
+  if eval_ds:
+    summary |= {'eval_examples': eval_ds.num_examples,
+                'final_val_accuracy': results['val']['accuracy'],
+                'final_val_loss': results['val']['loss']}
+    if loop.best_step is not None:
+      summary |= {'best_val_accuracy': loop.best_accuracy,
+                  'best_val_step': loop.best_step}
+  if test_ds:
+    summary |= {'test_examples': test_ds.num_examples,
+                'test_accuracy': results['test']['accuracy'],
+                'test_loss': results['test']['loss']}
+  images_per_second = clock.images_per_second(exp.total_steps,
+                                              config.batch_size)
+  return summary | {
+      'steps_this_run': exp.total_steps - start_step,
+      'wall_seconds': round(clock.wall_seconds, 2),
+      # Training alone: compilation, evaluation and saving excluded.
+      'train_images_per_second': images_per_second and round(
+          images_per_second, 1),
+      'devices': len(devices),
+      'process_count': jax.process_count(),
+      'platform': devices[0].platform,
+      'device_kind': devices[0].device_kind,
+      'jax_version': jax.__version__,
+  }
 
 
 def train_and_evaluate(config, workdir: str, config_name: str = '',
@@ -215,9 +181,6 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
   """Trains and evaluates one run; returns the summary written to the workdir.
 
   Everything that can be checked is checked before the workdir is touched.
-  A rerun with the same config resumes from the newest readable checkpoint
-  and ends bit-identical to an uninterrupted run.
-
   With `stop_at_step`, training stops after that step with a checkpoint, as
   an interrupted run would, and returns None; rerunning resumes from there.
 
@@ -229,208 +192,123 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
   """
   config_checks.validate(config)
   _check_workdir(workdir)
-  input_pipeline.check_available(config.data)
-  dp = parallel.DataParallel(config.parallelism)
-  _check_batch_sizes(config, dp)
-  train_ds, eval_ds, test_ds = _load_data(config)
-  image_shape = train_ds.images.shape[1:]
-
-  steps_per_epoch = input_pipeline.steps_per_epoch(train_ds.num_examples,
-                                                   config.batch_size)
-  total_steps = (round(config.num_epochs * steps_per_epoch)
-                 if config.num_epochs > 0 else config.num_train_steps)
-  learning_rate_fn = schedules.create_learning_rate_fn(
-      config.schedule, config.batch_size, total_steps)
-  tx = optimizer.create_optimizer(config.optimizer, learning_rate_fn)
-  model = models.create_model(config.model, dp.axis_name)
-  init_key, augment_key = jax.random.split(jax.random.key(config.seed))
-  state = train_state.create_train_state(init_key, model, tx, image_shape)
+  datasets.check_available(config.data)
+  splits = experiment.load_splits(config)
+  train_ds, eval_ds, test_ds = splits
+  exp = experiment.build(config, train_ds=train_ds)
   workdir_path = epath.Path(workdir)
-
+  total_steps = exp.total_steps
+  last_step = min(stop_at_step or total_steps, total_steps)
   # Pending checkpoint writes and logs are finished even when a step fails.
   with contextlib.ExitStack() as cleanup:
     checkpointer = cleanup.enter_context(checkpoints.Checkpointer(
-        workdir_path.absolute() / 'checkpoints',
-        save_every_steps=config.checkpoint_every_steps,
-        keep=config.keep_checkpoints,
-        metadata=checkpoint_metadata(config, image_shape, total_steps)))
-    state = checkpointer.restore(state)
+        workdir_path.absolute() / 'checkpoints', keep=config.keep_checkpoints,
+        metadata=exp.checkpoint_metadata()))
+    state = checkpointer.restore(exp.init_state())
     start_step = int(state.step)
-    progress = checkpointer.progress(start_step) if start_step else {}
     if start_step:
       logging.info('Resuming from the checkpoint of step %d.', start_step)
-
+    logging.info('ResNet-%d: %s parameters.', config.model.depth,
+                 f'{parameter_overview.count_parameters(state.params):,}')
+    loop = LoopState(**checkpointer.progress(start_step)) if start_step else (
+        LoopState())
     # Every check has passed: only now is the workdir written.
     workdir_path.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-      _write_json(workdir_path / 'config.json', json.loads(
-          config.to_json_best_effort()))
+      _write_json(workdir_path / 'config.json',
+                  json.loads(config.to_json_best_effort()))
     checkpointer.tidy()
-    state = dp.put_state(state)
-
-    if config.data.normalization == 'measured':
-      mean, std = input_pipeline.measure_channel_stats(train_ds)
-    else:
-      mean, std = config.data.mean, config.data.std
-    train_step = functools.partial(
-        steps.train_step, learning_rate_fn=learning_rate_fn,
-        label_smoothing=config.label_smoothing,
-        augment_fn=functools.partial(
-            augment.augment, mean=mean, std=std,
-            padding=config.data.crop_padding, flip=config.data.random_flip))
-    batch_source = dict(
-        seed=config.seed, start_step=start_step,
-        global_batch_size=config.batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    if config.data.on_device:
-      data = (device_data.place(train_ds, dp),)
-      train_step = dp.train_step(device_data.gathering(train_step),
-                                 with_data=True)
-      batches = device_data.row_batches(train_ds.num_examples, **batch_source)
-    else:
-      data = ()
-      train_step = dp.train_step(train_step)
-      batches = input_pipeline.train_batches(train_ds, **batch_source)
-    batches = input_pipeline.prefetch(batches, dp.put_batch)
-    eval_step = dp.eval_step(functools.partial(
-        steps.eval_step, preprocess_fn=functools.partial(
-            augment.normalize, mean=mean, std=std)))
-
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0)
-    cleanup.callback(writer.close)
+    state = exp.dp.put_state(state)
+    writer = cleanup.enter_context(metric_writer.create_writer(
+        workdir, just_logging=jax.process_index() > 0))
     if start_step == 0:
       writer.write_hparams(_flat(config))
-    report_progress = periodic_actions.ReportProgress(
-        num_train_steps=total_steps, writer=writer)
-    logging.info('Training steps %d..%d of %d (%d per epoch of %d examples) on '
-                 '%d device(s), %s, training split on the %s.', start_step,
-                 total_steps, total_steps, steps_per_epoch,
-                 train_ds.num_examples, dp.num_devices, config.parallelism,
+    logging.info('Training steps %d..%d of %d (%d per epoch of %d examples) '
+                 'on %d device(s), %s, training split on the %s.',
+                 start_step + 1,
+                 last_step, total_steps, exp.steps_per_epoch,
+                 train_ds.num_examples, exp.dp.num_devices, config.parallelism,
                  'devices' if config.data.on_device else 'host')
 
-    # What a resumed run must carry on with, saved with every checkpoint.
-    train_sums = progress.get('train_sums')  # Since the last logged step.
-    best = progress.get('best')  # [step, validation accuracy]
-    val = None
+    results = {}
 
-    def validate(step):
-      nonlocal val, best
-      val = evaluate(eval_step, state, eval_ds, dp, config.eval_batch_size)
-      writer.write_scalars(step, {'val_loss': val['loss'],
-                                  'val_accuracy': val['accuracy']})
-      if best is None or val['accuracy'] > best[1]:
-        best = [step, val['accuracy']]
+    def validate(step, state):
+      results['val'] = exp.evaluate(state, eval_ds)
+      writer.write_scalars(step, {'val_loss': results['val']['loss'],
+                                  'val_accuracy': results['val']['accuracy']})
+      loop.validated(step, results['val']['accuracy'])
+      return results['val']['accuracy']
 
-    if progress.get('eval_pending') and eval_ds:
-      validate(start_step)  # Preempted before this step's evaluation.
+    if loop.eval_pending and eval_ds:
+      loop.eval_pending = False
+      validate(start_step, state)  # Preempted before this step's evaluation.
 
-    start_time = time.time()
-    paused = 0.0  # Seconds spent evaluating and checkpointing.
-    first_step_done = None
-    window = []  # Metric sums of the steps since the last check, on device.
-    last_step = total_steps if stop_at_step is None else min(stop_at_step,
-                                                              total_steps)
+    clock = monitoring.Stopwatch(start_step)
+    profile = cleanup.enter_context(contextlib.closing(monitoring.Profile(
+        workdir, config.profile.first_step, config.profile.num_steps)))
     watcher = cleanup.enter_context(preemption.PreemptionWatcher())
+    batches = exp.batches(start_step)
+    window = []  # Metric sums of the steps since the last check, on device.
     for step in range(start_step, last_step):
+      profile.before_step(step, state)
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, sums = train_step(state, next(batches),
-                                 jax.random.fold_in(augment_key, step), *data)
+        state, sums = exp.train_step(state, next(batches), step)
       window.append(sums)
       done = step + 1
-      if first_step_done is None:  # Excludes compilation from the throughput.
-        jax.block_until_ready(sums)
-        first_step_done = time.time()
-      report_progress(done)
+      clock.step_done(done, sums)
       preempted = watcher.reached(done)
       log_due = done % config.log_every_steps == 0 or done == total_steps
       eval_due = bool(eval_ds) and (done % config.eval_every_steps == 0 or
                                     done == total_steps)
-      # Decided here rather than by Orbax's should_save, which would query
-      # the manager (and JAX's preemption sync point, asked above) every step.
       save_due = (done % config.checkpoint_every_steps == 0 or
                   done == last_step or preempted)
       if not (log_due or eval_due or save_due):
         continue
-
-      pause_start = time.time()
-      window = _checked_sums(window, done - len(window) + 1, checkpointer)
-      for sums in window:
-        train_sums = _sum(train_sums, sums)
-      if log_due:
-        means = compute_metrics(train_sums)
-        writer.write_scalars(done, {
-            'train_loss': means['loss'], 'train_accuracy': means['accuracy'],
-            'learning_rate': float(window[-1]['learning_rate'])})
-        train_sums = None
-      window = []
-      # A preempted job has seconds left: it saves first, evaluates on resume.
-      if eval_due and not preempted:
-        validate(done)
-      if save_due:
-        saved_state = dp.get_state(state)
-        if not _all_finite(saved_state):
-          raise NonFiniteLossError(
-              f'the train state has non-finite values after step {done}; '
-              f'stopped without saving it ({_newest(checkpointer)})')
-        checkpointer.save(
-            done, saved_state,
-            progress={'train_sums': train_sums, 'best': best,
-                      'eval_pending': eval_due and preempted},
-            val_accuracy=val['accuracy'] if eval_due and not preempted
-            else None)
-      if preempted:
-        checkpointer.wait_until_finished()
-        raise preemption.Preempted(done, watcher.seconds_since_signal())
-      paused += time.time() - pause_start
+      with clock.pause():
+        for sums in _checked_sums(window, done - len(window) + 1,
+                                  checkpointer):
+          loop.add(sums)
+        if log_due:
+          writer.write_scalars(done, loop.take_train_metrics() | {
+              'learning_rate': float(window[-1]['learning_rate']),
+              'steps_per_second': clock.steps_per_second(done) or 0.0})
+        window = []
+        # A preempted job has seconds left: it saves first, evaluates on
+        # resume.
+        loop.eval_pending = eval_due and preempted
+        accuracy = validate(done, state) if eval_due and not preempted else None
+        if save_due:
+          _save(checkpointer, exp, done, state, loop, accuracy)
+        if preempted:
+          checkpointer.wait_until_finished()
+          raise preemption.Preempted(done, watcher.seconds_since_signal())
     jax.block_until_ready(state)
-    end_time = time.time()
     # The last checkpoint is on disk before anything says the run is done.
     checkpointer.wait_until_finished()
     if last_step < total_steps:
       return None
-
-    summary = {
-        'config': config_name,
-        'dataset': config.data.name,
-        'steps': total_steps,
-        'epochs': total_steps / steps_per_epoch,
-        'batch_size': config.batch_size,
-        'train_examples': train_ds.num_examples,
-    }
-    if eval_ds:
-      if val is None:  # Resumed at the end: evaluate what was restored.
-        val = evaluate(eval_step, state, eval_ds, dp, config.eval_batch_size)
-      summary |= {'eval_examples': eval_ds.num_examples,
-                  'final_val_accuracy': val['accuracy'],
-                  'final_val_loss': val['loss']}
-      if best:
-        summary |= {'best_val_accuracy': best[1], 'best_val_step': best[0]}
-    if test_ds:
-      test = evaluate(eval_step, state, test_ds, dp, config.eval_batch_size)
-      writer.write_scalars(total_steps, {'test_loss': test['loss'],
-                                         'test_accuracy': test['accuracy']})
-      summary |= {'test_examples': test_ds.num_examples,
-                  'test_accuracy': test['accuracy'], 'test_loss': test['loss']}
-    # Throughput of training alone: compilation (the first step), evaluation
-    # and checkpointing excluded.
-    timed_steps = total_steps - start_step - 1
-    images_per_second = None
-    if timed_steps > 0:
-      images_per_second = round(timed_steps * config.batch_size / (
-          end_time - first_step_done - paused), 1)
-    summary |= {
-        'steps_this_run': total_steps - start_step,
-        'wall_seconds': round(time.time() - start_time, 2),
-        'train_images_per_second': images_per_second,
-    }
+    with clock.pause():
+      if eval_ds and 'val' not in results:  # Resumed at the end.
+        results['val'] = exp.evaluate(state, eval_ds)
+      if test_ds:
+        results['test'] = exp.evaluate(state, test_ds)
+        writer.write_scalars(total_steps, {
+            'test_loss': results['test']['loss'],
+            'test_accuracy': results['test']['accuracy']})
+    summary = summarize(exp, config_name, splits, results, loop, start_step,
+                        clock)
     if jax.process_index() == 0:
       _write_json(workdir_path / 'summary.json', summary)
       writer.flush()
-      try:
-        curves.write_curves(workdir)
-      except Exception as e:  # pylint: disable=broad-except
-        # A picture is not worth failing a finished run for.
-        logging.warning('Could not draw the training curves: %s', e)
+      _draw_curves(workdir)
     logging.info('Summary: %s', json.dumps(summary))
     return summary
+
+
+def _draw_curves(workdir: str) -> None:
+  from resnet_jax import curves  # pylint: disable=g-import-not-at-top
+  try:
+    curves.write_curves(workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    # A picture is not worth failing a finished run for.
+    logging.warning('Could not draw the training curves: %s', e)

@@ -22,13 +22,12 @@ import pathlib
 import subprocess
 import sys
 
-import tensorflow as tf
+import fake_cifar
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 _MAIN = '''
 import os, runpy, signal, sys
-import tensorflow_datasets as tfds
 
 def _install_fault(fault):
   name, _, where = fault.partition('@')
@@ -36,13 +35,13 @@ def _install_fault(fault):
   signum = {'kill': signal.SIGKILL, 'term': signal.SIGTERM}[name]
   fire = lambda: os.kill(os.getpid(), signum)
   if point == 'batch':
-    from resnet_jax import input_pipeline
-    original = input_pipeline.train_rows
+    from resnet_jax import batching
+    original = batching.train_rows
     def train_rows(*args, step, **kwargs):
       if step == int(arg):
         fire()
       return original(*args, step=step, **kwargs)
-    input_pipeline.train_rows = train_rows
+    batching.train_rows = train_rows
   elif point == 'save':
     from orbax.checkpoint._src.path import atomicity
     cls = atomicity.AtomicRenameTemporaryPath
@@ -53,14 +52,14 @@ def _install_fault(fault):
       return await original(self, *args, **kwargs)
     cls.finalize = finalize
   elif point == 'eval':
-    from resnet_jax import train
-    original, calls = train.evaluate, []
+    from resnet_jax import experiment
+    original, calls = experiment.Experiment.evaluate, []
     def evaluate(*args, **kwargs):
       calls.append(1)
       if len(calls) == int(arg):
         fire()
       return original(*args, **kwargs)
-    train.evaluate = evaluate
+    experiment.Experiment.evaluate = evaluate
   elif point == 'summary':
     from resnet_jax import train
     original = train._write_json
@@ -75,18 +74,16 @@ def _install_fault(fault):
 if os.environ.get('RESNET_JAX_TEST_FAULT'):
   _install_fault(os.environ['RESNET_JAX_TEST_FAULT'])
 sys.argv = ['resnet_jax.main'] + sys.argv[1:]
-if os.environ.get('RESNET_JAX_TEST_MOCK_DATA') == '1':
-  with tfds.testing.mock_data(num_examples=100):
-    runpy.run_module('resnet_jax.main', run_name='__main__')
-else:
-  runpy.run_module('resnet_jax.main', run_name='__main__')
+runpy.run_module('resnet_jax.main', run_name='__main__')
 '''
 
 
 def cli_command(*args, mocked=True, fault=None, own_devices=False):
   """The command and environment that `run_cli` runs (see there)."""
-  env = dict(os.environ, RESNET_JAX_TEST_MOCK_DATA='1' if mocked else '0',
-             RESNET_JAX_TEST_FAULT=fault or '')
+  env = dict(os.environ, RESNET_JAX_TEST_FAULT=fault or '')
+  if mocked:
+    # TFDS's default data_dir: a --config.data.data_dir in args still wins.
+    env['TFDS_DATA_DIR'] = fake_cifar.data_dir()
   if own_devices:
     env.pop('XLA_FLAGS', None)
   return [sys.executable, '-c', _MAIN, *args], env
@@ -97,7 +94,8 @@ def run_cli(*args, mocked=True, fault=None, own_devices=False, timeout=300):
 
   Args:
     *args: command-line arguments.
-    mocked: inside TFDS's mock data (random images; no dataset needed).
+    mocked: with the small CIFAR-10 of fake_cifar.py as TFDS's default
+      data_dir (100 train and 100 test images; no dataset needed).
     fault: where to signal the process itself (see the module docstring).
     own_devices: without conftest's 8 CPU devices, so that
       --config.cpu_devices decides.
@@ -112,27 +110,6 @@ def run_cli(*args, mocked=True, fault=None, own_devices=False, timeout=300):
 def error_line(result) -> str:
   """The command's last line of output, which is the error when it failed."""
   return result.stderr.strip().splitlines()[-1]
-
-
-def scalars(workdir) -> dict[tuple[str, int], float]:
-  """{(tag, step): value} from the TensorBoard event files of `workdir`.
-
-  A resumed run writes the steps after its checkpoint again: the later
-  write wins. A killed run may leave a truncated last record: reading stops
-  there.
-  """
-  values = {}
-  for path in sorted(pathlib.Path(workdir).glob('events.out.tfevents.*')):
-    try:
-      for event in tf.compat.v1.train.summary_iterator(str(path)):
-        for value in event.summary.value:
-          if value.HasField('tensor'):
-            array = tf.make_ndarray(value.tensor)
-            if array.shape == () and array.dtype.kind == 'f':
-              values[value.tag, event.step] = float(array)
-    except tf.errors.DataLossError:
-      pass
-  return values
 
 
 def snapshot(directory) -> dict[str, tuple[int, int]] | None:

@@ -15,6 +15,7 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 
 from hypothesis import settings  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
 
 # Each new shape recompiles the model, so examples are few and slow; a fixed
 # seed keeps CI reproducible while still covering the space across examples.
@@ -24,3 +25,11 @@ settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'default'))
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'tests'))
+
+import fake_cifar  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(name='cifar10_dir', scope='session')
+def fixture_cifar10_dir() -> str:
+  """A TFDS data_dir with a small CIFAR-10 prepared in it (fake_cifar.py)."""
+  return fake_cifar.data_dir()

@@ -1,4 +1,4 @@
-"""The training split on the devices gives exactly the host pipeline's steps."""
+"""The training split on the devices gives exactly the host batches' steps."""
 
 import functools
 
@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resnet_jax import augment, device_data, input_pipeline, models, optimizer
-from resnet_jax import parallel, steps, train_state
+from resnet_jax import augment, batching, datasets, device_data, models
+from resnet_jax import optimizer, parallel, steps, train_state
 
 GLOBAL_BATCH = 16
 
@@ -16,26 +16,10 @@ GLOBAL_BATCH = 16
 @pytest.fixture(scope='module')
 def dataset():
   rng = np.random.default_rng(0)
-  return input_pipeline.InMemoryDataset(
+  return datasets.InMemoryDataset(
       images=rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8),
       labels=rng.integers(0, 10, 50).astype(np.int32),
       class_names=tuple('abcdefghij'))
-
-
-def test_rows_pick_the_host_pipelines_examples_for_every_process(dataset):
-  # 50 examples, batch 16: 3 steps an epoch; steps 0..7 cross two epochs.
-  for process_index in range(2):
-    rows = device_data.row_batches(
-        dataset.num_examples, seed=3, start_step=0, global_batch_size=16,
-        process_index=process_index, process_count=2)
-    for step in range(8):
-      batch = input_pipeline.train_batch(
-          dataset, seed=3, step=step, global_batch_size=16,
-          process_index=process_index, process_count=2)
-      got = next(rows)['rows']
-      assert got.dtype == np.int32 and got.shape == (8,)
-      np.testing.assert_array_equal(dataset.images[got], batch['image'])
-      np.testing.assert_array_equal(dataset.labels[got], batch['label'])
 
 
 def _train(mode, dataset, on_device, num_steps=4):
@@ -54,11 +38,11 @@ def _train(mode, dataset, on_device, num_steps=4):
   if on_device:
     data = (device_data.place(dataset, dp),)
     train_step = dp.train_step(device_data.gathering(step_fn), with_data=True)
-    batches = device_data.row_batches(dataset.num_examples, **source)
+    batches = batching.row_batches(dataset.num_examples, **source)
   else:
     data = ()
     train_step = dp.train_step(step_fn)
-    batches = input_pipeline.train_batches(dataset, **source)
+    batches = batching.train_batches(dataset, **source)
   history = []
   for step in range(num_steps):
     state, metrics = train_step(state, dp.put_batch(next(batches)),
@@ -79,7 +63,7 @@ def test_training_on_device_data_is_bit_identical_to_host_batches(
 
 def test_the_data_is_on_every_device_once():
   dp = parallel.DataParallel('shard_map')
-  data = device_data.place(input_pipeline.InMemoryDataset(
+  data = device_data.place(datasets.InMemoryDataset(
       images=np.zeros((10, 4, 4, 3), np.uint8),
       labels=np.zeros(10, np.int32), class_names=('a',)), dp)
   assert data['image'].sharding.is_fully_replicated

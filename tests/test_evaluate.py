@@ -10,37 +10,27 @@ import sys
 import numpy as np
 from PIL import Image
 import pytest
-import tensorflow_datasets as tfds
 
+import fake_cifar
 from configs import smoke
 from resnet_jax import checkpoints
+from resnet_jax import datasets
 from resnet_jax import evaluate
 from resnet_jax import inference
 from resnet_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# Runs `python -m <module>` inside TFDS's mock data, as test_train does.
-MOCKED_MODULE = '''
-import runpy, sys
-import tensorflow_datasets as tfds
-module = sys.argv[1]
-sys.argv = [module] + sys.argv[2:]
-with tfds.testing.mock_data(num_examples=100):
-  runpy.run_module(module, run_name='__main__')
-'''
-
-
-def run_module(module, *args, mocked=True, timeout=300):
-  command = ([sys.executable, '-c', MOCKED_MODULE, module] if mocked else
-             [sys.executable, '-m', module])
-  return subprocess.run(command + list(args), cwd=REPO, capture_output=True,
-                        text=True, timeout=timeout)
+def run_module(module, *args, timeout=300):
+  """Runs `python -m <module> *args` from the repository root."""
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def smoke_run_config():
   """The smoke config, shortened: checkpoints (and validation) at 2 and 4."""
   config = smoke.get_config()
+  config.data.data_dir = fake_cifar.data_dir()
   config.update(parallelism='jit', num_train_steps=4, log_every_steps=1,
                 eval_every_steps=2, checkpoint_every_steps=2,
                 keep_checkpoints=3)
@@ -49,13 +39,11 @@ def smoke_run_config():
 
 @functools.cache
 def train_smoke_run(workdir: pathlib.Path) -> pathlib.Path:
-  """Trains the smoke run into `workdir` on mock data, once per process.
-
-  test_predict.py uses the same run.
+  """Trains the smoke run into `workdir` on the small CIFAR-10 of
+  fake_cifar.py, once per process. test_predict.py uses the same run.
   """
-  with tfds.testing.mock_data(num_examples=100):
-    train.train_and_evaluate(smoke_run_config(), str(workdir),
-                             config_name='smoke')
+  train.train_and_evaluate(smoke_run_config(), str(workdir),
+                           config_name='smoke')
   assert (workdir / 'config.json').exists()  # Written by the trainer.
   return workdir
 
@@ -171,9 +159,8 @@ def test_the_split_names_resolve_through_the_config():
 
 
 def test_evaluating_a_run_reproduces_the_trainers_validation_figures(run_dir):
-  with tfds.testing.mock_data(num_examples=100):
-    result = evaluate.run(str(run_dir), split='validation', tta=True,
-                          num_misclassified=5)
+  result = evaluate.run(str(run_dir), split='validation', tta=True,
+                        num_misclassified=5)
   summary = json.loads((run_dir / 'summary.json').read_text())
   assert result['checkpoint_step'] == 4
   assert result['tfds_split'] == 'train[90%:]'
@@ -184,7 +171,7 @@ def test_evaluating_a_run_reproduces_the_trainers_validation_figures(run_dir):
   assert confusion.sum() == 10
   assert np.trace(confusion) / 10 == result['accuracy']
   assert [c['support'] for c in result['per_class']] == list(confusion.sum(1))
-  assert result['class_names'] == list(inference.CIFAR10_CLASS_NAMES)
+  assert result['class_names'] == list(datasets.CIFAR10_CLASS_NAMES)
   assert result['tta']['num_examples'] == 10
   written = (run_dir / 'eval_validation.json').read_text()
   assert json.loads(written) == result
@@ -196,8 +183,7 @@ def test_evaluating_a_run_reproduces_the_trainers_validation_figures(run_dir):
 def test_a_checkpoint_is_chosen_by_step_latest_or_best_and_nothing_written(
     run_dir):
   before = snapshot(run_dir)
-  with checkpoints.Checkpointer(run_dir / 'checkpoints', save_every_steps=1,
-                                keep=1, metadata={}) as checkpointer:
+  with checkpoints.Checkpointer(run_dir / 'checkpoints', keep=1, metadata={}) as checkpointer:
     best = checkpointer.best_step()
   assert best in (2, 4)
   assert inference.load(str(run_dir)).step == 4

@@ -8,10 +8,12 @@ and compares every file's size and mtime before and after.
 import os
 import shutil
 
+import numpy as np
+from PIL import Image
 import pytest
-import tensorflow_datasets as tfds
 
 from cli import error_line, run_cli, snapshot
+import fake_cifar
 from configs import smoke
 from resnet_jax import train
 
@@ -22,9 +24,23 @@ SMOKE = '--config=configs/smoke.py'
 def finished_run(tmp_path_factory):
   """A workdir with the checkpoints, logs and summary of a smoke run."""
   workdir = tmp_path_factory.mktemp('finished')
-  with tfds.testing.mock_data(num_examples=100):
-    train.train_and_evaluate(smoke.get_config(), str(workdir))
+  config = smoke.get_config()
+  config.data.data_dir = fake_cifar.data_dir()
+  train.train_and_evaluate(config, str(workdir))
   return workdir
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory):
+  """Ten classes of three 32x32 PNGs: a dataset other than CIFAR-10."""
+  root = tmp_path_factory.mktemp('images')
+  rng = np.random.default_rng(0)
+  for label in range(10):
+    (root / 'train' / f'class{label}').mkdir(parents=True)
+    for i in range(3):
+      Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+          root / 'train' / f'class{label}' / f'{i}.png')
+  return root
 
 
 @pytest.fixture
@@ -65,9 +81,10 @@ def assert_refused(result, *expected):
       'use a multiple of 8']),
     (['--config.model.depth=14'],
      ['come from a different run', 'model.depth: checkpoint 8, this run 14']),
-    (['--config.data.name=cifar100', '--config.model.num_classes=100'],
+    (['--config.data.name=image_folder', '--config.data.data_dir={images}',
+      '--config.data.test_split='],
      ['come from a different run',
-      'dataset: checkpoint "cifar10", this run "cifar100"']),
+      'dataset: checkpoint "cifar10", this run "image_folder"']),
     # Resuming with another recipe would give a result no single run gives.
     (['--config.batch_size=32'],
      ['come from a different run',
@@ -77,10 +94,11 @@ def assert_refused(result, *expected):
       'training.total_steps: checkpoint 6, this run 12']),
 ])
 def test_bad_config_is_refused_and_the_workdir_left_as_it_was(
-    workdir, flags, expected):
+    workdir, image_folder, flags, expected):
   before = snapshot(workdir)
 
-  result = run_cli(SMOKE, f'--workdir={workdir}', *flags)
+  result = run_cli(SMOKE, f'--workdir={workdir}',
+                   *(f.format(images=image_folder) for f in flags))
 
   assert_refused(result, *expected)
   assert snapshot(workdir) == before

@@ -101,13 +101,6 @@ def test_train_step_donates_the_state():
   assert old_kernel.is_deleted()
 
 
-def test_a_batch_that_does_not_divide_over_the_devices_is_rejected():
-  dp = parallel.DataParallel('pmap')
-  with pytest.raises(ValueError, match='batch size 12 does not divide evenly '
-                     'over 8 devices'):
-    dp.put_batch({'image': np.zeros((12, 8, 8, 3)), 'label': np.zeros(12)})
-
-
 def test_unknown_parallelism_is_rejected():
   with pytest.raises(ValueError, match="unknown parallelism 'dp'"):
     parallel.DataParallel('dp')

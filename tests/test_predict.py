@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from resnet_jax import datasets
 from resnet_jax import inference
 from resnet_jax import predict
 from resnet_jax import report
@@ -126,7 +127,7 @@ def test_each_file_gets_the_models_top_classes_and_bad_ones_an_error(
     np.testing.assert_allclose([p['probability'] for p in top],
                                np.sort(probabilities)[::-1][:3], rtol=1e-6)
     assert [p['class'] for p in top] == [
-        inference.CIFAR10_CLASS_NAMES[p['index']] for p in top]
+        datasets.CIFAR10_CLASS_NAMES[p['index']] for p in top]
 
 
 def test_top_k_beyond_the_classes_shows_them_all(loaded, tmp_path):
@@ -157,10 +158,9 @@ def test_the_command_line_predicts_the_good_files_and_names_the_bad_ones(
   (tmp_path / 'notes.txt').write_text('hello')
   names = ['a.png', 'missing.png', 'b.jpg', 'big.jpg', 'gray.png',
            'notes.txt']
-  # Not inside TFDS's mock data: no dataset is needed.
+  # No dataset is needed.
   result = run_module('resnet_jax.predict', f'--workdir={run_dir}', '--json',
-                      '--top_k=2', *[str(tmp_path / n) for n in names],
-                      mocked=False)
+                      '--top_k=2', *[str(tmp_path / n) for n in names])
   assert result.returncode == 1, result.stderr[-3000:]
   errors = [line for line in result.stderr.splitlines()
             if line.startswith('error: ')]
@@ -179,5 +179,5 @@ def test_the_command_line_predicts_the_good_files_and_names_the_bad_ones(
   for name in ('a.png', 'b.jpg', 'gray.png'):
     top = predictions[name]['top_k']
     assert len(top) == 2 and top[0]['probability'] >= top[1]['probability']
-    assert top[0]['class'] in inference.CIFAR10_CLASS_NAMES
+    assert top[0]['class'] in datasets.CIFAR10_CLASS_NAMES
   assert 'error' in predictions['notes.txt']

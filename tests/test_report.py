@@ -4,12 +4,12 @@ import json
 import math
 import os
 
-from clu import metric_writers
 import numpy as np
 from PIL import Image
 import pytest
 
 from resnet_jax import curves
+from resnet_jax import metric_writer
 from resnet_jax import report
 
 
@@ -167,8 +167,8 @@ def test_a_grid_without_mistakes_says_so(tmp_path):
 
 
 def write_events(workdir, values_by_step, hparams=None):
-  """Logs like the trainer: clu's default writer, one new event file."""
-  writer = metric_writers.create_default_writer(str(workdir))
+  """Logs like the trainer: its writer, one new event file."""
+  writer = metric_writer.create_writer(str(workdir), just_logging=False)
   if hparams:
     writer.write_hparams(hparams)
   for step, values in values_by_step.items():

@@ -12,17 +12,19 @@ import zipfile
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-from cli import error_line, run_cli, scalars
+from cli import error_line, run_cli
+import fake_cifar
 from configs import smoke
-from resnet_jax import checkpoints, models, optimizer, schedules, train, train_state
+from resnet_jax import checkpoints, experiment, parallel, train
+from resnet_jax.metric_writer import scalars
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_ZIP = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg75' / 'train.zip'
 # .ci/run sets this, so that CI fails rather than skips without the images.
 REQUIRE_REAL_DATA = os.environ.get('RESNET_JAX_REQUIRE_REAL_DATA') == '1'
 
+@pytest.mark.slow
 def test_smoke_config_runs_end_to_end_through_the_command_line(tmp_path):
   result = run_cli('--config=configs/smoke.py', f'--workdir={tmp_path}')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -39,16 +41,12 @@ def test_smoke_config_runs_end_to_end_through_the_command_line(tmp_path):
 
 
 def restore_params(workdir, config):
-  model = models.create_model(config.model)
-  tx = optimizer.create_optimizer(config.optimizer, schedules.create_learning_rate_fn(
-      config.schedule, config.batch_size, config.num_train_steps))
-  target = train_state.create_train_state(jax.random.key(0), model, tx,
-                                          (32, 32, 3))
-  checkpointer = checkpoints.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), save_every_steps=1, keep=1,
-      metadata=train.checkpoint_metadata(config, (32, 32, 3)))
-  state = checkpointer.restore(target)
-  checkpointer.close()
+  exp = experiment.build(config, dp=parallel.DataParallel('jit'),
+                         image_shape=(32, 32, 3))
+  with checkpoints.Checkpointer(
+      os.path.join(workdir, 'checkpoints'),
+      metadata=exp.checkpoint_metadata(training=False)) as checkpointer:
+    state = checkpointer.restore(exp.abstract_state())
   return jax.device_get((state.step, state.params, state.batch_stats,
                          state.opt_state))
 
@@ -58,11 +56,11 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
   config.num_train_steps = 8
   config.checkpoint_every_steps = 100  # Only the interruption saves.
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  with tfds.testing.mock_data(num_examples=100):
-    train.train_and_evaluate(config, straight)
-    assert train.train_and_evaluate(config, resumed, stop_at_step=3) is None
-    assert os.listdir(os.path.join(resumed, 'checkpoints')) == ['3']
-    summary = train.train_and_evaluate(config, resumed)
+  config.data.data_dir = fake_cifar.data_dir()
+  train.train_and_evaluate(config, straight)
+  assert train.train_and_evaluate(config, resumed, stop_at_step=3) is None
+  assert os.listdir(os.path.join(resumed, 'checkpoints')) == ['3']
+  summary = train.train_and_evaluate(config, resumed)
   assert summary['steps_this_run'] == 5
   want, got = restore_params(straight, config), restore_params(resumed, config)
   assert int(got[0]) == 8
@@ -93,6 +91,7 @@ def extract_subset(zip_path, destination, per_class):
   return destination
 
 
+@pytest.mark.slow
 def test_a_small_resnet_learns_real_images_in_float32_and_bfloat16(tmp_path):
   if not TRAIN_ZIP.exists():
     if REQUIRE_REAL_DATA:
@@ -164,6 +163,7 @@ def uninterrupted(tmp_path_factory, compilation_cache):
   return workdir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('fault, latest_before_resume', [
     ('kill@batch:3', None),  # Before the first checkpoint.
     ('kill@batch:8', 4),  # Mid-way between checkpoints, after a log and an
@@ -190,6 +190,7 @@ def test_kill_9_anywhere_then_rerun_ends_bit_identical(
   assert not list((tmp_path / 'checkpoints').glob('*tmp*'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('fault, reached', [
     ('term@batch:5', 5),  # Between checkpoints and evaluations.
     ('term@batch:6', 6),  # At an evaluation step: evaluated after resuming.
@@ -206,7 +207,7 @@ def test_sigterm_saves_the_step_reached_and_a_rerun_resumes_there(
   seconds = float(message[0].split(' s after SIGTERM')[0].split()[-1])
   assert 0 <= seconds < 60
   assert checkpoints.Checkpointer(
-      tmp_path / 'checkpoints', save_every_steps=4, keep=2,
+      tmp_path / 'checkpoints', keep=2,
       metadata={}).latest_step() == reached
   assert int(restore_params(tmp_path, smoke.get_config())[0]) == reached
 
@@ -217,6 +218,7 @@ def test_sigterm_saves_the_step_reached_and_a_rerun_resumes_there(
   assert_same_outcome(outcome(tmp_path), outcome(uninterrupted))
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_set_aside_and_training_redone(
     tmp_path, uninterrupted, compilation_cache):
   workdir = tmp_path / 'run'
@@ -247,9 +249,9 @@ def test_a_diverging_loss_stops_naming_the_step_and_saves_nothing_after(
   config.schedule.update(warmup_steps=1, base_learning_rate=1e30)
   config.update(num_train_steps=16, checkpoint_every_steps=4,
                 eval_every_steps=4, log_every_steps=4)
-  with tfds.testing.mock_data(num_examples=100):
-    with pytest.raises(train.NonFiniteLossError) as error:
-      train.train_and_evaluate(config, str(tmp_path))
+  config.data.data_dir = fake_cifar.data_dir()
+  with pytest.raises(train.NonFiniteLossError) as error:
+    train.train_and_evaluate(config, str(tmp_path))
 
   message = str(error.value)
   match = re.match(r'the training loss is (nan|inf) at step (\d+);', message)
@@ -264,7 +266,7 @@ def test_a_diverging_loss_stops_naming_the_step_and_saves_nothing_after(
 
 def test_the_first_non_finite_loss_is_the_step_named():
   checkpointer = checkpoints.Checkpointer(
-      'unused', save_every_steps=1, keep=1, metadata={})
+      'unused', keep=1, metadata={})
   window = [{'loss': np.float32(v)} for v in (2.3, 2.2, np.inf, np.nan)]
 
   with pytest.raises(train.NonFiniteLossError,

@@ -1,0 +1,162 @@
+"""Batches from a split in memory: the seeded training order, evaluation.
+
+The training order is a pure function of (seed, step): epoch e is the
+permutation `default_rng([seed, e])` of the examples, and step s takes the
+rows of its global batch from it. Nothing depends on iterator state or on the
+number of processes, so a run restored at step k sees exactly the batches of
+an uninterrupted run, and P processes together see the batches of one (each
+takes a contiguous 1/P of every global batch). The last partial batch of an
+epoch is dropped, so every step has a full batch.
+
+Evaluation covers every example exactly once: each process takes a contiguous
+shard of the split and pads its last batches, marking real rows with
+`mask` 1 and padding with 0; all processes yield the same number of batches
+because the eval step is a collective.
+
+The host hands out raw uint8 images and int32 labels; cropping, flipping and
+normalisation run on the device, inside the train step.
+"""
+
+import collections
+from collections.abc import Callable, Iterable, Iterator
+import functools
+import itertools
+
+import numpy as np
+
+from resnet_jax import datasets
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Full batches per epoch (the last partial batch is dropped)."""
+  if global_batch_size <= 0:
+    raise ValueError(f'global batch size must be positive, got '
+                     f'{global_batch_size}')
+  steps = num_examples // global_batch_size
+  if not steps:
+    raise ValueError(f'global batch size {global_batch_size} exceeds the '
+                     f'{num_examples} training examples')
+  return steps
+
+
+def _per_process(global_batch_size: int, process_index: int,
+                 process_count: int) -> int:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process index {process_index} is not in '
+                     f'0..{process_count - 1}')
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f'global batch size {global_batch_size} must be a '
+                     f'positive multiple of the {process_count} processes')
+  return global_batch_size // process_count
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  order.flags.writeable = False  # Shared by every caller through the cache.
+  return order
+
+
+def train_rows(num_examples: int, *, seed: int, step: int,
+               global_batch_size: int, process_index: int = 0,
+               process_count: int = 1) -> np.ndarray:
+  """Which examples make this process's part of the training batch of `step`.
+
+  A pure function of its arguments: each epoch is a permutation drawn from
+  (seed, epoch), cut into consecutive global batches; the processes' parts,
+  concatenated in process order, are the global batch.
+  """
+  per_process = _per_process(global_batch_size, process_index, process_count)
+  if step < 0:
+    raise ValueError(f'step must be >= 0, got {step}')
+  spe = steps_per_epoch(num_examples, global_batch_size)
+  order = _epoch_order(seed, step // spe, num_examples)
+  start = (step % spe) * global_batch_size + process_index * per_process
+  return order[start:start + per_process]
+
+
+def train_batch(ds: datasets.InMemoryDataset, *, seed: int, step: int,
+                global_batch_size: int, process_index: int = 0,
+                process_count: int = 1) -> dict[str, np.ndarray]:
+  """This process's part of the global training batch of `step`.
+
+  See train_rows.
+  """
+  rows = train_rows(ds.num_examples, seed=seed, step=step,
+                    global_batch_size=global_batch_size,
+                    process_index=process_index, process_count=process_count)
+  return {'image': ds.images[rows], 'label': ds.labels[rows]}
+
+
+def train_batches(ds: datasets.InMemoryDataset, *, seed: int, start_step: int,
+                  global_batch_size: int, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """`train_batch` for start_step, start_step + 1, ... without end."""
+  step = start_step
+  while True:
+    yield train_batch(ds, seed=seed, step=step,
+                      global_batch_size=global_batch_size,
+                      process_index=process_index, process_count=process_count)
+    step += 1
+
+
+def row_batches(num_examples: int, *, seed: int, start_step: int,
+                global_batch_size: int, process_index: int = 0,
+                process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """{'rows': this process's example indices} for start_step, start_step + 1...
+
+  What the trainer feeds when the split is on the devices (device_data.py):
+  the rows `train_batch` would copy, as int32.
+  """
+  step = start_step
+  while True:
+    rows = train_rows(num_examples, seed=seed, step=step,
+                      global_batch_size=global_batch_size,
+                      process_index=process_index, process_count=process_count)
+    yield {'rows': rows.astype(np.int32)}
+    step += 1
+
+
+def eval_batches(ds: datasets.InMemoryDataset, *, global_batch_size: int,
+                 process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Every example once over all processes, in padded, masked batches."""
+  per_process = _per_process(global_batch_size, process_index, process_count)
+  n = ds.num_examples
+  # Contiguous shards whose sizes differ by at most one, as
+  # tfds.split_for_jax_process makes them.
+  shard_start = process_index * n // process_count
+  shard_stop = (process_index + 1) * n // process_count
+  largest_shard = -(-n // process_count)
+  num_batches = -(-largest_shard // per_process)
+  for i in range(num_batches):
+    start = min(shard_start + i * per_process, shard_stop)
+    stop = min(start + per_process, shard_stop)
+    real = stop - start
+    image = np.zeros((per_process,) + ds.images.shape[1:], np.uint8)
+    label = np.zeros(per_process, np.int32)
+    mask = np.zeros(per_process, np.float32)
+    image[:real], label[:real], mask[:real] = (
+        ds.images[start:stop], ds.labels[start:stop], 1)
+    yield {'image': image, 'label': label, 'mask': mask}
+
+
+def prefetch(iterator: Iterable, put_fn: Callable, size: int = 2) -> Iterator:
+  """Yields put_fn(item) for each item, applying it `size` items ahead.
+
+  put_fn is typically a host-to-device transfer, which JAX runs
+  asynchronously: the next batches travel while the device computes.
+  """
+  if size < 1:
+    raise ValueError(f'prefetch size must be >= 1, got {size}')
+  iterator = iter(iterator)
+  queue = collections.deque()
+
+  def enqueue(count):
+    for item in itertools.islice(iterator, count):
+      queue.append(put_fn(item))
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)

@@ -1,0 +1,280 @@
+"""One run, built from its config: the single place that assembles the pieces.
+
+`build(config, ...)` turns a config into everything a run needs: the model,
+the learning-rate function and optimizer, the initial (or abstract) train
+state, the normalisation, the train and eval steps compiled for the device
+layout, the batch source and the checkpoint metadata. The trainer, the
+benchmark, inference and the tests all build their runs here, so a step, a
+normalisation or a restore target is never put together twice.
+
+Building compiles nothing and reads no file; the steps compile on first use.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from resnet_jax import augment
+from resnet_jax import batching
+from resnet_jax import datasets
+from resnet_jax import device_data
+from resnet_jax import models
+from resnet_jax import optimizer
+from resnet_jax import parallel
+from resnet_jax import schedules
+from resnet_jax import steps
+from resnet_jax import train_state
+
+# Config fields that may change when a run resumes: they decide how a run is
+# observed, laid out, saved or where its files are, not what it computes.
+# Every other field, present or added later, must match the checkpoint.
+RESUMABLE_FIELDS = (
+    'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+    'keep_checkpoints', 'eval_batch_size', 'parallelism', 'cpu_devices',
+    'compilation_cache_dir', 'distributed', 'profile', 'data.on_device',
+    'data.data_dir', 'data.download')
+# What the parameters are: all that inference checks before it restores.
+MODEL_FIELDS = ('depth', 'block', 'preact', 'shortcut', 'width',
+                'num_classes')
+
+
+def flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+  """Nested dicts as {'a.b': leaf}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat |= flatten(value, f'{prefix}{key}.')
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def recipe(config) -> dict[str, Any]:
+  """The config as {'dotted.field': value}, less RESUMABLE_FIELDS."""
+  resumable = lambda field: any(field == r or field.startswith(r + '.')
+                                for r in RESUMABLE_FIELDS)
+  return {field: value for field, value in flatten(config.to_dict()).items()
+          if not resumable(field)}
+
+
+def load_splits(config):
+  """(train, eval or None, test or None) splits of config.data, in memory."""
+  data = config.data
+  splits = [datasets.load_split(data, split) if split else None
+            for split in (data.train_split, data.eval_split, data.test_split)]
+  if splits[0].num_classes != config.model.num_classes:
+    raise ValueError(
+        f'config.model.num_classes={config.model.num_classes} but '
+        f'{data.name} has {splits[0].num_classes} classes')
+  return splits
+
+
+def compute_metrics(sums) -> dict[str, float]:
+  """Mean loss and accuracy from the steps' metric sums (see steps.py)."""
+  count = float(sums['count'])
+  return {'loss': float(sums['loss']) / count,
+          'accuracy': float(sums['correct']) / count}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+  """A run's pieces; see `build`."""
+  config: ml_collections.ConfigDict
+  dp: parallel.DataParallel
+  model: models.ResNet
+  image_shape: tuple[int, int, int]
+  total_steps: int
+  steps_per_epoch: int | None  # None without a training split.
+  learning_rate_fn: Any
+  tx: Any
+  mean: np.ndarray  # Per channel, 0..255 units.
+  std: np.ndarray
+  train_ds: datasets.InMemoryDataset | None
+
+  def _key(self, purpose: int) -> jax.Array:
+    # 0: initialisation, 1: augmentation.
+    return jax.random.split(jax.random.key(self.config.seed))[purpose]
+
+  @functools.cached_property
+  def _augment_key(self) -> jax.Array:
+    return self._key(1)
+
+  def init_state(self) -> train_state.TrainState:
+    """The freshly initialised state, on the host side (not yet placed)."""
+    return train_state.create_train_state(
+        self._key(0), self.model, self.tx, self.image_shape)
+
+  def abstract_state(self):
+    """The state's shapes and dtypes on one device: a restore target.
+
+    Traced, not run: no initialisation is computed (seconds saved on every
+    inference load).
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        jax.eval_shape(self.init_state))
+
+  def step_key(self, step: int) -> jax.Array:
+    """The augmentation key of training step `step`."""
+    return jax.random.fold_in(self._augment_key, step)
+
+  def checkpoint_metadata(self, training: bool = True) -> dict[str, Any]:
+    """What a checkpoint must agree with to be used by this config.
+
+    'model', 'dataset' and 'image_shape' say what the parameters are: all
+    that inference checks. With `training`, 'training' adds the whole recipe
+    (every config field but RESUMABLE_FIELDS) and the number of steps: a
+    resume under another one would give a result that no single run gives.
+    """
+    metadata = {
+        'model': {k: self.config.model[k] for k in MODEL_FIELDS},
+        'dataset': self.config.data.name,
+        'image_shape': list(self.image_shape),
+        'optimizer': {'momentum': self.config.optimizer.momentum > 0},
+    }
+    if training:
+      metadata['training'] = recipe(self.config) | {
+          'total_steps': self.total_steps}
+    return metadata
+
+  # Compiled for the layout on first call.
+
+  @functools.cached_property
+  def _train_data(self) -> tuple:
+    # The split on the devices, for steps that gather their own batch.
+    if self.config.data.on_device:
+      return (device_data.place(self.train_ds, self.dp),)
+    return ()
+
+  @functools.cached_property
+  def _compiled_train_step(self):
+    step = functools.partial(
+        steps.train_step, learning_rate_fn=self.learning_rate_fn,
+        label_smoothing=self.config.label_smoothing,
+        augment_fn=functools.partial(
+            augment.augment, mean=self.mean, std=self.std,
+            padding=self.config.data.crop_padding,
+            flip=self.config.data.random_flip))
+    if self.config.data.on_device:
+      return self.dp.train_step(device_data.gathering(step), with_data=True)
+    return self.dp.train_step(step)
+
+  def train_step(self, state, batch, step: int):
+    """One training step on a batch from `batches`: (state, metric sums)."""
+    return self._compiled_train_step(state, batch, self.step_key(step),
+                                     *self._train_data)
+
+  @functools.cached_property
+  def eval_step(self):
+    """(state, batch from batching.eval_batches) -> metric sums."""
+    return self.dp.eval_step(functools.partial(
+        steps.eval_step, preprocess_fn=functools.partial(
+            augment.normalize, mean=self.mean, std=self.std)))
+
+  @functools.cached_property
+  def logits_fn(self):
+    """Jitted (variables, uint8 images) -> logits, as the eval step has them."""
+
+    @jax.jit
+    def logits_fn(variables, images):
+      inputs = augment.normalize(images, self.mean, self.std)
+      return self.model.apply(variables, inputs, train=False)
+
+    return logits_fn
+
+  def batches(self, start_step: int):
+    """Training batches from `start_step` on, prefetched onto the devices.
+
+    This process's rows of each global batch (see batching.py): the indices
+    to gather when the split is on the devices, else the images themselves.
+    """
+    source = dict(seed=self.config.seed, start_step=start_step,
+                  global_batch_size=self.config.batch_size,
+                  process_index=jax.process_index(),
+                  process_count=jax.process_count())
+    if self.config.data.on_device:
+      batches = batching.row_batches(self.train_ds.num_examples, **source)
+    else:
+      batches = batching.train_batches(self.train_ds, **source)
+    return batching.prefetch(batches, self.dp.put_batch)
+
+  def evaluate(self, state, ds: datasets.InMemoryDataset) -> dict[str, float]:
+    """Loss and accuracy over every example of `ds` exactly once."""
+    sums = None
+    batches = batching.eval_batches(
+        ds, global_batch_size=self.config.eval_batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    for batch in batching.prefetch(batches, self.dp.put_batch):
+      out = self.eval_step(state, batch)
+      sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums,
+                                                   out)
+    sums = jax.device_get(sums)
+    if int(sums['count']) != ds.num_examples:
+      raise RuntimeError(f'evaluated {int(sums["count"])} examples of a '
+                         f'split of {ds.num_examples}')
+    return compute_metrics(sums)
+
+
+def _check_batch_sizes(config, dp: parallel.DataParallel) -> None:
+  # The one place batch sizes meet the layout: every device of every process
+  # gets an equal share of each global batch.
+  for field in ('batch_size', 'eval_batch_size'):
+    if config[field] % dp.num_devices:
+      raise ValueError(
+          f'config.{field}={config[field]} does not divide over '
+          f'{dp.num_devices} devices ({jax.process_count()} processes x '
+          f'{dp.num_local_devices}); use a multiple of {dp.num_devices}')
+
+
+def build(config, *, dp: parallel.DataParallel | None = None,
+          train_ds: datasets.InMemoryDataset | None = None,
+          image_shape=None) -> Experiment:
+  """Assembles the run `config` describes (see the module docstring).
+
+  Args:
+    config: a validated config (config_checks.validate).
+    dp: the device layout; by default config.parallelism over every device.
+    train_ds: the training split. Without it (inference) there is no batch
+      source, the length comes from config.num_train_steps, and
+      `image_shape` must be given.
+    image_shape: (H, W, C) of the images; by default the training split's.
+
+  Raises:
+    ValueError: the batch sizes do not divide over the devices, or the run
+      normalises with statistics measured on a training split not given.
+  """
+  dp = dp or parallel.DataParallel(config.parallelism)
+  _check_batch_sizes(config, dp)
+  if train_ds is not None:
+    image_shape = train_ds.images.shape[1:]
+    steps_per_epoch = batching.steps_per_epoch(train_ds.num_examples,
+                                               config.batch_size)
+    total_steps = (round(config.num_epochs * steps_per_epoch)
+                   if config.num_epochs > 0 else config.num_train_steps)
+  else:
+    steps_per_epoch, total_steps = None, config.num_train_steps
+  if config.data.normalization == 'measured':
+    if train_ds is None:
+      raise ValueError(
+          "this run used config.data.normalization='measured': its mean and "
+          'std are measured on the training split '
+          f'{config.data.train_split!r}, which must be loaded to build it')
+    mean, std = datasets.measure_channel_stats(train_ds)
+  else:
+    mean, std = config.data.mean, config.data.std
+  learning_rate_fn = schedules.create_learning_rate_fn(
+      config.schedule, config.batch_size, total_steps)
+  return Experiment(
+      config=config, dp=dp,
+      model=models.create_model(config.model, dp.axis_name),
+      image_shape=tuple(int(n) for n in image_shape),
+      total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+      learning_rate_fn=learning_rate_fn,
+      tx=optimizer.create_optimizer(config.optimizer, learning_rate_fn),
+      mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32),
+      train_ds=train_ds)

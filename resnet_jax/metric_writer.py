@@ -1,0 +1,193 @@
+"""TensorBoard event files, written and read without TensorFlow.
+
+The trainer logs through `create_writer`, which does what clu's default
+writer did: one line per call in the absl log (`[<step>] train_loss=0.123,
+...`, as clu's LoggingWriter) and, on process 0, the same values in a new
+`events.out.tfevents.*` file in the workdir. clu's writer and tensorboard's
+own EventFileWriter both import TensorFlow (the latter through tf.io.gfile
+when it is installed), which is slow, may take the GPUs, and is often not
+installed. This file uses only tensorboard's protos and its pure-Python
+record framing: event files are TFRecord files of `Event` protos.
+
+Scalars are written as TensorFlow 2 writes them (a float32 tensor with the
+scalars plugin's metadata), hyperparameters as the HParams plugin's session
+start summary, so TensorBoard shows them in its Scalars and HParams views.
+"""
+
+from collections.abc import Iterator, Mapping
+import itertools
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+from absl import logging
+from etils import epath
+from google.protobuf import message
+import numpy as np
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.summary.writer import record_writer
+from tensorboard.util import tensor_util
+
+EVENT_FILE_PATTERN = 'events.out.tfevents.*'
+_SCALAR_METADATA = scalar_metadata.create_summary_metadata('', '')
+# Tells apart the files a process opens within one second.
+_file_numbers = itertools.count()
+
+
+class MetricWriter:
+  """Logs scalars and hyperparameters, and writes them for TensorBoard.
+
+  Every write goes to the file at once (no thread, no queue): a killed run
+  loses nothing it logged, at most the end of the record being written.
+  """
+
+  def __init__(self, logdir: str | os.PathLike[str] | None):
+    """Logs only when `logdir` is None; else writes a new event file there."""
+    self._records = None
+    if logdir is not None:
+      directory = epath.Path(logdir)
+      directory.mkdir(parents=True, exist_ok=True)
+      # TensorFlow's name: TensorBoard finds files by their prefix.
+      name = (f'events.out.tfevents.{int(time.time()):010d}.'
+              f'{socket.gethostname()}.{os.getpid()}.{next(_file_numbers)}.v2')
+      self._records = record_writer.RecordWriter((directory / name).open('wb'))
+      self._write(event_pb2.Event(file_version='brain.Event:2'))
+
+  def _write(self, event: event_pb2.Event, step: int = 0):
+    if self._records is not None:
+      event.wall_time = time.time()  # Tells which of two writes is later.
+      event.step = step
+      self._records.write(event.SerializeToString())
+      self._records.flush()
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    # clu's LoggingWriter's line, which people and tests read.
+    logging.info('[%d] %s', step, ', '.join(
+        f'{k}={v:.6g}' if isinstance(v, float) else f'{k}={v}'
+        for k, v in sorted(scalars.items())))
+    if self._records is None:
+      return
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(
+            tag=tag, metadata=_SCALAR_METADATA,
+            tensor=tensor_util.make_tensor_proto(np.float32(value)))
+        for tag, value in scalars.items()])
+    self._write(event_pb2.Event(summary=summary), int(step))
+
+  def write_hparams(self, hparams: Mapping[str, Any]):
+    """Flat hyperparameters: names to bools, numbers and strings.
+
+    Not logged: the trainer prints the whole config when it starts.
+    """
+    if self._records is not None:
+      summary = hparams_summary.hparams_pb(dict(hparams))
+      self._write(event_pb2.Event(summary=summary))
+
+  def flush(self):
+    if self._records is not None:
+      self._records.flush()
+    logging.flush()
+
+  def close(self):
+    """Closes the file; more calls do nothing."""
+    if self._records is not None:
+      self._records.close()
+      self._records = None
+    logging.flush()
+
+  def __enter__(self) -> 'MetricWriter':
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
+
+def create_writer(logdir: str | os.PathLike[str], *,
+                  just_logging: bool) -> MetricWriter:
+  """The trainer's writer: with `just_logging` (processes but 0) no file."""
+  return MetricWriter(None if just_logging else logdir)
+
+
+# ----------------------------------------------------------------------------
+# Reading.
+
+
+def _crc(data: bytes) -> bytes:
+  return struct.pack('<I', pywrap_tensorflow.masked_crc32c(data))
+
+
+def read_events(path: str | os.PathLike[str]) -> Iterator[event_pb2.Event]:
+  """The events of one file, which TensorFlow or `MetricWriter` wrote.
+
+  A record cut short at the end of the file (a killed writer, or one still
+  writing) ends the file; any other damage is an error.
+
+  Raises:
+    ValueError: a record's checksum is wrong, or it is not an Event.
+  """
+  data = epath.Path(path).read_bytes()
+  # Each record: length (uint64), its masked CRC-32C, data, the data's.
+  position = 0
+  while len(data) - position >= 12:
+    header = data[position:position + 8]
+    start = position + 12
+    end = start + struct.unpack('<Q', header)[0]
+    if _crc(header) != data[position + 8:start]:
+      raise ValueError(f'{path}: broken record header at byte {position}')
+    if end + 4 > len(data):
+      break
+    if _crc(data[start:end]) != data[end:end + 4]:
+      raise ValueError(f'{path}: broken record at byte {position}')
+    try:
+      yield event_pb2.Event.FromString(data[start:end])
+    except message.DecodeError as e:
+      raise ValueError(f'{path}: record at byte {position} is not an event: '
+                       f'{e}') from None
+    position = end + 4
+
+
+def _scalar(value: summary_pb2.Summary.Value) -> float | None:
+  """A summary value's number: TF 2 writes tensors, TF 1 simple_value."""
+  kind = value.WhichOneof('value')
+  if kind == 'simple_value':
+    return float(value.simple_value)
+  plugin = value.metadata.plugin_data.plugin_name
+  if kind != 'tensor' or plugin not in ('', 'scalars'):
+    return None  # Hyperparameters, images, text, ...
+  array = tensor_util.make_ndarray(value.tensor)
+  if array.size != 1 or array.dtype.kind not in 'biuf':
+    return None
+  return float(array.reshape(()))
+
+
+def scalars(workdir: str | os.PathLike[str]) -> dict[tuple[str, int], float]:
+  """{(tag, step): value} of every scalar in the workdir's event files.
+
+  A resumed run writes the steps after its last checkpoint again, into a new
+  event file, so a (tag, step) can occur more than once: the value written
+  last wins, by the events' wall times (microseconds; file names only have
+  seconds), then by file name and position. Sorted by tag, then step.
+
+  Raises:
+    ValueError: an event file is damaged other than cut short at its end
+      (see `read_events`).
+  """
+  latest = {}
+  for path in sorted(epath.Path(workdir).glob(EVENT_FILE_PATTERN)):
+    if not path.is_file():
+      continue
+    for position, event in enumerate(read_events(path)):
+      order = (event.wall_time, path.name, position)
+      for value in event.summary.value:
+        number = _scalar(value)
+        key = (value.tag, int(event.step))
+        if number is not None and (key not in latest or
+                                   latest[key][0] <= order):
+          latest[key] = (order, number)
+  return {key: number for key, (_, number) in sorted(latest.items())}
