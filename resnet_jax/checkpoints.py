@@ -43,6 +43,7 @@ leaves the directory exactly as it was: the manager is created without
 writes nothing.
 """
 
+import contextlib
 import hashlib
 import json
 import logging as logging_lib
@@ -63,15 +64,18 @@ _TMP_MARKER = '.orbax-checkpoint-tmp'
 
 
 class _ExpectedWarnings(logging_lib.Filter):
-  """Drops Orbax's warnings about what this module does on purpose.
+  """Drops Orbax's log lines about what this module does or says itself.
 
   A save without a validation accuracy (validation runs less often than
-  saving), and a reader's manager opened read-only.
+  saving), a reader's manager opened read-only, and the tracebacks of failed
+  background writes (CheckpointWriteError says what failed, in one line).
   """
   EXPECTED = ('did not provide metrics', 'read_only=True',
               'Given directory is read only')
 
   def filter(self, record):
+    if record.exc_info and '/orbax/' in record.pathname:
+      return False
     return not any(text in record.getMessage() for text in self.EXPECTED)
 
 
@@ -84,6 +88,10 @@ class IncompatibleCheckpointError(ValueError):
 
 class UnreadableCheckpointError(ValueError):
   """No checkpoint (or not the one asked for) can be read back intact."""
+
+
+class CheckpointWriteError(ValueError):
+  """A checkpoint could not be written (the disk, the folder, ...)."""
 
 
 def _normalise(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +151,21 @@ def fingerprint(state) -> str:
   return digest.hexdigest()
 
 
+def _damaged_metrics(directory: epath.Path) -> list[int]:
+  """Steps whose metrics file is there but holds no validation accuracy."""
+  damaged = []
+  for path in (directory.glob('*/metrics/metrics') if directory.exists()
+               else ()):
+    step = path.parent.parent.name
+    if not step.isdigit():
+      continue
+    try:
+      float(json.loads(path.read_text())['val_accuracy'])
+    except Exception:  # pylint: disable=broad-except
+      damaged.append(int(step))
+  return sorted(damaged)
+
+
 def _one_line(error: Exception) -> str:
   text = ' '.join(str(error).split())
   text = text if len(text) <= 200 else text[:197] + '...'
@@ -176,23 +199,36 @@ class Checkpointer:
     self.directory = path if path.is_absolute() else path.absolute()
     self._metadata = _normalise(metadata)  # Fails early if not JSON.
     self._compatible = False
-    self.unreadable_steps: list[int] = []
+    self._keep, self._read_only = keep, read_only
+    # Orbax reads every checkpoint's metrics when it opens a directory and
+    # fails on a damaged one; those are skipped like any unreadable step.
+    self._damaged_metrics = _damaged_metrics(self.directory)
+    self.unreadable_steps: list[int] = list(self._damaged_metrics)
+    for step in self._damaged_metrics:
+      logging.warning('Checkpoint %d in %s is unreadable (its metrics file is '
+                      'damaged).', step, self.directory)
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
     policies = ocp.checkpoint_managers
     best_accuracy = lambda metrics: metrics['val_accuracy']
     options = ocp.CheckpointManagerOptions(
         best_fn=best_accuracy,
         best_mode='max',
         preservation_policy=policies.AnyPreservationPolicy([
-            policies.LatestN(n=keep),
+            policies.LatestN(n=self._keep),
             policies.BestN(get_metric_fn=best_accuracy, n=1,
                            keep_checkpoints_without_metrics=False),
         ]),
         # The first save creates the directory; opening one must not write.
         create=False,
-        read_only=read_only,
-        enable_async_checkpointing=not read_only,
+        read_only=self._read_only,
+        enable_async_checkpointing=not self._read_only,
+        # With a damaged metrics file, no metrics are read at all (`tidy`
+        # reopens without it once the damaged step is moved aside).
+        lightweight_initialize=bool(self._damaged_metrics),
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    return ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None if there is none."""
@@ -204,7 +240,18 @@ class Checkpointer:
 
   def best_step(self) -> int | None:
     """The step with the best validation accuracy, or None if none has one."""
-    return self._manager.best_step()
+    if self._damaged_metrics:
+      raise UnreadableCheckpointError(
+          f'cannot rank the checkpoints in {self.directory} by validation '
+          f'accuracy: the metrics of steps {self._damaged_metrics} are '
+          'damaged; use the latest checkpoint or a step')
+    try:
+      return self._manager.best_step()
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax reads every checkpoint's metrics to rank them.
+      raise UnreadableCheckpointError(
+          f'cannot rank the checkpoints in {self.directory} by validation '
+          f'accuracy: a metrics file is damaged ({_one_line(e)})') from None
 
   def _read_json(self, step: int, item: str):
     return self._manager.restore(
@@ -214,20 +261,15 @@ class Checkpointer:
     """The run metadata saved with checkpoint `step`.
 
     With `step` None: that of the newest checkpoint whose metadata reads
-    back (a damaged one is skipped with a warning); None if there is none.
+    back (a damaged or missing one is skipped with a warning; `restore` will
+    skip that checkpoint too); None if there is none.
     """
     candidates = [step] if step is not None else reversed(self.all_steps())
     for candidate in candidates:
       try:
         return self._read_json(candidate, 'metadata')
-      except KeyError:
-        raise IncompatibleCheckpointError(
-            f'checkpoint {candidate} in {self.directory} has no run metadata, '
-            'so it cannot be checked against this run; start afresh with a '
-            'new --workdir') from None
       except Exception as e:  # pylint: disable=broad-except
-        # A damaged checkpoint: `restore` will skip it and say so.
-        logging.warning('Checkpoint %d: cannot read its metadata (%s).',
+        logging.warning('Checkpoint %d: cannot read its run metadata (%s).',
                         candidate, _one_line(e))
     return None
 
@@ -248,32 +290,50 @@ class Checkpointer:
           'afresh with a new --workdir')
     self._compatible = True
 
-  def _restore_step(self, step: int, target_state):
+  def _read_step(self, step: int, target_state, with_progress: bool):
+    """Reads every item of checkpoint `step`; raises if one is not intact."""
+    metadata = self._read_json(step, 'metadata')
     abstract_state = jax.tree.map(_abstract, target_state)
     state = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))['state']
     try:
       expected = self._read_json(step, 'fingerprint')['sha256']
     except KeyError:
-      # Written before checkpoints had fingerprints: nothing to check.
+      # Only the first release wrote no fingerprint (nor a 'training' part).
+      if 'training' in metadata:
+        raise ValueError('its fingerprint is missing') from None
       logging.info('Checkpoint %d has no fingerprint to check.', step)
-      return state
-    if fingerprint(state) != expected:
+      expected = None
+    if expected is not None and fingerprint(state) != expected:
       raise ValueError('its arrays do not match the fingerprint written '
                        'with them')
+    if not all(np.all(np.isfinite(_host_copy(x))) for x in jax.tree.leaves(
+        state) if np.issubdtype(np.result_type(x), np.inexact)):
+      raise ValueError('its arrays hold NaN or infinite values')
+    if with_progress:
+      progress = self._read_json(step, 'progress')
+      if not isinstance(progress, dict):
+        raise ValueError(f'its progress is not a dict: {progress!r}')
+      return state, progress
     return state
 
-  def restore(self, target_state, step: int | None = None):
+  def restore(self, target_state, step: int | None = None, *,
+              with_progress: bool = False):
     """Returns a checkpoint's state, laid out like `target_state`.
 
     The structure, dtypes and shardings come from `target_state` (a freshly
     initialised state); the values, the step included, from the checkpoint.
+    A checkpoint is used only if every item of it reads back intact: the run
+    metadata, the arrays (checked against their fingerprint and for
+    non-finite values), the metrics and, `with_progress`, the progress.
 
     Args:
-      target_state: a freshly initialised state of the same model.
+      target_state: a freshly initialised (or abstract) state of the model.
       step: which checkpoint; None for the newest one that reads back intact.
         Each newer one that does not is logged as a warning naming its step
         and listed in `unreadable_steps`.
+      with_progress: also return the progress saved with it ({} when there is
+        no checkpoint).
 
     With no checkpoint in the directory and `step` None, returns
     `target_state` unchanged, so a trainer can always write
@@ -290,14 +350,16 @@ class Checkpointer:
           f'no checkpoint of step {step} in {self.directory}; there are '
           f'{available or "none"}')
     candidates = [step] if step is not None else list(reversed(available))
-    if not candidates:
+    failures = [f'step {c}: its metrics file is damaged' for c in candidates
+                if c in self._damaged_metrics]
+    candidates = [c for c in candidates if c not in self._damaged_metrics]
+    if not candidates and not failures:
       logging.info('No checkpoint in %s; starting from scratch.',
                    self.directory)
-      return target_state
-    failures = []
+      return (target_state, {}) if with_progress else target_state
     for candidate in candidates:
       try:
-        state = self._restore_step(candidate, target_state)
+        restored = self._read_step(candidate, target_state, with_progress)
       except Exception as e:  # pylint: disable=broad-except
         failures.append(f'step {candidate}: {_one_line(e)}')
         if candidate not in self.unreadable_steps:
@@ -309,16 +371,9 @@ class Checkpointer:
         continue
       logging.info('Restored checkpoint %d from %s.', candidate,
                    self.directory)
-      return state
+      return restored
     raise UnreadableCheckpointError(
         f'no readable checkpoint in {self.directory} ({"; ".join(failures)})')
-
-  def progress(self, step: int) -> dict[str, Any]:
-    """The progress dict saved with checkpoint `step` ({} if there is none)."""
-    try:
-      return self._read_json(step, 'progress')
-    except KeyError:
-      return {}
 
   def tidy(self) -> None:
     """Moves unreadable checkpoints aside and deletes interrupted writes.
@@ -343,7 +398,12 @@ class Checkpointer:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices('resnet_jax checkpoints tidy')
-    self._manager.reload()
+    if self._damaged_metrics:  # Now aside: Orbax can read all the metrics.
+      self._manager.close()
+      self._damaged_metrics = []
+      self._manager = self._open()
+    else:
+      self._manager.reload()
 
   def save(self, step: int, state, *, progress: dict[str, Any] | None = None,
            val_accuracy: float | None = None) -> None:
@@ -352,31 +412,55 @@ class Checkpointer:
     Args:
       step: the step number (the directory's name).
       state: the train state; replicated if it is sharded over devices.
-      progress: JSON-serialisable dict returned by `progress(step)`.
+      progress: JSON-serialisable dict, returned by `restore(...,
+        with_progress=True)`.
       val_accuracy: this step's validation accuracy, if it was evaluated: the
         best checkpoint by it is kept beyond the newest `keep`.
+
+    Raises:
+      CheckpointWriteError: this save, or an earlier one still finishing in
+        the background, failed.
     """
     if step in self._manager.all_steps():
       return
     # Never add a checkpoint of this run next to those of another one.
     self.check_compatible()
-    self._manager.save(
-        step, force=True,
-        metrics=None if val_accuracy is None else {
-            'val_accuracy': float(val_accuracy)},
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            metadata=ocp.args.JsonSave(self._metadata),
-            fingerprint=ocp.args.JsonSave({'sha256': fingerprint(state)}),
-            progress=ocp.args.JsonSave(_normalise(progress or {}))))
+    with self._writing(f'checkpoint {step} (or an earlier one)'):
+      self._manager.check_for_errors()  # Of the previous save.
+      self._manager.save(
+          step, force=True,
+          metrics=None if val_accuracy is None else {
+              'val_accuracy': float(val_accuracy)},
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              metadata=ocp.args.JsonSave(self._metadata),
+              fingerprint=ocp.args.JsonSave({'sha256': fingerprint(state)}),
+              progress=ocp.args.JsonSave(_normalise(progress or {}))))
+
+  @contextlib.contextmanager
+  def _writing(self, what: str):
+    # Orbax writes in background threads and re-raises their errors (a full
+    # disk, `checkpoints` not being a folder...) later, as anything.
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointWriteError(f'writing {what} into {self.directory} '
+                                 f'failed: {_one_line(e)}') from e
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointWriteError if a background write has failed."""
+    with self._writing('a checkpoint'):
+      self._manager.check_for_errors()
 
   def wait_until_finished(self) -> None:
     """Blocks until background writes (and deletions) are done."""
-    self._manager.wait_until_finished()
+    with self._writing('a checkpoint'):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending writes and releases Orbax's background threads."""
-    self._manager.close()
+    with self._writing('a checkpoint'):
+      self._manager.close()
 
   def __enter__(self):
     return self

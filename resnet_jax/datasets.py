@@ -19,6 +19,7 @@ TFDS data, and is then kept off the GPUs, which belong to JAX.
 from collections.abc import Callable
 import dataclasses
 import functools
+import hashlib
 import os
 import random
 import re
@@ -55,6 +56,10 @@ class InMemoryDataset:
   images: np.ndarray  # uint8 (N, H, W, C)
   labels: np.ndarray  # int32 (N,)
   class_names: tuple[str, ...]
+  # What the examples are, for a checkpoint to tell whether a resume would
+  # read other data: the split and a description of its source that changes
+  # when the source does (see load_split).
+  source: str = ''
 
   def __post_init__(self):
     if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -179,8 +184,9 @@ def _load_tfds_base(name: str, data_dir: str | None, base: str,
         f"{', '.join(builder.info.splits)}")
   images, labels = _import_tfds().as_numpy(builder.as_dataset(
       split=base, batch_size=-1, shuffle_files=False, as_supervised=True))
+  source = f'{name} {builder.info.version} {base!r}: {len(labels)} examples'
   return (images.astype(np.uint8, copy=False), labels.astype(np.int32),
-          tuple(builder.info.features['label'].names))
+          tuple(builder.info.features['label'].names), source)
 
 
 # ----------------------------------------------------------------------------
@@ -272,7 +278,21 @@ def _decode_image(path: str) -> np.ndarray | str:
     return getattr(e, 'strerror', None) or str(e) or type(e).__name__
 
 
-def _load_image_folder_base(root: str, base: str):
+def _folder_state(split_dir: str) -> tuple:
+  """What a decoded split depends on: its files' names, sizes and times."""
+  state = []
+  for class_dir, _, files in sorted(os.walk(split_dir)):
+    for name in sorted(files):
+      try:
+        stat = os.stat(os.path.join(class_dir, name))
+        state.append((class_dir, name, stat.st_size, stat.st_mtime_ns))
+      except OSError:
+        state.append((class_dir, name))  # Decoding will say what is wrong.
+  return tuple(state)
+
+
+def _load_image_folder_base(root: str, base: str, folder_state: tuple):
+  del folder_state  # Only part of the cache key: a changed folder reloads.
   split_dir = os.path.join(root, base)
   class_names = _image_folder_classes(root)
   paths, labels = [], []
@@ -304,8 +324,16 @@ def _load_image_folder_base(root: str, base: str):
   # keeps meaning the same images.
   order = list(range(len(paths)))
   random.Random(base).shuffle(order)
+  # The file list and sizes: adding, removing, renaming or replacing images
+  # (by another of a different size) changes it.
+  listing = hashlib.sha256()
+  for path in paths:
+    listing.update(f'{os.path.relpath(path, root)}\t'
+                   f'{os.path.getsize(path)}\n'.encode())
+  source = (f'image folder {base!r}: {len(paths)} files, sha256 of names and '
+            f'sizes {listing.hexdigest()[:16]}')
   return (np.stack([images[i] for i in order]),
-          np.asarray(labels, np.int32)[order], class_names)
+          np.asarray(labels, np.int32)[order], class_names, source)
 
 
 # ----------------------------------------------------------------------------
@@ -315,11 +343,11 @@ def _load_image_folder_base(root: str, base: str):
 @functools.lru_cache(maxsize=8)
 def _cached_base(loader: Callable[..., tuple], *key):
   """Decodes a base split once per process; slices share the result."""
-  images, labels, class_names = loader(*key)
+  images, labels, class_names, source = loader(*key)
   # Read-only, so that no caller can change what later callers get.
   images.flags.writeable = False
   labels.flags.writeable = False
-  return images, labels, class_names
+  return images, labels, class_names, source
 
 
 def _check_name(config) -> None:
@@ -345,20 +373,22 @@ def load_split(config, split: str) -> InMemoryDataset:
   if config.name == IMAGE_FOLDER:
     root = _image_folder_root(config)
     _image_folder_split_dir(config, root, base)
-    images, labels, class_names = _cached_base(_load_image_folder_base, root,
-                                               base)
+    images, labels, class_names, source = _cached_base(
+        _load_image_folder_base, root, base,
+        _folder_state(os.path.join(root, base)))
     order = np.random.default_rng(config.split_shuffle_seed).permutation(
         len(labels))
     rows = order[split_slice.resolve(len(labels))]
   else:
-    images, labels, class_names = _cached_base(
+    images, labels, class_names, source = _cached_base(
         _load_tfds_base, config.name, _local_dir(config.data_dir), base,
         bool(config.download))
     rows = split_slice.resolve(len(labels))
   images, labels = images[rows], labels[rows]
   if not len(labels):
     raise ValueError(f'split {split!r} is empty')
-  return InMemoryDataset(images, labels, class_names)
+  return InMemoryDataset(images, labels, class_names,
+                         source=f'{split} of {source}')
 
 
 def class_names(config, num_classes: int) -> tuple[str, ...] | None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from resnet_jax import augment
 from resnet_jax import batching
+from resnet_jax import config_checks
 from resnet_jax import datasets
 from resnet_jax import device_data
 from resnet_jax import models
@@ -128,8 +129,9 @@ class Experiment:
 
     'model', 'dataset' and 'image_shape' say what the parameters are: all
     that inference checks. With `training`, 'training' adds the whole recipe
-    (every config field but RESUMABLE_FIELDS) and the number of steps: a
-    resume under another one would give a result that no single run gives.
+    (every config field but RESUMABLE_FIELDS), the number of steps and what
+    the training data is (datasets.InMemoryDataset.source): a resume under
+    another recipe or on other data would give a result no single run gives.
     """
     metadata = {
         'model': {k: self.config.model[k] for k in MODEL_FIELDS},
@@ -139,7 +141,8 @@ class Experiment:
     }
     if training:
       metadata['training'] = recipe(self.config) | {
-          'total_steps': self.total_steps}
+          'total_steps': self.total_steps,
+          'train_data': self.train_ds and self.train_ds.source}
     return metadata
 
   # Compiled for the layout on first call.
@@ -245,12 +248,14 @@ def build(config, *, dp: parallel.DataParallel | None = None,
     image_shape: (H, W, C) of the images; by default the training split's.
 
   Raises:
-    ValueError: the batch sizes do not divide over the devices, or the run
-      normalises with statistics measured on a training split not given.
+    ValueError: the batch sizes do not divide over the devices, a setting
+      does not fit the training split (config_checks.validate_with_split), or
+      the run normalises with statistics measured on a split not given.
   """
   dp = dp or parallel.DataParallel(config.parallelism)
   _check_batch_sizes(config, dp)
   if train_ds is not None:
+    config_checks.validate_with_split(config, train_ds)
     image_shape = train_ds.images.shape[1:]
     steps_per_epoch = batching.steps_per_epoch(train_ds.num_examples,
                                                config.batch_size)

@@ -9,12 +9,12 @@ checkpoint in the workdir.
 
 Exit status: 0 when training finished; 1 with one line `error: ...` when the
 config, data, workdir or checkpoints are unusable or the loss became
-non-finite; 143 (128 + SIGTERM) after a preemption notice, once the
-checkpoint of the step reached is saved, so that a scheduler reruns the job.
+non-finite; 143 (128 + SIGTERM) after a preemption notice and 130 after
+Ctrl-C (SIGINT), once the checkpoint of the step reached is saved, so that a
+scheduler reruns the job; a second signal stops it at once.
 """
 
 import os
-import signal
 import sys
 
 from absl import flags
@@ -83,12 +83,12 @@ def main(argv):
   from resnet_jax import preemption  # pylint: disable=g-import-not-at-top
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
 
+  config_checks.validate(config)  # Before the config sets anything up.
   if config.compilation_cache_dir:
     # Restarts (resume after preemption) load compiled steps instead of
     # compiling them again.
     jax.config.update('jax_compilation_cache_dir',
                       os.path.expanduser(config.compilation_cache_dir))
-  config_checks.validate(config)  # Before the config sets up devices.
   # Both before anything starts JAX's backends.
   parallel.configure_cpu_devices(config)
   parallel.initialize_distributed(config)
@@ -98,7 +98,7 @@ def main(argv):
         config_name=os.path.splitext(os.path.basename(config_file))[0])
   except preemption.Preempted as e:
     logging.warning('%s', e)
-    sys.exit(128 + signal.SIGTERM)
+    sys.exit(e.exit_status)
 
 
 if __name__ == '__main__':

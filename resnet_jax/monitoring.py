@@ -15,7 +15,7 @@ class Stopwatch:
   so the rates are those of training alone.
   """
 
-  def __init__(self, start_step: int):
+  def __init__(self):
     self._start = time.monotonic()
     self._first_step_done = None  # (step, time) once the first step ran.
     self._paused = 0.0  # Seconds paused since the first step.

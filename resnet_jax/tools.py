@@ -9,7 +9,9 @@ modules raise ValueError (or a subclass) for everything a user can cause.
 
 import logging as python_logging
 import os
+import signal
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -55,7 +57,11 @@ def quiet_start(default_verbosity: int | None = None) -> None:
 
 
 def guarded(main):
-  """`main` with every ValueError turned into `error: ...`, exit status 1."""
+  """`main` with every ValueError turned into `error: ...`, exit status 1.
+
+  Ctrl-C where the command does not handle it itself (the trainer saves a
+  checkpoint first) ends it with one line and status 130.
+  """
 
   def wrapped(argv):
     try:
@@ -63,10 +69,29 @@ def guarded(main):
     except ValueError as e:
       logging.debug('Failed:', exc_info=True)  # The traceback with -v 1.
       fail(one_line(e))
+    except KeyboardInterrupt:  # Ctrl-C where nothing handles it.
+      print('error: interrupted (Ctrl-C)', file=sys.stderr, flush=True)
+      sys.exit(128 + signal.SIGINT)
 
   return wrapped
 
 
 def run(main, **kwargs) -> None:
-  """`absl.app.run(main)` through the project's one error path."""
-  app.run(guarded(main), **kwargs)
+  """`absl.app.run(main)` through the project's one error path.
+
+  A command that fails ends at once: background threads (Orbax's writers)
+  may wait forever on work that failed, and must not keep it alive.
+  """
+  try:
+    app.run(guarded(main), **kwargs)
+  except SystemExit as e:
+    if e.code in (None, 0):
+      raise
+    status = e.code if isinstance(e.code, int) else EXIT_ERROR
+  except BaseException:  # pylint: disable=broad-except
+    traceback.print_exc()  # A bug, not bad input: show where.
+    status = EXIT_ERROR
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access

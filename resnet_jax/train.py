@@ -19,7 +19,6 @@ before it is saved), and stops naming the first step that was not.
 import contextlib
 import dataclasses
 import json
-import os
 
 from absl import logging
 from clu import parameter_overview
@@ -35,6 +34,7 @@ from resnet_jax import experiment
 from resnet_jax import metric_writer
 from resnet_jax import monitoring
 from resnet_jax import preemption
+from resnet_jax import workdir as workdir_lib
 
 
 class NonFiniteLossError(ValueError):
@@ -65,32 +65,6 @@ class LoopState:
   def validated(self, step: int, accuracy: float) -> None:
     if self.best_accuracy is None or accuracy > self.best_accuracy:
       self.best_step, self.best_accuracy = step, accuracy
-
-
-def _check_workdir(workdir: str):
-  """Fails if `workdir` could not be written; creates nothing."""
-  if not workdir.strip():
-    raise ValueError('--workdir is empty; name a directory for the run')
-  if '://' in workdir:
-    return  # An object store (gs://...): Orbax and TensorBoard write there.
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f'--workdir={workdir} exists and is not a directory')
-  existing = os.path.abspath(workdir)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise ValueError(f'--workdir={workdir} cannot be created: {existing} is '
-                     'not a directory')
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise ValueError(f'--workdir={workdir} is not writable ({existing} is '
-                     'read-only to this user)')
-
-
-def _write_json(path: epath.Path, value) -> None:
-  # Written whole then renamed, so a crash never leaves half a file.
-  partial = path.parent / f'{path.name}.partial'
-  partial.write_text(json.dumps(value, indent=2))
-  partial.replace(path)
 
 
 def _flat(config) -> dict:
@@ -187,36 +161,45 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
   Raises:
     ValueError: the config, data, workdir or checkpoints are unusable, or
       the loss became non-finite (NonFiniteLossError).
-    preemption.Preempted: SIGTERM arrived; a checkpoint of the step reached
-      was saved.
+    preemption.Preempted: SIGTERM or SIGINT arrived; a checkpoint of the
+      step reached was saved.
   """
   config_checks.validate(config)
-  _check_workdir(workdir)
-  datasets.check_available(config.data)
-  splits = experiment.load_splits(config)
-  train_ds, eval_ds, test_ds = splits
-  exp = experiment.build(config, train_ds=train_ds)
-  workdir_path = epath.Path(workdir)
-  total_steps = exp.total_steps
-  last_step = min(stop_at_step or total_steps, total_steps)
+  workdir_lib.check(workdir)
   # Pending checkpoint writes and logs are finished even when a step fails.
   with contextlib.ExitStack() as cleanup:
+    # Process 0 holds the workdir for the run; at once if it exists.
+    lock = (cleanup.enter_context(workdir_lib.Lock(workdir))
+            if jax.process_index() == 0 else None)
+    datasets.check_available(config.data)
+    splits = experiment.load_splits(config)
+    train_ds, eval_ds, test_ds = splits
+    exp = experiment.build(config, train_ds=train_ds)
+    workdir_path = epath.Path(workdir)
+    total_steps = exp.total_steps
+    last_step = min(stop_at_step or total_steps, total_steps)
     checkpointer = cleanup.enter_context(checkpoints.Checkpointer(
         workdir_path.absolute() / 'checkpoints', keep=config.keep_checkpoints,
         metadata=exp.checkpoint_metadata()))
-    state = checkpointer.restore(exp.init_state())
+    state, progress = checkpointer.restore(exp.init_state(),
+                                           with_progress=True)
     start_step = int(state.step)
     if start_step:
       logging.info('Resuming from the checkpoint of step %d.', start_step)
     logging.info('ResNet-%d: %s parameters.', config.model.depth,
                  f'{parameter_overview.count_parameters(state.params):,}')
-    loop = LoopState(**checkpointer.progress(start_step)) if start_step else (
-        LoopState())
+    try:
+      loop = LoopState(**progress)
+    except TypeError:
+      raise ValueError(f'checkpoint {start_step} holds progress of another '
+                       f'trainer version ({progress}); start afresh with a '
+                       'new --workdir') from None
     # Every check has passed: only now is the workdir written.
     workdir_path.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-      _write_json(workdir_path / 'config.json',
-                  json.loads(config.to_json_best_effort()))
+    if lock:
+      lock.announce()
+      workdir_lib.write_json(workdir_path / 'config.json',
+                             json.loads(config.to_json_best_effort()))
     checkpointer.tidy()
     state = exp.dp.put_state(state)
     writer = cleanup.enter_context(metric_writer.create_writer(
@@ -225,8 +208,7 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       writer.write_hparams(_flat(config))
     logging.info('Training steps %d..%d of %d (%d per epoch of %d examples) '
                  'on %d device(s), %s, training split on the %s.',
-                 start_step + 1,
-                 last_step, total_steps, exp.steps_per_epoch,
+                 start_step + 1, last_step, total_steps, exp.steps_per_epoch,
                  train_ds.num_examples, exp.dp.num_devices, config.parallelism,
                  'devices' if config.data.on_device else 'host')
 
@@ -243,7 +225,7 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       loop.eval_pending = False
       validate(start_step, state)  # Preempted before this step's evaluation.
 
-    clock = monitoring.Stopwatch(start_step)
+    clock = monitoring.Stopwatch()
     profile = cleanup.enter_context(contextlib.closing(monitoring.Profile(
         workdir, config.profile.first_step, config.profile.num_steps)))
     watcher = cleanup.enter_context(preemption.PreemptionWatcher())
@@ -265,6 +247,7 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       if not (log_due or eval_due or save_due):
         continue
       with clock.pause():
+        checkpointer.check_for_errors()  # A save failing in the background.
         for sums in _checked_sums(window, done - len(window) + 1,
                                   checkpointer):
           loop.add(sums)
@@ -281,7 +264,8 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
           _save(checkpointer, exp, done, state, loop, accuracy)
         if preempted:
           checkpointer.wait_until_finished()
-          raise preemption.Preempted(done, watcher.seconds_since_signal())
+          raise preemption.Preempted(done, watcher.seconds_since_signal(),
+                                    watcher.signum)
     jax.block_until_ready(state)
     # The last checkpoint is on disk before anything says the run is done.
     checkpointer.wait_until_finished()
@@ -298,7 +282,7 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
     summary = summarize(exp, config_name, splits, results, loop, start_step,
                         clock)
     if jax.process_index() == 0:
-      _write_json(workdir_path / 'summary.json', summary)
+      workdir_lib.write_json(workdir_path / 'summary.json', summary)
       writer.flush()
       _draw_curves(workdir)
     logging.info('Summary: %s', json.dumps(summary))

@@ -13,8 +13,9 @@ from outside (in the middle of a checkpoint write, during an evaluation):
   <signal>@summary   when summary.json is about to be written, after the
                      last checkpoint.
 
-<signal> is `kill` (SIGKILL: nothing runs after it) or `term` (SIGTERM: the
-trainer's handler runs; the process goes on until it stops by itself).
+<signal> is `kill` (SIGKILL: nothing runs after it), `term` (SIGTERM) or
+`int` (SIGINT, Ctrl-C): for these two the trainer's handler runs; the
+process goes on until it stops by itself.
 """
 
 import os
@@ -32,7 +33,8 @@ import os, runpy, signal, sys
 def _install_fault(fault):
   name, _, where = fault.partition('@')
   point, _, arg = where.partition(':')
-  signum = {'kill': signal.SIGKILL, 'term': signal.SIGTERM}[name]
+  signum = {'kill': signal.SIGKILL, 'term': signal.SIGTERM,
+            'int': signal.SIGINT}[name]
   fire = lambda: os.kill(os.getpid(), signum)
   if point == 'batch':
     from resnet_jax import batching
@@ -43,14 +45,14 @@ def _install_fault(fault):
       return original(*args, step=step, **kwargs)
     batching.train_rows = train_rows
   elif point == 'save':
-    from orbax.checkpoint._src.path import atomicity
-    cls = atomicity.AtomicRenameTemporaryPath
-    original = cls.finalize
-    async def finalize(self, *args, **kwargs):
-      if os.path.basename(str(self.get_final())) == arg:
+    # Orbax completes a checkpoint by renaming its temporary folder.
+    original = os.rename
+    def rename(src, dst, *args, **kwargs):
+      if (os.path.basename(os.fspath(dst)) == arg and
+          '.orbax-checkpoint-tmp' in os.fspath(src)):
         fire()
-      return await original(self, *args, **kwargs)
-    cls.finalize = finalize
+      return original(src, dst, *args, **kwargs)
+    os.rename = rename
   elif point == 'eval':
     from resnet_jax import experiment
     original, calls = experiment.Experiment.evaluate, []
@@ -61,13 +63,13 @@ def _install_fault(fault):
       return original(*args, **kwargs)
     experiment.Experiment.evaluate = evaluate
   elif point == 'summary':
-    from resnet_jax import train
-    original = train._write_json
+    from resnet_jax import workdir
+    original = workdir.write_json
     def write_json(path, value):
       if path.name == 'summary.json':
         fire()
       return original(path, value)
-    train._write_json = write_json
+    workdir.write_json = write_json
   else:
     raise ValueError(fault)
 

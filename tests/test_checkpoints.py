@@ -1,5 +1,7 @@
 """Tests of checkpoints.py: what a resumed run gets back and what it refuses."""
 
+import shutil
+
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
@@ -70,10 +72,9 @@ def open_checkpointer(tmp_path):
   """Opens Checkpointers on tmp_path/checkpoints; closes them afterwards."""
   opened = []
 
-  def open_(*, metadata=None, save_every_steps=1, keep=3, directory=None):
+  def open_(*, metadata=None, keep=3, directory=None):
     ckpt = checkpoints.Checkpointer(
-        directory or tmp_path / 'checkpoints',
-        save_every_steps=save_every_steps, keep=keep,
+        directory or tmp_path / 'checkpoints', keep=keep,
         metadata=metadata or _run_metadata())
     opened.append(ckpt)
     return ckpt
@@ -99,45 +100,27 @@ def test_restore_in_a_new_checkpointer_is_bit_identical(
   assert restored.apply_fn is fresh.apply_fn and restored.tx is fresh.tx
 
 
-def test_maybe_save_saves_at_multiples_and_keeps_the_newest(
-    open_checkpointer, tmp_path, trained):
-  ckpt = open_checkpointer(save_every_steps=2, keep=2)
+def test_the_newest_are_kept(open_checkpointer, tmp_path, trained):
+  ckpt = open_checkpointer(keep=2)
 
-  saved = [ckpt.maybe_save(step, trained) for step in range(1, 8)]
+  for step in (2, 4, 6):
+    ckpt.save(step, trained)
   ckpt.wait_until_finished()
 
-  assert saved == [False, True, False, True, False, True, False]
   assert _steps_on_disk(tmp_path / 'checkpoints') == [4, 6]
   assert ckpt.latest_step() == 6
   assert open_checkpointer().latest_step() == 6
 
 
-def test_maybe_save_asks_for_the_state_only_when_saving(
-    open_checkpointer, tmp_path, trained):
-  ckpt = open_checkpointer(save_every_steps=3, keep=2)
-  asked = []
-
-  def get_state():
-    asked.append(True)
-    return trained
-
-  saved = [ckpt.maybe_save(step, get_state) for step in range(1, 7)]
-  ckpt.wait_until_finished()
-  assert saved == [False, False, True, False, False, True]
-  assert len(asked) == 2
-  assert _steps_on_disk(tmp_path / 'checkpoints') == [3, 6]
-
-
 def test_save_is_unconditional_and_once_per_step(
     open_checkpointer, tmp_path, fresh, trained):
-  ckpt = open_checkpointer(save_every_steps=10)
+  ckpt = open_checkpointer()
 
   ckpt.save(7, trained)
   ckpt.save(7, fresh)  # Already saved: kept as it was.
   ckpt.wait_until_finished()
 
   assert _steps_on_disk(tmp_path / 'checkpoints') == [7]
-  assert not ckpt.maybe_save(0, trained)  # Older than the latest checkpoint.
   _assert_identical(open_checkpointer().restore(fresh), trained)
 
 
@@ -179,16 +162,17 @@ def test_incompatible_checkpoints_are_refused_and_left_untouched(
   assert _snapshot(directory) == before
 
 
-def test_checkpoints_without_run_metadata_are_refused(
-    open_checkpointer, tmp_path, trained):
+def test_checkpoints_without_run_metadata_are_never_restored(
+    open_checkpointer, tmp_path, fresh, trained):
   directory = tmp_path / 'checkpoints'
   with ocp.CheckpointManager(directory) as foreign:
     foreign.save(5, args=ocp.args.Composite(
         state=ocp.args.StandardSave(trained)))
 
-  with pytest.raises(checkpoints.IncompatibleCheckpointError,
-                     match='has no run metadata'):
-    open_checkpointer().check_compatible()
+  # Nothing says whose they are: unreadable, like a damaged one.
+  with pytest.raises(checkpoints.UnreadableCheckpointError,
+                     match=r'no readable checkpoint .*step 5: '):
+    open_checkpointer().restore(fresh)
 
 
 def test_replicated_state_restores_into_the_same_sharding(
@@ -383,8 +367,10 @@ def test_progress_is_saved_with_each_checkpoint(open_checkpointer, trained):
   ckpt.wait_until_finished()
 
   reader = open_checkpointer()
-  assert reader.progress(5) == progress  # Floats exactly, through JSON.
-  assert reader.progress(6) == {}
+  _, saved = reader.restore(trained, step=5, with_progress=True)
+  assert saved == progress  # Floats exactly, through JSON.
+  assert reader.restore(trained, step=6, with_progress=True)[1] == {}
+  assert reader.restore(trained, with_progress=True)[1] == {}  # The newest.
 
 
 def test_fingerprint_covers_every_value_and_dtype(fresh, trained):
@@ -409,4 +395,170 @@ def test_checkpoints_written_before_fingerprints_still_restore(
   reader = open_checkpointer()
 
   _assert_identical(reader.restore(fresh), trained)
-  assert reader.metadata(5) == checkpoints._normalise(_run_metadata())
+  assert reader.stored_metadata(5) == checkpoints._normalise(_run_metadata())
+
+
+def _swap_fingerprint(step_dir, saved, other):
+  """Makes `step_dir`'s fingerprint item hold `other`'s digest, not `saved`'s.
+
+  The JSON stays valid and the arrays intact, so Orbax reads everything back
+  without complaint: only the fingerprint check can notice (the damages above
+  may fail inside Orbax first).
+  """
+  path = step_dir / 'fingerprint' / 'metadata'
+  digest, wrong = checkpoints.fingerprint(saved), checkpoints.fingerprint(other)
+  assert digest in path.read_text() and wrong != digest
+  path.write_text(path.read_text().replace(digest, wrong))
+
+
+def test_a_fingerprint_mismatch_is_caught_after_orbax_reads_the_arrays(
+    open_checkpointer, tmp_path, fresh, trained, caplog):
+  directory = tmp_path / 'checkpoints'
+  writer = open_checkpointer()
+  writer.save(6, trained)
+  writer.close()
+  _swap_fingerprint(directory / '6', trained, fresh)
+
+  with pytest.raises(checkpoints.UnreadableCheckpointError) as error:
+    open_checkpointer().restore(fresh)
+  assert ('step 6: ValueError: its arrays do not match the fingerprint '
+          'written with them') in str(error.value)
+
+  # With an older good checkpoint, restore falls back to it for this reason.
+  older = _trained(fresh, seed=3)
+  writer = open_checkpointer(directory=tmp_path / 'two')
+  writer.save(4, older)
+  writer.save(6, trained)
+  writer.close()
+  _swap_fingerprint(tmp_path / 'two' / '6', trained, fresh)
+  caplog.clear()
+
+  reader = open_checkpointer(directory=tmp_path / 'two')
+  _assert_identical(reader.restore(fresh), older)
+  assert reader.unreadable_steps == [6]
+  warning, = [r.getMessage() for r in caplog.records
+              if r.levelname == 'WARNING' and 'unreadable' in r.getMessage()]
+  assert 'do not match the fingerprint' in warning
+
+
+# ----------------------------------------------------------------------------
+# Damage to any file of a checkpoint, not only its arrays.
+
+_DAMAGES = {
+    'delete': lambda path: path.unlink(),
+    'empty': lambda path: path.write_bytes(b''),
+    'garbage': lambda path: path.write_bytes(
+        np.random.default_rng(0).bytes(max(path.stat().st_size, 64))),
+}
+
+
+@pytest.fixture(scope='module')
+def two_checkpoints(tmp_path_factory, fresh):
+  """Steps 3 and 6 of a run (6 with a validation accuracy), as the trainer
+  writes them: metadata with a 'training' part, so fingerprints are due."""
+  directory = tmp_path_factory.mktemp('two') / 'checkpoints'
+  metadata = _run_metadata() | {'training': {'seed': 0}}
+  states = {step: _trained(fresh, seed=step).replace(
+      step=jnp.asarray(step, jnp.int32)) for step in (3, 6)}
+  with checkpoints.Checkpointer(directory, keep=3, metadata=metadata) as ckpt:
+    for step, state in states.items():
+      ckpt.save(step, state, progress={'step': step},
+                val_accuracy=0.5 if step == 6 else None)
+  return directory, metadata, states
+
+
+def _cases(step_dir):
+  files = sorted(p.relative_to(step_dir) for p in step_dir.rglob('*')
+                 if p.is_file())
+  folders = sorted(p.relative_to(step_dir) for p in step_dir.rglob('*')
+                   if p.is_dir())
+  return ([(f, damage) for f in files for damage in _DAMAGES] +
+          [(f, 'remove folder') for f in folders])
+
+
+def test_damage_to_any_file_of_a_checkpoint_falls_back_or_restores_it_intact(
+    tmp_path, fresh, two_checkpoints, caplog):
+  source, metadata, states = two_checkpoints
+  cases = _cases(source / '6')
+  assert len(cases) > 60
+  outcomes = {}
+  for i, (relative, damage) in enumerate(cases):
+    directory = tmp_path / str(i) / 'checkpoints'
+    shutil.copytree(source, directory)
+    path = directory / '6' / relative
+    if damage == 'remove folder':
+      shutil.rmtree(path)
+    else:
+      _DAMAGES[damage](path)
+    caplog.clear()
+
+    with checkpoints.Checkpointer(directory, keep=3,
+                                  metadata=metadata) as ckpt:
+      state, progress = ckpt.restore(fresh, with_progress=True)
+      step = int(state.step)
+      # Never another state than the one saved, never a traceback.
+      assert step in (3, 6)
+      _assert_identical(state, states[step])
+      assert progress == {'step': step}
+      if step == 3:
+        assert ckpt.unreadable_steps == [6], (relative, damage)
+        assert 'Checkpoint 6 in ' in caplog.text, (relative, damage)
+        ckpt.tidy()  # Moves 6 aside; the run goes on saving.
+        ckpt.save(7, states[6], progress={'step': 7})
+        ckpt.wait_until_finished()
+        assert _steps_on_disk(directory) == [3, 7]
+        assert len(list((directory.parent / checkpoints.UNREADABLE_DIR)
+                        .iterdir())) == 1
+    outcomes.setdefault(f'restored {step}', []).append(f'{relative} {damage}')
+  # What each case came to, for the record (pytest -s shows it).
+  for outcome, which in sorted(outcomes.items()):
+    print(f'{outcome}: {len(which)} cases: {", ".join(which)}')
+  assert len(outcomes['restored 3']) > 30  # Most damage is caught.
+
+
+def test_an_empty_step_folder_is_skipped_not_a_reason_to_refuse(
+    tmp_path, fresh, two_checkpoints):
+  source, metadata, states = two_checkpoints
+  directory = tmp_path / 'checkpoints'
+  shutil.copytree(source, directory)
+  (directory / '9').mkdir()
+
+  with checkpoints.Checkpointer(directory, keep=3, metadata=metadata) as ckpt:
+    state = ckpt.restore(fresh)
+    assert int(state.step) == 6 and ckpt.unreadable_steps == [9]
+
+
+def test_a_damaged_metrics_file_is_skipped_by_trainers_and_readers(
+    tmp_path, fresh, two_checkpoints):
+  source, metadata, states = two_checkpoints
+  directory = tmp_path / 'checkpoints'
+  shutil.copytree(source, directory)
+  (directory / '6' / 'metrics' / 'metrics').write_text('{"val_acc')
+
+  with checkpoints.Checkpointer(directory, metadata={},
+                                read_only=True) as reader:
+    with pytest.raises(checkpoints.UnreadableCheckpointError,
+                       match=r'the metrics of steps \[6\] are damaged'):
+      reader.best_step()
+    assert int(reader.restore(fresh).step) == 3
+  with checkpoints.Checkpointer(directory, keep=3, metadata=metadata) as ckpt:
+    assert int(ckpt.restore(fresh).step) == 3
+    ckpt.tidy()
+    assert ckpt.best_step() is None  # 6, the only one with metrics, is aside.
+    ckpt.save(4, states[6], val_accuracy=0.25)
+    ckpt.wait_until_finished()
+    assert ckpt.best_step() == 4
+
+
+def test_a_restored_state_with_non_finite_values_is_never_trained_on(
+    open_checkpointer, tmp_path, fresh, trained):
+  ckpt = open_checkpointer()
+  ckpt.save(2, trained)
+  broken = jax.tree.map(lambda x: x * np.nan if jnp.issubdtype(
+      jnp.result_type(x), jnp.floating) else x, trained)
+  ckpt.save(4, broken)  # Its fingerprint matches: the values are as saved.
+  ckpt.wait_until_finished()
+
+  reader = open_checkpointer()
+  assert int(reader.restore(fresh).step) == 123  # Step 2's state.
+  assert reader.unreadable_steps == [4]

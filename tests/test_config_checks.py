@@ -1,12 +1,27 @@
-"""Every shipped config is valid and documented; invalid values are refused."""
+"""Every shipped config is valid and documented; invalid values are refused.
+
+The property tests set each field of configs/default.py, one at a time, to
+values of every kind on the smoke config: the check either passes, and the run
+then builds and traces, or refuses with one line naming the field.
+"""
 
 import importlib
+import math
+import os
 import pathlib
+import re
+import subprocess
+import sys
 
+from hypothesis import given, settings, strategies as st
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import pytest
 
-from configs import default
-from resnet_jax import config_checks
+from configs import default, smoke
+from resnet_jax import config_checks, datasets, experiment, parallel
 
 CONFIG_NAMES = sorted(p.stem for p in (
     pathlib.Path(__file__).resolve().parents[1] / 'configs').glob('*.py')
@@ -41,7 +56,8 @@ def test_each_config_validates_and_documents_command_and_expectations(name):
     (dict(data=dict(name='imagenet')), "config.data.name='imagenet'"),
     (dict(data=dict(train_split='train[:abc]')), 'config.data.train_split'),
     (dict(data=dict(name='image_folder')), "config.data.data_dir='': must be"),
-    (dict(data=dict(std=(1.0, 0.0, 1.0))), 'config.data.mean/std'),
+    (dict(data=dict(std=(1.0, 0.0, 1.0))),
+     'config.data.std=\\(1.0, 0.0, 1.0\\)'),
     (dict(parallelism='ddp'), "config.parallelism='ddp'"),
     (dict(label_smoothing=1.0), 'config.label_smoothing=1.0'),
 ])
@@ -53,3 +69,179 @@ def test_invalid_values_are_rejected_naming_the_field(override, message):
       for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])})
   with pytest.raises(ValueError, match=message):
     config_checks.validate(config)
+
+
+def _leaf_fields(config, prefix=''):
+  for key in config.keys():
+    if isinstance(config[key], ml_collections.ConfigDict):
+      yield from _leaf_fields(config[key], f'{prefix}{key}.')
+    else:
+      yield prefix + key
+
+
+# From default.py, so that a field added there is covered here.
+FIELDS = list(_leaf_fields(default.get_config()))
+MAX_INT = 2**70
+
+_numbers = st.one_of(
+    st.integers(-MAX_INT, MAX_INT), st.integers(-3, 70),
+    st.sampled_from([2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63, -2**63]),
+    st.floats(), st.floats(0, 2), st.sampled_from([-0.0, 1e-300, 1e300]))
+_strings = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(['', 'train', 'test', 'train[:50%]', 'train[10:]',
+                     'train[50%:]', 'train[:-1]', 'x[1:2]', '/tmp/x']))
+
+
+def _values(field):
+  """Values of every kind, and many near the field's default and choices."""
+  near = st.sampled_from(config_checks.CHOICES.get(field, ()) +
+                         (_get(default.get_config(), field),))
+  return st.one_of(
+      near, _numbers, _strings, st.booleans(), st.none(),
+      st.lists(_numbers, max_size=4).map(tuple),
+      st.lists(st.floats(0, 255), min_size=3, max_size=3).map(tuple),
+      st.lists(st.floats(0, 1), max_size=3).map(lambda v: tuple(sorted(v))))
+
+
+def _get(config, field):
+  for part in field.split('.'):
+    config = config[part]
+  return config
+
+
+def _smoke_with(field, value, schedule='paper'):
+  """The smoke config, type checks off, with `field` set to `value`."""
+  config = ml_collections.ConfigDict(smoke.get_config().to_dict(),
+                                     type_safe=False)
+  # Each schedule reads its own fields.
+  config.schedule.name = schedule
+  section, _, name = field.rpartition('.')
+  (_get(config, section) if section else config)[name] = value
+  return config
+
+
+_SCHEDULES = st.sampled_from(config_checks.CHOICES['schedule.name'])
+
+
+def _assert_refused_naming(error: ValueError, field: str):
+  message = str(error)
+  assert '\n' not in message, message
+  assert re.search(rf'config\.{re.escape(field)}\b', message), (
+      f'{field}: {message}')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('field', FIELDS)
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_any_value_of_any_field_passes_or_is_refused_naming_it(field, data):
+  config = _smoke_with(field, data.draw(_values(field), label=field),
+                       data.draw(_SCHEDULES, label='schedule.name'))
+  try:
+    config_checks.validate(config)
+  except ValueError as e:
+    _assert_refused_naming(e, field)
+
+
+_SPLIT = datasets.InMemoryDataset(
+    images=np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3),
+                                             np.uint8),
+    labels=np.random.default_rng(1).integers(0, 10, 64).astype(np.int32),
+    class_names=tuple(map(str, range(10))))
+
+
+def _trace(exp):
+  """One train and one eval step, traced (not compiled) on abstract data."""
+  config = exp.config
+  state = jax.eval_shape(exp.init_state)
+  spec = jax.ShapeDtypeStruct
+  if config.data.on_device:
+    batch = {'rows': spec((config.batch_size,), jnp.int32)}
+  else:
+    batch = {'image': spec((config.batch_size, 32, 32, 3), jnp.uint8),
+             'label': spec((config.batch_size,), jnp.int32)}
+  new_state, sums = jax.eval_shape(exp._compiled_train_step, state, batch,
+                                   exp.step_key(0), *exp._train_data)
+  assert new_state.step.shape == () and sums['loss'].shape == ()
+  n = config.eval_batch_size
+  sums = jax.eval_shape(exp.eval_step, state, {
+      'image': spec((n, 32, 32, 3), jnp.uint8),
+      'label': spec((n,), jnp.int32), 'mask': spec((n,), jnp.float32)})
+  assert sums['count'].shape == ()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('field', FIELDS)
+@settings(max_examples=8, deadline=None)
+@given(data=st.data())
+def test_a_config_that_passes_builds_and_traces_or_names_the_field(field,
+                                                                   data):
+  config = _smoke_with(field, data.draw(_values(field), label=field),
+                       data.draw(_SCHEDULES, label='schedule.name'))
+  try:
+    config_checks.validate(config)
+    exp = experiment.build(config, dp=parallel.DataParallel('jit'),
+                           train_ds=_SPLIT)
+  except ValueError as e:
+    _assert_refused_naming(e, field)
+    return
+  total = exp.total_steps
+  assert 1 <= total <= config_checks.MAX_STEPS
+  for step in (0, 1, total // 2, total - 1, total):
+    rate = float(exp.learning_rate_fn(step))
+    assert math.isfinite(rate) and rate >= 0, (step, rate)
+  _trace(exp)
+
+
+def test_every_numeric_field_has_a_range():
+  # A new number in default.py needs its range here: finite is not enough.
+  defaults = default.get_config()
+  numeric = [f for f in FIELDS if isinstance(_get(defaults, f), (int, float))
+             and not isinstance(_get(defaults, f), bool)]
+  assert set(numeric) <= set(config_checks.RANGES), (
+      set(numeric) - set(config_checks.RANGES))
+
+
+@pytest.mark.parametrize('value, ok', [
+    (1, True), ('x', True), (None, True), ([1, 'a', {'b': 2.5}], True),
+    (float('nan'), False), (float('inf'), False), (object(), False),
+])
+def test_an_added_field_may_hold_any_json_value(value, ok):
+  config = smoke.get_config()
+  config.model.added = value
+  if ok:
+    config_checks.validate(config)
+  else:
+    with pytest.raises(ValueError, match=r'^config\.model\.added=.*JSON'):
+      config_checks.validate(config)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('batch_size', 128, 'config.batch_size=128: must be at most the 64'),
+    ('data.crop_padding', 1000,
+     'config.data.crop_padding=1000: must be less than 32'),
+    ('num_epochs', 0.1, 'config.num_epochs=0.1: must give 1 to'),
+    ('num_epochs', 2e9, 'config.num_epochs=2000000000.0: must give 1 to'),
+])
+def test_what_the_training_split_rules_out_is_refused_naming_it(
+    field, value, message):
+  config = _smoke_with(field, value)
+  config_checks.validate(config)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    config_checks.validate_with_split(config, _SPLIT)
+
+
+@pytest.mark.slow
+def test_a_config_file_loads_from_any_working_directory(tmp_path):
+  # The configs import `configs.default`: the package must be installed, not
+  # just found in the current directory.
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  result = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.main',
+       f'--config={pathlib.Path(default.__file__).parent / "smoke.py"}',
+       '--config.batch_size=0'],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: config.batch_size=0'), result.stderr[-2000:]

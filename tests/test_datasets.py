@@ -126,12 +126,20 @@ def test_image_folder_slices_after_a_fixed_shuffle(folder):
   assert sorted(pixel_ids('train[:5]', reshuffled)) != sorted(head)
 
 
-def test_image_folder_decodes_each_split_once(folder):
+def test_image_folder_decodes_each_split_once_until_it_changes(
+    folder, monkeypatch):
   config, _ = folder
+  decoded = []
+  decode = datasets._decode_image  # pylint: disable=protected-access
+  monkeypatch.setattr(datasets, '_decode_image',
+                      lambda path: decoded.append(path) or decode(path))
   datasets.load_split(config, 'train[:5]')
-  for path in pathlib.Path(config.data_dir).glob('train/*/*.png'):
-    path.unlink()
   assert datasets.load_split(config, 'train[5:]').num_examples == 7
+  assert len(decoded) == 12  # Once for both slices.
+  # A changed folder (here one image fewer) is read again, never stale.
+  next(pathlib.Path(config.data_dir).glob('train/*/*.png')).unlink()
+  assert datasets.load_split(config, 'train[5:]').num_examples == 6
+  assert len(decoded) == 12 + 11
 
 
 def test_image_folder_without_test_split(folder):

@@ -60,6 +60,7 @@ def assert_refused(result, *expected):
   assert sum(l.startswith('error: ') for l in result.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow  # A command-line run per case.
 @pytest.mark.parametrize('flags, expected', [
     (['--config.model.block=dense'],
      ["config.model.block='dense': must be one of ('basic', 'bottleneck')"]),

@@ -4,10 +4,12 @@ Two processes on this machine, each with two CPU devices, joined by
 jax.distributed over Gloo, train the smoke config: the result is the one of a
 single process with four devices and the same global batch (up to the
 all-reduce's summation order), and a preempted pair resumes to exactly the
-end of an uninterrupted pair.
+end of an uninterrupted pair, when only one of them hears SIGTERM.
 """
 
 import json
+import os
+import re
 import socket
 import subprocess
 
@@ -18,6 +20,9 @@ import pytest
 from cli import REPO, cli_command, run_cli
 from test_train import restore_params
 from configs import smoke
+
+# Two processes, minutes on a small CPU: not in the edit loop's tier.
+pytestmark = pytest.mark.slow
 
 STEPS = 6
 COMMON = ('--config=configs/smoke.py', '--config.parallelism=shard_map',
@@ -30,17 +35,59 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_two_processes(workdir, *flags, fault=None, timeout=300):
+# Prepended to each process's program: records every file it opens for
+# writing (or renames into place) under the workdir, through Python's audit
+# hooks, so that a test sees which process wrote what. Only Python's own
+# writes are seen (the logs and JSON files are; TensorStore's arrays are not).
+_RECORD_WRITES = '''
+import os, sys
+def _record_writes(workdir, record):
+  writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+  def hook(event, args):
+    if event == 'open':
+      path, mode, flags = args
+      if not (isinstance(mode, str) and set(mode) & set('wax+') or
+              mode is None and flags & writes):
+        return
+    elif event == 'os.rename':
+      path = args[1]
+    else:
+      return
+    if isinstance(path, (str, bytes, os.PathLike)):
+      path = os.path.abspath(os.fsdecode(path))
+      if path.startswith(workdir + os.sep):
+        with open(record, 'a') as f:
+          f.write(os.path.relpath(path, workdir) + '\\n')
+  sys.addaudithook(hook)
+_record_writes(os.environ['TEST_WORKDIR'], os.environ['TEST_WRITES_RECORD'])
+'''
+
+
+def _run_two_processes(workdir, *flags, faults=(None, None), timeout=300):
+  """Runs a pair; returns each process's (exit status, stderr, files written).
+
+  `faults[i]` is process i's fault (see cli.py). The files written are the
+  paths, relative to `workdir`, that the process opened for writing, in this
+  run only.
+  """
+  workdir = os.path.abspath(workdir)
   address = f'127.0.0.1:{_free_port()}'
-  processes = []
+  processes, records = [], []
   for process_id in range(2):
     command, env = cli_command(
         *COMMON, *flags, f'--workdir={workdir}', '--config.cpu_devices=2',
         '--config.distributed.enabled=True',
         f'--config.distributed.coordinator_address={address}',
         '--config.distributed.num_processes=2',
-        f'--config.distributed.process_id={process_id}', fault=fault,
-        own_devices=True)
+        f'--config.distributed.process_id={process_id}',
+        fault=faults[process_id], own_devices=True)
+    assert command[1] == '-c'
+    command[2] = _RECORD_WRITES + command[2]
+    record = f'{workdir}.writes-{process_id}'
+    if os.path.exists(record):
+      os.remove(record)  # A rerun's record holds that run's writes only.
+    records.append(record)
+    env.update(TEST_WORKDIR=workdir, TEST_WRITES_RECORD=record)
     processes.append(subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True))
@@ -51,13 +98,33 @@ def _run_two_processes(workdir, *flags, fault=None, timeout=300):
   finally:
     for process in processes:  # One failing leaves the other waiting.
       process.kill()
-  return [(p.returncode, err) for p, (_, err) in zip(processes, outputs)]
+  writes = [_read_lines(record) for record in records]
+  return [(p.returncode, err, written)
+          for p, (_, err), written in zip(processes, outputs, writes)]
+
+
+def _read_lines(path):
+  if not os.path.exists(path):
+    return set()
+  with open(path) as f:
+    return set(f.read().split())
+
+
+def _assert_process_0_alone_wrote_the_run_files(results, *, finished=True):
+  """Process 1 writes only checkpoints; process 0 the logs and JSON too."""
+  (_, _, writes0), (_, _, writes1) = results
+  assert not {p for p in writes1 if not p.startswith('checkpoints/')}, writes1
+  # Process 0's record shows that the hook sees these files being written.
+  run_files = {'config.json', 'summary.json'} if finished else {'config.json'}
+  assert run_files <= writes0, writes0
+  assert any(re.fullmatch(r'events\.out\.tfevents\..*\.v2', p)
+             for p in writes0), writes0
 
 
 def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
   steps = f'--config.num_train_steps={STEPS}'
   results = _run_two_processes(tmp_path / 'two', steps)
-  for returncode, stderr in results:
+  for returncode, stderr, _ in results:
     assert returncode == 0, stderr[-3000:]
   single = run_cli(*COMMON, steps, f'--workdir={tmp_path / "one"}',
                    '--config.cpu_devices=4', own_devices=True)
@@ -74,10 +141,19 @@ def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-6), two, one)
   # Process 0 alone writes the run's files; both wrote the checkpoints.
+  _assert_process_0_alone_wrote_the_run_files(results)
+  assert len(list((tmp_path / 'two').glob('events.out.tfevents.*'))) == 1
   summary = json.loads((tmp_path / 'two' / 'summary.json').read_text())
   assert summary['steps'] == STEPS and summary['batch_size'] == 16
   assert sorted(p.name for p in (tmp_path / 'two' / 'checkpoints').iterdir()
                 if p.name.isdigit()) == ['3', '6']
+
+
+def _saved_step(stderr) -> int:
+  """The step a preempted process says it saved (and fails if it did not)."""
+  saved = re.findall(r'preempted: saved a checkpoint at step (\d+)', stderr)
+  assert len(saved) == 1, stderr[-3000:]
+  return int(saved[0])
 
 
 def test_two_processes_preempted_then_rerun_end_bit_identical(tmp_path):
@@ -85,22 +161,28 @@ def test_two_processes_preempted_then_rerun_end_bit_identical(tmp_path):
   # signal, to fall inside the run.
   steps = '--config.num_train_steps=10'
   results = _run_two_processes(tmp_path / 'straight', steps)
-  assert [code for code, _ in results] == [0, 0], results[0][1][-3000:]
-  # SIGTERM reaches both processes at step 4 (as a TPU pod's maintenance
-  # event does); the sync point picks a step that both save.
+  assert [code for code, _, _ in results] == [0, 0], results[0][1][-3000:]
+  _assert_process_0_alone_wrote_the_run_files(results)
+  # SIGTERM reaches process 1 alone, at step 4: process 0 hears of it only
+  # through JAX's coordination service, yet both stop at the same step and
+  # both save it, so neither waits forever for the other's collectives.
   results = _run_two_processes(tmp_path / 'preempted', steps,
-                               fault='term@batch:4')
-  assert [code for code, _ in results] == [143, 143], results[0][1][-3000:]
-  saved = [line for line in results[0][1].splitlines()
-           if 'preempted: saved a checkpoint at step' in line]
-  assert len(saved) == 1, results[0][1][-3000:]
-  step = int(saved[0].split('at step ')[1].split(';')[0].split()[0])
+                               faults=(None, 'term@batch:4'))
+  assert [code for code, _, _ in results] == [143, 143], [
+      err[-3000:] for _, err, _ in results]
+  step = _saved_step(results[0][1])
+  assert _saved_step(results[1][1]) == step
   assert 4 <= step < 10
+  assert sorted(p.name for p in (tmp_path / 'preempted' / 'checkpoints')
+                .iterdir() if p.name.isdigit())[-1] == str(step)
+  _assert_process_0_alone_wrote_the_run_files(results, finished=False)
 
   results = _run_two_processes(tmp_path / 'preempted', steps)
 
-  assert [code for code, _ in results] == [0, 0], results[0][1][-3000:]
-  assert f'Resuming from the checkpoint of step {step}.' in results[0][1]
+  assert [code for code, _, _ in results] == [0, 0], results[0][1][-3000:]
+  for _, stderr, _ in results:
+    assert f'Resuming from the checkpoint of step {step}.' in stderr
+  _assert_process_0_alone_wrote_the_run_files(results)
   config = smoke.get_config()
   jax.tree.map(np.testing.assert_array_equal,
                restore_params(tmp_path / 'preempted', config),

@@ -1,7 +1,9 @@
-"""Tests of preemption.py: SIGTERM becomes "save this step and stop"."""
+"""Tests of preemption.py: SIGTERM or Ctrl-C becomes "save this step and stop"."""
 
 import os
 import signal
+import subprocess
+import sys
 
 from resnet_jax import preemption
 
@@ -26,3 +28,28 @@ def test_the_message_says_what_was_saved_and_what_to_do():
   message = str(preemption.Preempted(37, 0.25))
   assert message == ('preempted: saved a checkpoint at step 37 0.25 s after '
                      'SIGTERM; rerun the same command to resume from it')
+
+
+def test_ctrl_c_is_noticed_like_sigterm_and_named():
+  with preemption.PreemptionWatcher() as watcher:
+    os.kill(os.getpid(), signal.SIGINT)  # No KeyboardInterrupt.
+    assert watcher.reached(4) and watcher.signum == signal.SIGINT
+  stopped = preemption.Preempted(4, 0.5, watcher.signum)
+  assert stopped.exit_status == 130
+  assert str(stopped).startswith('interrupted: saved a checkpoint at step 4 '
+                                 '0.50 s after SIGINT')
+
+
+def test_a_second_signal_stops_the_process_at_once():
+  program = ('import os, signal, time\n'
+             'from resnet_jax import preemption\n'
+             'with preemption.PreemptionWatcher() as watcher:\n'
+             '  os.kill(os.getpid(), signal.SIGINT)\n'
+             '  assert watcher.reached(1)\n'
+             '  os.kill(os.getpid(), signal.SIGINT)\n'
+             '  time.sleep(30)\n'
+             'print("still alive")\n')
+  result = subprocess.run([sys.executable, '-c', program], capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == -signal.SIGINT, result.stderr[-2000:]
+  assert 'still alive' not in result.stdout

@@ -6,17 +6,23 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
+import subprocess
 import time
 import zipfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 
-from cli import error_line, run_cli
+import cli
+from cli import cli_command, error_line, run_cli
 import fake_cifar
 from configs import smoke
-from resnet_jax import checkpoints, experiment, parallel, train
+from resnet_jax import checkpoints, experiment, parallel, schedules, train
+from resnet_jax import workdir
 from resnet_jax.metric_writer import scalars
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -118,7 +124,7 @@ def test_a_small_resnet_learns_real_images_in_float32_and_bfloat16(tmp_path):
   assert abs(accuracy['bfloat16'] - accuracy['float32']) < 0.05, accuracy
 
 # A run long enough to be interrupted in many places: 12 steps (5 per epoch of
-# the 90 mock training images), logs every 3, evaluations every 6,
+# the 90 training images of fake_cifar.py), logs every 3, evaluations every 6,
 # checkpoints every 4, the two newest kept.
 RECOVERY_FLAGS = ('--config=configs/smoke.py', '--config.num_train_steps=12',
                   '--config.log_every_steps=3', '--config.eval_every_steps=6',
@@ -127,6 +133,12 @@ RECOVERY_FLAGS = ('--config=configs/smoke.py', '--config.num_train_steps=12',
 NOT_REPRODUCIBLE = ('wall_seconds', 'train_images_per_second', 'steps_this_run')
 SCALAR_TAGS = ('train_loss', 'train_accuracy', 'learning_rate', 'val_loss',
                'val_accuracy', 'test_loss', 'test_accuracy')
+# Every (tag, step) the recovery run logs: a resumed run must log them all.
+EXPECTED_SCALARS = sorted(
+    [(tag, step) for step in (3, 6, 9, 12)
+     for tag in ('train_loss', 'train_accuracy', 'learning_rate')] +
+    [(tag, step) for step in (6, 12) for tag in ('val_loss', 'val_accuracy')] +
+    [('test_loss', 12), ('test_accuracy', 12)])
 
 
 @pytest.fixture(scope='module')
@@ -151,6 +163,7 @@ def outcome(workdir):
 def assert_same_outcome(got, want):
   jax.tree.map(np.testing.assert_array_equal, got[0], want[0])
   assert got[1] == want[1]
+  assert sorted(got[2]) == EXPECTED_SCALARS  # None missing, none extra.
   assert got[2] == want[2]
 
 
@@ -160,6 +173,7 @@ def uninterrupted(tmp_path_factory, compilation_cache):
   result = recovery_run(workdir, compilation_cache)
   assert result.returncode == 0, result.stderr[-3000:]
   assert int(outcome(workdir)[0][0]) == 12
+  assert sorted(outcome(workdir)[2]) == EXPECTED_SCALARS
   return workdir
 
 
@@ -242,11 +256,13 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_training_redone(
 
 
 def test_a_diverging_loss_stops_naming_the_step_and_saves_nothing_after(
-    tmp_path):
+    tmp_path, monkeypatch):
   config = smoke.get_config()
-  # Eight steps of warm-up at a sane rate (one reference step at batch 128 is
-  # eight at batch 16), checkpoints at 4 and 8, then an absurd rate.
-  config.schedule.update(warmup_steps=1, base_learning_rate=1e30)
+  # Eight steps at a sane rate, checkpoints at 4 and 8, then an absurd rate
+  # (beyond what a config may ask for: the schedule itself is replaced).
+  monkeypatch.setattr(schedules, 'create_learning_rate_fn',
+                      lambda *args: lambda step: jnp.where(step < 8, 0.01,
+                                                           1e30))
   config.update(num_train_steps=16, checkpoint_every_steps=4,
                 eval_every_steps=4, log_every_steps=4)
   config.data.data_dir = fake_cifar.data_dir()
@@ -274,3 +290,92 @@ def test_the_first_non_finite_loss_is_the_step_named():
                            r'no checkpoint was written'):
     train._checked_sums(window, 10, checkpointer)
   assert train._checked_sums(window[:2], 10, checkpointer) == window[:2]
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_step_reached_like_sigterm_and_exits_130(
+    tmp_path, uninterrupted, compilation_cache):
+  interrupted = recovery_run(tmp_path, compilation_cache, fault='int@batch:5')
+
+  assert interrupted.returncode == 128 + signal.SIGINT, (
+      interrupted.stderr[-3000:])
+  assert 'Traceback' not in interrupted.stderr
+  assert re.search(r'interrupted: saved a checkpoint at step 5 [\d.]+ s after '
+                   'SIGINT', interrupted.stderr), interrupted.stderr[-2000:]
+  resumed = recovery_run(tmp_path, compilation_cache)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert_same_outcome(outcome(tmp_path), outcome(uninterrupted))
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_a_busy_workdir_is_refused_naming_the_first(
+    tmp_path, compilation_cache):
+  command, env = cli_command(*RECOVERY_FLAGS, f'--workdir={tmp_path}',
+                             compilation_cache, '--config.num_train_steps=400')
+  first = subprocess.Popen(command, cwd=cli.REPO, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+  try:
+    deadline = time.time() + 120
+    while not (tmp_path / 'checkpoints' / '4').exists():  # It is training.
+      assert first.poll() is None and time.time() < deadline
+      time.sleep(0.2)
+    start = time.time()
+    second = recovery_run(tmp_path, compilation_cache,
+                          '--config.num_train_steps=400')
+    assert second.returncode == 1
+    assert error_line(second) == (
+        f'error: --workdir={tmp_path} is in use by another trainer (pid '
+        f'{first.pid} on {socket.gethostname()}, started '
+        + error_line(second).split(', started ')[1])
+    assert time.time() - start < 60
+    assert 'Traceback' not in second.stderr
+    # It stopped before training, and the first is still the holder.
+    assert 'Training steps' not in second.stderr
+    holder = json.loads((tmp_path / workdir.HOLDER_FILE).read_text())
+    assert holder['pid'] == first.pid
+  finally:
+    first.terminate()
+    first.communicate(timeout=120)
+  # The first was undisturbed: SIGTERM saved its step and it can resume.
+  assert first.returncode == 128 + signal.SIGTERM
+  assert not list((tmp_path / 'checkpoints').glob('*tmp*'))
+
+
+@pytest.mark.slow
+def test_a_failed_checkpoint_write_ends_the_run_in_one_line(tmp_path):
+  (tmp_path / 'checkpoints').write_text('not a folder')
+  start = time.time()
+  result = run_cli('--config=configs/smoke.py', f'--workdir={tmp_path}',
+                   timeout=120)
+  assert result.returncode == 1
+  assert error_line(result).startswith('error: writing checkpoint ')
+  assert 'Not a directory' in error_line(result)
+  assert 'Traceback' not in result.stderr
+  assert time.time() - start < 60
+
+
+def _image_folder(root, per_class):
+  rng = np.random.default_rng(per_class)
+  for label in range(10):
+    (root / 'train' / f'c{label}').mkdir(parents=True, exist_ok=True)
+    for i in range(per_class):
+      Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+          root / 'train' / f'c{label}' / f'{i}.png')
+  return root
+
+
+def test_a_resume_on_changed_data_is_refused(tmp_path):
+  images = _image_folder(tmp_path / 'images', per_class=8)
+  config = smoke.get_config()
+  config.data.update(name='image_folder', data_dir=str(images), test_split='')
+  config.parallelism = 'jit'
+  workdir = str(tmp_path / 'run')
+  assert train.train_and_evaluate(config, workdir, stop_at_step=3) is None
+  _image_folder(images, per_class=9)  # One more image in every class.
+
+  with pytest.raises(checkpoints.IncompatibleCheckpointError,
+                     match=r'training.train_data: checkpoint "train\[:90%\] '
+                     r'of image folder .*80 files.*, this run "train\[:90%\] '
+                     r'of image folder .*90 files'):
+    train.train_and_evaluate(config, workdir)
