@@ -27,10 +27,14 @@ Orbax does the parts that are easy to get wrong:
   background. `wait_until_finished` and `close` wait for it.
 
 What Orbax does not do: a checkpoint that is complete but damaged afterwards
-(a truncated or overwritten file, a disk error) fails to restore or restores
-wrong values. `restore` then falls back to the next older checkpoint with a
-warning naming the bad one, and `tidy` moves bad ones aside (never deleting
-them), so that the newest-N cleanup never counts them among the N.
+(a file deleted, truncated or overwritten, a disk error) fails to restore,
+restores wrong values, or (its metrics) stops Orbax from opening the
+directory at all. `restore` uses a checkpoint only if every item reads back
+intact (arrays matching their fingerprint and finite), else falls back to the
+next older one with a warning naming the bad one, and `tidy` moves bad ones
+aside (never deleting them), so that the newest-N cleanup never counts them
+among the N. And a write that fails in Orbax's background threads surfaces
+as CheckpointWriteError, one line, at the next save or check.
 
 Restoring reads into abstract arrays taken from the target state (shape, dtype
 and sharding), so the state comes back in the layout the trainer chose,

@@ -139,6 +139,9 @@ class Experiment:
         'image_shape': list(self.image_shape),
         'optimizer': {'momentum': self.config.optimizer.momentum > 0},
     }
+    if self.train_ds is not None:
+      # So that inference names the classes without the dataset (or TF).
+      metadata['class_names'] = list(self.train_ds.class_names)
     if training:
       metadata['training'] = recipe(self.config) | {
           'total_steps': self.total_steps,

@@ -139,6 +139,13 @@ def _choose_step(reader, checkpoint) -> int | None:
   return checkpoint
 
 
+def _class_names(config, stored_metadata) -> tuple[str, ...] | None:
+  names = stored_metadata.get('class_names')
+  if names is None:  # Checkpoints written before they recorded them.
+    return datasets.class_names(config.data, config.model.num_classes)
+  return tuple(names) if len(names) == config.model.num_classes else None
+
+
 def load(workdir: str, checkpoint='latest') -> Loaded:
   """Loads a checkpoint of the run in `workdir` for inference.
 
@@ -181,6 +188,5 @@ def load(workdir: str, checkpoint='latest') -> Loaded:
       config=config, model=exp.model,
       variables={'params': state.params, 'batch_stats': state.batch_stats},
       step=int(state.step), image_shape=exp.image_shape, mean=exp.mean,
-      std=exp.std, class_names=datasets.class_names(
-          config.data, config.model.num_classes),
+      std=exp.std, class_names=_class_names(config, stored),
       logits_fn=exp.logits_fn)

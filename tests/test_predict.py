@@ -1,6 +1,8 @@
 """Classifying image files with a trained run (predict.py)."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -11,7 +13,7 @@ from resnet_jax import inference
 from resnet_jax import predict
 from resnet_jax import report
 # The same smoke run as test_evaluate's, trained once per test session.
-from test_evaluate import run_module, train_smoke_run
+from test_evaluate import REPO, run_module, train_smoke_run
 
 SHAPE = (32, 32, 3)
 
@@ -181,3 +183,29 @@ def test_the_command_line_predicts_the_good_files_and_names_the_bad_ones(
     assert len(top) == 2 and top[0]['probability'] >= top[1]['probability']
     assert top[0]['class'] in datasets.CIFAR10_CLASS_NAMES
   assert 'error' in predictions['notes.txt']
+
+
+# Runs predict, then prints which heavy modules it imported.
+IMPORTS_OF_PREDICT = '''
+import runpy, sys
+sys.argv = ['predict'] + sys.argv[1:]
+try:
+  runpy.run_module('resnet_jax.predict', run_name='__main__')
+except SystemExit as e:
+  assert not e.code, e.code
+print(sorted({m.split('.')[0] if m.startswith('tensorflow') else m
+              for m in sys.modules
+              if m.startswith(('tensorflow', 'clu.metric_writers'))}))
+'''
+
+
+def test_predicting_one_image_imports_neither_tensorflow_nor_clus_writers(
+    run_dir, tmp_path):
+  random_image(10).save(tmp_path / 'a.png')
+  result = subprocess.run(
+      [sys.executable, '-c', IMPORTS_OF_PREDICT, f'--workdir={run_dir}',
+       str(tmp_path / 'a.png')], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'a.png' in result.stdout
+  assert result.stdout.strip().splitlines()[-1] == '[]'

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import zipfile
 
@@ -379,3 +380,33 @@ def test_a_resume_on_changed_data_is_refused(tmp_path):
                      r'of image folder .*80 files.*, this run "train\[:90%\] '
                      r'of image folder .*90 files'):
     train.train_and_evaluate(config, workdir)
+
+
+# The trainer's command line as on a machine without TensorFlow (the GPU
+# image): importing it fails, as it would there.
+WITHOUT_TENSORFLOW = '''
+import runpy, sys
+sys.modules['tensorflow'] = None
+sys.modules['tensorflow_datasets'] = None
+sys.argv = ['resnet_jax.main'] + sys.argv[1:]
+runpy.run_module('resnet_jax.main', run_name='__main__')
+'''
+
+
+@pytest.mark.slow
+def test_an_image_folder_trains_on_a_machine_without_tensorflow(tmp_path):
+  images = _image_folder(tmp_path / 'images', per_class=4)
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-c', WITHOUT_TENSORFLOW, '--config=configs/smoke.py',
+       f'--workdir={workdir}', '--config.data.name=image_folder',
+       f'--config.data.data_dir={images}', '--config.data.test_split='],
+      cwd=cli.REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['steps'] == 6 and summary['eval_examples'] == 4
+  # Every logged (tag, step), written without TensorFlow.
+  assert ('train_loss', 6) in scalars(workdir)
+  assert ('val_accuracy', 6) in scalars(workdir)
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == [
+      '3', '6']
