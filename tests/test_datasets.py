@@ -7,9 +7,9 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 
 import fake_cifar
+import jpeg_copy
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -18,9 +18,6 @@ import pytest
 from resnet_jax import datasets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TRAIN_ZIP = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg75' / 'train.zip'
-# .ci/run sets this, so that CI fails rather than skips without the images.
-REQUIRE_REAL_DATA = os.environ.get('RESNET_JAX_REQUIRE_REAL_DATA') == '1'
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
@@ -300,26 +297,9 @@ def tf_image_folder(root: pathlib.Path, split: str):
   return images, labels, tuple(builder.info.features['label'].names)
 
 
-def extract_subset(zip_path, destination, per_class):
-  """The first `per_class` images of each class, as an image folder."""
-  taken = {}
-  with zipfile.ZipFile(zip_path) as archive:
-    for name in sorted(archive.namelist()):
-      parts = name.split('/')
-      if len(parts) == 3 and parts[2].endswith('.jpg'):
-        if taken.setdefault(parts[1], 0) < per_class:
-          taken[parts[1]] += 1
-          archive.extract(name, destination)
-  return destination
-
-
 def test_real_jpegs_load_as_tensorflow_decoded_them_in_the_same_order(
     tmp_path):
-  if not TRAIN_ZIP.exists():
-    if REQUIRE_REAL_DATA:
-      pytest.fail(f'{TRAIN_ZIP} is missing and RESNET_JAX_REQUIRE_REAL_DATA=1')
-    pytest.skip(f'skipped: {TRAIN_ZIP} not found')
-  root = extract_subset(TRAIN_ZIP, tmp_path, per_class=100)
+  root = jpeg_copy.image_folder(tmp_path, per_class=100)
   # And a grey JPEG: libjpeg repeats the grey into R, G and B.
   grey = np.random.default_rng(0).integers(0, 256, (32, 32), np.uint8)
   Image.fromarray(grey).save(root / 'train' / 'cat' / 'grey.jpg', quality=75)

@@ -53,6 +53,7 @@ def _train(mode, dataset, on_device, num_steps=4):
                          state.opt_state, history))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['jit', 'pmap', 'shard_map'])
 def test_training_on_device_data_is_bit_identical_to_host_batches(
     mode, dataset):

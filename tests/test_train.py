@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -18,18 +17,15 @@ import numpy as np
 from PIL import Image
 import pytest
 
-import cli
 from cli import cli_command, error_line, run_cli
 import fake_cifar
+import jpeg_copy
 from configs import smoke
 from resnet_jax import checkpoints, experiment, parallel, schedules, train
 from resnet_jax import workdir
 from resnet_jax.metric_writer import scalars
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TRAIN_ZIP = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg75' / 'train.zip'
-# .ci/run sets this, so that CI fails rather than skips without the images.
-REQUIRE_REAL_DATA = os.environ.get('RESNET_JAX_REQUIRE_REAL_DATA') == '1'
 
 @pytest.mark.slow
 def test_smoke_config_runs_end_to_end_through_the_command_line(tmp_path):
@@ -58,6 +54,7 @@ def restore_params(workdir, config):
                          state.opt_state))
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
   config = smoke.get_config()
   config.num_train_steps = 8
@@ -85,26 +82,9 @@ def test_an_unprepared_dataset_fails_fast_with_instructions(tmp_path):
   assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
-def extract_subset(zip_path, destination, per_class):
-  """The first `per_class` images of each class, as an image folder."""
-  taken = {}
-  with zipfile.ZipFile(zip_path) as archive:
-    for name in sorted(archive.namelist()):
-      parts = name.split('/')
-      if len(parts) == 3 and parts[2].endswith('.jpg'):
-        if taken.setdefault(parts[1], 0) < per_class:
-          taken[parts[1]] += 1
-          archive.extract(name, destination)
-  return destination
-
-
 @pytest.mark.slow
 def test_a_small_resnet_learns_real_images_in_float32_and_bfloat16(tmp_path):
-  if not TRAIN_ZIP.exists():
-    if REQUIRE_REAL_DATA:
-      pytest.fail(f'{TRAIN_ZIP} is missing and RESNET_JAX_REQUIRE_REAL_DATA=1')
-    pytest.skip(f'skipped: {TRAIN_ZIP} not found')
-  root = extract_subset(TRAIN_ZIP, tmp_path / 'images', per_class=300)
+  root = jpeg_copy.image_folder(tmp_path / 'images', per_class=300)
   accuracy = {}
   for dtype in ('float32', 'bfloat16'):
     config = smoke.get_config()
@@ -256,6 +236,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_training_redone(
   assert_same_outcome(outcome(workdir), outcome(uninterrupted))
 
 
+@pytest.mark.slow
 def test_a_diverging_loss_stops_naming_the_step_and_saves_nothing_after(
     tmp_path, monkeypatch):
   config = smoke.get_config()
@@ -313,7 +294,7 @@ def test_a_second_trainer_on_a_busy_workdir_is_refused_naming_the_first(
     tmp_path, compilation_cache):
   command, env = cli_command(*RECOVERY_FLAGS, f'--workdir={tmp_path}',
                              compilation_cache, '--config.num_train_steps=400')
-  first = subprocess.Popen(command, cwd=cli.REPO, env=env,
+  first = subprocess.Popen(command, cwd=REPO, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            text=True)
   try:
@@ -366,6 +347,7 @@ def _image_folder(root, per_class):
   return root
 
 
+@pytest.mark.slow
 def test_a_resume_on_changed_data_is_refused(tmp_path):
   images = _image_folder(tmp_path / 'images', per_class=8)
   config = smoke.get_config()
@@ -401,7 +383,7 @@ def test_an_image_folder_trains_on_a_machine_without_tensorflow(tmp_path):
       [sys.executable, '-c', WITHOUT_TENSORFLOW, '--config=configs/smoke.py',
        f'--workdir={workdir}', '--config.data.name=image_folder',
        f'--config.data.data_dir={images}', '--config.data.test_split='],
-      cwd=cli.REPO, capture_output=True, text=True, timeout=300)
+      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['steps'] == 6 and summary['eval_examples'] == 4
