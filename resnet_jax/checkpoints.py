@@ -265,16 +265,17 @@ class Checkpointer:
     """The run metadata saved with checkpoint `step`.
 
     With `step` None: that of the newest checkpoint whose metadata reads
-    back (a damaged or missing one is skipped with a warning; `restore` will
-    skip that checkpoint too); None if there is none.
+    back (`restore` skips, with a warning, one whose metadata does not);
+    None if there is none.
     """
     candidates = [step] if step is not None else reversed(self.all_steps())
     for candidate in candidates:
       try:
         return self._read_json(candidate, 'metadata')
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('Checkpoint %d: cannot read its run metadata (%s).',
-                        candidate, _one_line(e))
+        # Not a warning: `restore` skips the step and warns, in one line.
+        logging.info('Checkpoint %d: cannot read its run metadata (%s).',
+                     candidate, _one_line(e))
     return None
 
   def check_compatible(self) -> None:
