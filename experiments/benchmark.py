@@ -3,23 +3,29 @@
   python -m experiments.benchmark --config=configs/resnet20.py
   python -m experiments.benchmark --config=configs/resnet20.py \
       --config.model.dtype=bfloat16 --config.batch_size=1024 --input=host
+  python -m experiments.benchmark --config=configs/resnet20.py \
+      --config.parallelism=jit --config.steps_per_call=32 --config.num_runs=8
 
 The run is built as the trainer builds it (experiment.build), on random
 uint8 images held in memory (--num_examples of them), so nothing here imports
 TensorFlow; the pipeline's cost does not depend on the pixels. Each figure is
 the median over timed repetitions after compiling and warming up; compile
-time is that of the first train step (tracing, compiling and running it
-once). What is timed:
+time is that of the first call (tracing, compiling and running it once).
+Steps run config.steps_per_call (k) per call, config.num_runs (r) runs at
+once; times are per step (of all r runs), images per second per run and for
+all runs together ('aggregate'). What is timed:
 
-- train step: the compiled train step alone (augmentation included, as in
-  training) on a batch already on the device.
-- eval step: the same for the eval step.
-- pipeline: producing and transferring one batch without any step: with
-  --input=host the host's gather and copy, with --input=device (the split on
-  the devices, config.data.on_device) the row indices.
-- loop: the steps as the trainer runs them (prefetched batches, one step
-  each, metrics kept on the device) over --loop_steps steps, and the time of
-  one epoch at that rate.
+- train step: the compiled call of k steps alone (augmentation included, as
+  in training) on batches already on the device, calls queued back to back:
+  what the device sustains.
+- eval step: the eval step likewise (median of single calls).
+- pipeline: producing and transferring one call's batches without any step:
+  with --input=host the host's gather and copy, with --input=device (the
+  split on the devices, config.data.on_device) the row indices.
+- loop: the steps as the trainer runs them (prefetched batches, k steps per
+  call, metrics kept on the device) over --loop_steps steps, and the time of
+  one epoch at that rate; loop_vs_step is the train step's time over the
+  loop's: 1.0 when the host's work per call is hidden.
 
 Peak memory is the device's allocator peak where JAX reports one (GPU, TPU),
 else the process's peak resident memory. On a GPU, model FLOPs utilisation
@@ -29,6 +35,7 @@ dense peak for the dtype (float32 matmuls run as TF32 there).
 The table goes to stdout; the last line is one JSON object.
 """
 
+import itertools
 import json
 import resource
 import statistics
@@ -73,6 +80,14 @@ def _median_seconds(fn, repetitions):
   return statistics.median(times)
 
 
+def _seconds_per_call(fn, calls):
+  """Wall time of `calls` calls queued back to back, per call."""
+  start = time.perf_counter()
+  outputs = [fn() for _ in range(calls)]
+  jax.block_until_ready(outputs)
+  return (time.perf_counter() - start) / calls
+
+
 def _peak_memory_bytes() -> tuple[int, str]:
   stats = jax.local_devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
@@ -81,11 +96,13 @@ def _peak_memory_bytes() -> tuple[int, str]:
 
 
 def _train_step_flops(exp, state, batch) -> float | None:
+  """FLOPs of one step of all runs (the lowered call's count over k)."""
   try:
     # The lowered program's count: once compiled for a GPU, convolutions
-    # become cuDNN calls that XLA's cost analysis counts as no FLOPs.
-    lowered = exp._compiled_train_step.lower(  # pylint: disable=protected-access
-        state, batch, exp.step_key(0), *exp._train_data)  # pylint: disable=protected-access
+    # become cuDNN calls that XLA's cost analysis counts as no FLOPs. A
+    # scan's body is counted once, so the count is already per step.
+    lowered = exp._compiled_train_steps.lower(  # pylint: disable=protected-access
+        state, batch, exp._augment_keys, np.int32(0), *exp._train_data)  # pylint: disable=protected-access
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost['flops'])
@@ -100,6 +117,7 @@ def main(argv):
   config.data.on_device = _INPUT.value == 'device'
   parallel.configure_cpu_devices(config)
   batch_size = config.batch_size
+  k, runs = config.steps_per_call, config.num_runs
   rng = np.random.default_rng(0)
   image_shape = (32, 32, 3)
   ds = datasets.InMemoryDataset(
@@ -110,18 +128,19 @@ def main(argv):
   exp = experiment.build(config, train_ds=ds)
   dp = exp.dp
   state = dp.put_state(exp.init_state())
-  one_batch = next(exp.batches(0))
+  one_call = next(exp.batches([(0, k)]))
   start = time.perf_counter()
-  state, _ = jax.block_until_ready(exp.train_step(state, one_batch, 0))
+  state, _ = jax.block_until_ready(exp.train_steps(state, one_call, 0))
   compile_seconds = time.perf_counter() - start
   holder = [state]
 
   def train_once():
-    holder[0], metrics = exp.train_step(holder[0], one_batch, 0)
+    holder[0], metrics = exp.train_steps(holder[0], one_call, 0)
     return metrics
 
-  _median_seconds(train_once, _WARMUP.value)
-  train_s = _median_seconds(train_once, _STEPS.value)
+  calls = max(1, -(-_STEPS.value // k))  # At least --timed_steps steps.
+  _seconds_per_call(train_once, max(1, -(-_WARMUP.value // k)))
+  train_s = _seconds_per_call(train_once, calls) / k
   eval_batch = dp.put_batch(next(batching.eval_batches(
       ds, global_batch_size=config.eval_batch_size)))
   jax.block_until_ready(exp.eval_step(holder[0], eval_batch))
@@ -131,6 +150,8 @@ def main(argv):
   result = {
       'model': f'resnet{config.model.depth}',
       'batch_size': batch_size,
+      'steps_per_call': k,
+      'num_runs': runs,
       'dtype': config.model.dtype,
       'input': _INPUT.value,
       'parallelism': config.parallelism,
@@ -138,29 +159,32 @@ def main(argv):
       'platform': jax.devices()[0].platform,
       'device_kind': jax.devices()[0].device_kind,
       'train_images_per_second': round(batch_size / train_s, 1),
+      'train_images_per_second_aggregate': round(runs * batch_size / train_s,
+                                                 1),
       'train_step_ms': round(1e3 * train_s, 3),
       'eval_images_per_second': round(config.eval_batch_size / eval_s, 1),
       'compile_seconds': round(compile_seconds, 2),
   }
 
-  source = dict(seed=config.seed, start_step=0, global_batch_size=batch_size)
-  host_batches = (batching.row_batches(ds.num_examples, **source)
-                  if config.data.on_device else
-                  batching.train_batches(ds, **source))
-  pipeline_s = _median_seconds(lambda: dp.put_batch(next(host_batches)),
-                               _STEPS.value)
-  result['pipeline_images_per_second'] = round(batch_size / pipeline_s, 1)
-  # The loop as train.py runs it: prefetched batches, one step each, the
+  # The host's part of a call: each step's rows (or images) for every run,
+  # stacked and put on the devices.
+  pipeline = exp.batches((step, k) for step in itertools.count(0, k))
+  pipeline_s = _median_seconds(lambda: next(pipeline), calls) / k
+  result['pipeline_images_per_second'] = round(runs * batch_size / pipeline_s,
+                                               1)
+  # The loop as train.py runs it: prefetched batches, k steps per call, the
   # metrics left on the device until the end.
-  batches = exp.batches(0)
-  for step in range(_WARMUP.value):
-    holder[0], _ = exp.train_step(holder[0], next(batches), step)
+  loop_steps = -(-(_LOOP_STEPS.value or exp.steps_per_epoch) // k) * k
+  warmup = max(1, -(-_WARMUP.value // k)) * k
+  loop_calls = [(step, k) for step in range(0, warmup + loop_steps, k)]
+  batches = exp.batches(loop_calls)
+  for first, _ in loop_calls[:warmup // k]:
+    holder[0], _ = exp.train_steps(holder[0], next(batches), first)
   jax.block_until_ready(holder[0])
-  loop_steps = _LOOP_STEPS.value or exp.steps_per_epoch
   start = time.perf_counter()
   window = []
-  for step in range(loop_steps):
-    holder[0], metrics = exp.train_step(holder[0], next(batches), step)
+  for first, _ in loop_calls[warmup // k:]:
+    holder[0], metrics = exp.train_steps(holder[0], next(batches), first)
     window.append(metrics)
   jax.block_until_ready((holder[0], window))
   loop_seconds = time.perf_counter() - start
@@ -168,11 +192,13 @@ def main(argv):
   result |= {
       'loop_steps': loop_steps,
       'loop_images_per_second': round(batch_size / loop_s, 1),
+      'loop_images_per_second_aggregate': round(runs * batch_size / loop_s,
+                                                1),
       'loop_vs_step': round(train_s / loop_s, 3),
       # Measured when the loop ran one epoch, else extrapolated.
       'epoch_seconds': round(loop_seconds if loop_steps == exp.steps_per_epoch
                              else exp.steps_per_epoch * loop_s, 3),
-      'epoch_images': exp.steps_per_epoch * batch_size,
+      'epoch_images': exp.steps_per_epoch * batch_size,  # Per run.
   }
 
   peak, where = _peak_memory_bytes()
@@ -181,7 +207,7 @@ def main(argv):
   peak_flops = PEAK_FLOPS.get(result['device_kind'], {}).get(
       config.model.dtype)
   if peak_flops and config.parallelism == 'jit':
-    flops = _train_step_flops(exp, holder[0], one_batch)
+    flops = _train_step_flops(exp, holder[0], one_call)
     if flops:
       result |= {'train_step_gflops': round(flops / 1e9, 2),
                  'mfu': round(flops / train_s / peak_flops, 4)}

@@ -27,4 +27,7 @@ jax_bench --loop_steps=30  # pmap, one device per core (config.cpu_devices=0)
 jax_bench --config.parallelism=shard_map --loop_steps=30
 jax_bench --config.model.dtype=bfloat16 --loop_steps=30
 jax_bench --input=host --loop_steps=30
+jax_bench --config.steps_per_call=8 --loop_steps=32
+jax_bench --config.num_runs=2 --loop_steps=30  # runs looped over in the program
+jax_bench --config.num_runs=2 --config.vectorize_runs=True --loop_steps=30
 torch_bench --variants=eager_nchw_f32,eager_cl_f32,eager_cl_bf16,compiled_cl_f32

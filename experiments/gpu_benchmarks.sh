@@ -30,6 +30,12 @@ jax_bench --input=host --config.batch_size=1024 --config.model.dtype=bfloat16 --
 jax_bench --input=device --config.batch_size=512 --config.model.dtype=bfloat16 --loop_steps=0
 jax_bench --input=device --config.batch_size=1024 --config.model.dtype=bfloat16 --loop_steps=0
 jax_bench --input=device --config.batch_size=1024 --loop_steps=0
+# Several steps per call, several runs per program (README).
+for k in 1 8 32; do jax_bench --config.batch_size=128 --config.steps_per_call=$k --timed_steps=96 --loop_steps=320; done
+for r in 2 4 8; do
+  jax_bench --config.batch_size=128 --config.steps_per_call=32 --config.num_runs=$r --timed_steps=96 --loop_steps=320
+  jax_bench --config.batch_size=128 --config.steps_per_call=32 --config.num_runs=$r --config.vectorize_runs=True --timed_steps=96 --loop_steps=320
+done
 torch_bench --batch_size=128 --variants=eager_cl_f32,eager_cl_bf16
 # CUDA graphs: what makes PyTorch fast at small batches on a GPU.
 torch_bench --batch_size=128 --variants=compiled_cl_f32,compiled_cl_bf16 --compile_mode=reduce-overhead

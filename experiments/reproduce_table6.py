@@ -1,29 +1,35 @@
 """Table 6 of He et al. 2015 (CIFAR-10 ResNets) over several seeds.
 
-  python -m experiments.reproduce_table6 --depths=20,32 --seeds=0,1 \
+  python -m experiments.reproduce_table6 --depths=20,32 --num_seeds=2 \
       --num_epochs=2 --root=/tmp/table6 --config.data.name=image_folder \
       --config.data.data_dir=/tmp/cifar10-jpeg75 --config.data.test_split=
 
-trains seed by seed (every row before error bars), a trainer process per run
-(a crash loses one run's last minutes) started from the repository root:
-`python -m resnet_jax.main --config=configs/resnet<depth>.py --workdir=<root>/
-resnet<depth>-seed<seed> --config.seed=<seed>` and the --config.FIELD=VALUE
-given (typed by configs/default.py; --num_epochs is --config.num_epochs), its
-output appended to <log_dir>/<run>.log. A run is done when its workdir holds
-summary.json and a config.json equal to the config its command gives:
-rerunning skips it. Any other run goes to the trainer, which resumes it (a
-finished one is only evaluated again) or refuses a workdir of another recipe
-(`error: checkpoints in ... come from a different run`).
+trains depth by depth, one trainer process per depth that trains every seed
+at once as config.num_runs runs (resnet_jax/runs.py: run i has seed
+first_seed + i, so the seeds are --first_seed and the --num_seeds - 1 after
+it), started from the repository root: `python -m resnet_jax.main
+--config=configs/resnet<depth>.py --workdir=<root>/resnet<depth>-seeds<first>-
+<last> --config.seed=<first> --config.num_runs=<num_seeds>` and the
+--config.FIELD=VALUE given (typed by configs/default.py; --num_epochs is
+--config.num_epochs; --config.steps_per_call=k changes the speed, not the
+result), its output appended to <log_dir>/<workdir's name>.log. A depth is
+done when its workdir holds summary.json and a config.json equal to the
+config its command gives (steps_per_call aside): rerunning skips it. Any
+other depth goes to the trainer, which resumes it (a finished one is only
+evaluated again) or refuses a workdir of another recipe (`error: checkpoints
+in ... come from a different run`).
 
 <root>/table6.md and table6.csv give per depth the mean ± sample std over
-seeds of the final test error (validation error when a run has no test split)
-next to the paper's and akamaster's, headed with what was run (from each
-summary.json, where the trainer records devices and JAX version), marked when
-the schedule is shorter than the paper's 64k steps at batch 128.
+seeds of the final test error (validation error when a run has no test split;
+each seed's from summary.json's 'runs') next to the paper's and akamaster's,
+headed with what was run (from each summary.json, where the trainer records
+devices and JAX version), marked when the schedule is shorter than the
+paper's 64k steps at batch 128.
 
-Exit status: 0 when every run is done; 1 with one line `error: ...` for bad
-flags or a run not done (the tables hold the others); 143 when SIGTERM stopped
-the sweep (forwarded to the running trainer, which saves a checkpoint first).
+Exit status: 0 when every depth is done; 1 with one line `error: ...` for bad
+flags or a depth not done (the tables hold the others); 143 when SIGTERM
+stopped the sweep (forwarded to the running trainer, which saves a checkpoint
+first).
 """
 
 import importlib
@@ -60,9 +66,11 @@ class _IntList(flags.ListParser):
 def define_flags(flag_values=flags.FLAGS):
   """The command line's flags (defined only when run as a program)."""
   kw = {'flag_values': flag_values}
-  for name, default in (('depths', '20,32,44,56,110'), ('seeds', '0,1,2,3,4')):
-    flags.DEFINE(_IntList(), name, default, 'Comma-separated.',
-                 serializer=flags.CsvListSerializer(','), **kw)
+  flags.DEFINE(_IntList(), 'depths', '20,32,44,56,110', 'Comma-separated.',
+               serializer=flags.CsvListSerializer(','), **kw)
+  # Consecutive seeds: the trainer's runs are seeds config.seed + i.
+  flags.DEFINE_integer('first_seed', 0, 'Seed of the first run.', **kw)
+  flags.DEFINE_integer('num_seeds', 5, 'Runs (seeds) per depth.', **kw)
   flags.DEFINE_string('root', 'runs/table6', 'Run workdirs, tables.', **kw)
   if 'log_dir' not in flag_values:  # absl.logging's, for the trainers' logs.
     flags.DEFINE_string('log_dir', '', 'Local; default <root>/logs.', **kw)
@@ -79,9 +87,9 @@ def requested_overrides() -> dict:
   overrides = dict(config_flags.get_override_values(FLAGS['config']))
   if FLAGS['config'].present:
     raise ValueError('--config: each run uses configs/resnet<depth>.py')
-  if {'seed', 'model.depth'} & overrides.keys():  # Would make runs the same.
-    raise ValueError('--config.seed, --config.model.depth: set per run by '
-                     '--seeds, --depths')
+  if {'seed', 'num_runs', 'model.depth'} & overrides.keys():
+    raise ValueError('--config.seed, --config.num_runs, --config.model.depth: '
+                     'set by --first_seed, --num_seeds, --depths')
   if FLAGS.num_epochs is not None:
     if 'num_epochs' in overrides or FLAGS.num_epochs <= 0:
       raise ValueError('--num_epochs: give a positive number, or only '
@@ -90,34 +98,39 @@ def requested_overrides() -> dict:
   return overrides
 
 
-def workdir(root: str, depth, seed) -> str:
-  return f'{root.rstrip("/")}/resnet{depth}-seed{seed}'
+def workdir(root: str, depth, seeds: range) -> str:
+  return f'{root.rstrip("/")}/resnet{depth}-seeds{seeds[0]}-{seeds[-1]}'
 
 
-def build_command(depth, seed, root: str, overrides: dict) -> list[str]:
+def build_command(depth, seeds: range, root: str,
+                  overrides: dict) -> list[str]:
   # A --config.FIELD flag reads a non-string value back from its repr().
   return [sys.executable, '-m', 'resnet_jax.main',
           f'--config=configs/resnet{depth}.py',
-          f'--workdir={workdir(root, depth, seed)}', f'--config.seed={seed}',
+          f'--workdir={workdir(root, depth, seeds)}',
+          f'--config.seed={seeds[0]}', f'--config.num_runs={len(seeds)}',
           *(f'--config.{k}={v if isinstance(v, str) else repr(v)}'
             for k, v in overrides.items())]
 
 
-def run_config(depth: int, seed: int, overrides: dict) -> dict:
-  """The config.json that the trainer writes for this run's command."""
+def run_config(depth: int, seeds: range, overrides: dict) -> dict:
+  """The config.json that the trainer writes for this depth's command."""
   config = importlib.import_module(f'configs.resnet{depth}').get_config()
-  config.update_from_flattened_dict({**overrides, 'seed': seed})
+  config.update_from_flattened_dict(
+      {**overrides, 'seed': seeds[0], 'num_runs': len(seeds)})
   return json.loads(config.to_json_best_effort())
 
 
-def done_summary(root: str, depth: int, seed: int, overrides: dict):
-  """The run's summary.json if it is done with this config, else None."""
-  path = epath.Path(workdir(root, depth, seed))  # Also gs://.
+def done_summary(root: str, depth: int, seeds: range, overrides: dict):
+  """The depth's summary.json if it is done with this config, else None."""
+  path = epath.Path(workdir(root, depth, seeds))  # Also gs://.
   summary, config = path / 'summary.json', path / 'config.json'
-  if summary.exists() and config.exists() and json.loads(
-      config.read_text()) == run_config(depth, seed, overrides):
-    return json.loads(summary.read_text())
-  return None
+  if not (summary.exists() and config.exists()):
+    return None
+  # steps_per_call changes the speed only: runs done with another are done.
+  done, wanted = (dict(c, steps_per_call=None) for c in (
+      json.loads(config.read_text()), run_config(depth, seeds, overrides)))
+  return json.loads(summary.read_text()) if done == wanted else None
 
 
 def mean_std(values: list[float]) -> str:
@@ -149,8 +162,7 @@ def _header(done: list[dict], command: list[str], metric: str) -> list[str]:
        'not the test error the references report.')]
   command = shlex.join(['python', *command[1:]])
   rows = {
-      'Trainer command': '`' + command.replace('DEPTH', '<depth>').replace(
-          'SEED', '<seed>') + '`',
+      'Trainer command': '`' + command.replace('DEPTH', '<depth>') + '`',
       'Data': _distinct(
           f'`{s["dataset"]}`: {s["train_examples"]:,} training, '
           f'{s.get("eval_examples", 0):,} validation and '
@@ -165,29 +177,31 @@ def _header(done: list[dict], command: list[str], metric: str) -> list[str]:
           '| --- | --- |', *(f'| {k} | {v} |' for k, v in rows.items())]
 
 
-def write_tables(summaries: dict, root: str, overrides: dict) -> str:
-  """<root>/table6.md and table6.csv of {(depth, seed): summary or None}."""
+def write_tables(summaries: dict, seeds: range, root: str,
+                 overrides: dict) -> str:
+  """<root>/table6.md and table6.csv of {depth: summary or None}."""
   done = [s for s in summaries.values() if s]
   metric = ('test' if all('test_accuracy' in s for s in done)
             else 'validation')
   key = 'test_accuracy' if metric == 'test' else 'final_val_accuracy'
   short = any(s['steps'] * s['batch_size'] < PAPER_EXAMPLES for s in done)
   lines = ['# Table 6 of He et al. 2015 (CIFAR-10 ResNets), reproduced', '',
-           *_header(done, build_command('DEPTH', 'SEED', root, overrides),
+           *_header(done, build_command('DEPTH', seeds, root, overrides),
                     metric), '',
            f'| model | runs | final {metric} error (%), mean ± sample std '
            '(n - 1) | per seed | He et al. 2015 | akamaster (PyTorch) |',
            '| --- | --- | --- | --- | --- | --- |']
   rows = ['depth,metric,runs,seeds,errors_pct,mean_error_pct,std_error_pct,'
           'paper_error_pct,akamaster_error_pct,shortened_schedule']
-  for depth in dict.fromkeys(d for d, _ in summaries):
-    runs = {seed: s for (d, seed), s in summaries.items() if d == depth}
-    errors = {seed: 100 * (1 - s[key]) for seed, s in runs.items() if s}
+  for depth, summary in summaries.items():
+    errors = {run['seed']: 100 * (1 - run[key])
+              for run in (summary['runs'] if summary else [])}
     values = list(errors.values())
     paper, ref = (f'{t[depth]:.2f}' if depth in t else ''
                   for t in (PAPER, AKAMASTER))
     lines.append(' | '.join([
-        f'| ResNet-{depth}', f'{len(values)} of {len(runs)}', mean_std(values),
+        f'| ResNet-{depth}', f'{len(values)} of {len(seeds)}',
+        mean_std(values),
         ', '.join(f'{e:.2f} (seed {seed})' for seed, e in errors.items())
         or '—', (paper or '—') + ' (best of 5; 6.61 ± 0.16)' * (depth == 110),
         f'{ref or "—"} |']))
@@ -231,36 +245,40 @@ class Trainer:
         self.process = None
 
 
-def sweep(depths, seeds, root: str, log_dir: str, overrides: dict,
+def sweep(depths, seeds: range, root: str, log_dir: str, overrides: dict,
           trainer: Trainer) -> tuple[dict, list[str]]:
-  """Trains each run not done, seed by seed: (summaries, failures)."""
+  """Trains each depth not done, all seeds at once: (summaries, failures)."""
   os.makedirs(log_dir, exist_ok=True)
   summaries, failures = {}, []
-  for seed in seeds:
-    for depth in depths:
-      summary = done_summary(root, depth, seed, overrides)
-      if summary is None and not trainer.terminated:
-        log = os.path.join(log_dir, f'resnet{depth}-seed{seed}.log')
-        print(f'{workdir(root, depth, seed)}: training, log {log}', flush=True)
-        code = trainer.run(build_command(depth, seed, root, overrides), log)
-        summary = code == 0 and done_summary(root, depth, seed, overrides)
-        if not summary:
-          lines = pathlib.Path(log).read_text().splitlines()
-          why = 'stopped by SIGTERM' if code == 143 else ([  # Its last words.
-              l for l in lines if l.startswith('error: ')] or lines or [''])[-1]
-          failures.append(f'resnet{depth}-seed{seed}: exit {code}: {why}; '
-                          f'{log}')
-          print(failures[-1], flush=True)
-      summaries[depth, seed] = summary or None
+  for depth in depths:
+    summary = done_summary(root, depth, seeds, overrides)
+    if summary is None and not trainer.terminated:
+      path = workdir(root, depth, seeds)
+      name = os.path.basename(path)
+      log = os.path.join(log_dir, f'{name}.log')
+      print(f'{path}: training, log {log}', flush=True)
+      code = trainer.run(build_command(depth, seeds, root, overrides), log)
+      summary = code == 0 and done_summary(root, depth, seeds, overrides)
+      if not summary:
+        lines = pathlib.Path(log).read_text().splitlines()
+        why = 'stopped by SIGTERM' if code == 143 else ([  # Its last words.
+            l for l in lines if l.startswith('error: ')] or lines or [''])[-1]
+        failures.append(f'{name}: exit {code}: {why}; {log}')
+        print(failures[-1], flush=True)
+    summaries[depth] = summary or None
   return summaries, failures
 
 
 def main(argv) -> int:
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {" ".join(argv[1:])}')
-  depths, seeds = FLAGS.depths, FLAGS.seeds
-  if len(set(depths)) < len(depths) or len(set(seeds)) < len(seeds):
-    raise ValueError('--depths, --seeds: give each value once')
+  depths = FLAGS.depths
+  if len(set(depths)) < len(depths):
+    raise ValueError('--depths: give each value once')
+  if FLAGS.first_seed < 0 or FLAGS.num_seeds < 1:
+    raise ValueError('--first_seed, --num_seeds: give a seed >= 0 and at '
+                     'least one seed')
+  seeds = range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.num_seeds)
   for depth in depths:
     if not (REPO / 'configs' / f'resnet{depth}.py').is_file():
       raise ValueError(f'--depths: there is no configs/resnet{depth}.py')
@@ -268,28 +286,27 @@ def main(argv) -> int:
   # The trainer runs from the repository root.
   root = FLAGS.root if '://' in FLAGS.root else os.path.abspath(FLAGS.root)
   if FLAGS.dry_run:
-    print('\n'.join(shlex.join(build_command(d, s, root, overrides))
-                    for s in seeds for d in depths))
+    print('\n'.join(shlex.join(build_command(d, seeds, root, overrides))
+                    for d in depths))
     return 0
   trainer, failures = Trainer(), []
   if FLAGS.report_only:
-    summaries = {(d, s): done_summary(root, d, s, overrides)
-                 for s in seeds for d in depths}
+    summaries = {d: done_summary(root, d, seeds, overrides) for d in depths}
   else:
     if not FLAGS.log_dir and '://' in root:
       raise ValueError('--root is not local: give a local --log_dir')
     signal.signal(signal.SIGTERM, trainer)
     summaries, failures = sweep(depths, seeds, root, FLAGS.log_dir or
                                 f'{root}/logs', overrides, trainer)
-  print(write_tables(summaries, root, overrides))
+  print(write_tables(summaries, seeds, root, overrides))
   if trainer.terminated:
     print('error: stopped by SIGTERM; rerun the same command to go on',
           file=sys.stderr)
     return 128 + signal.SIGTERM
-  not_done = failures or [f'{workdir(root, *k)}: no summary.json of this '
-                          'config' for k, s in summaries.items() if not s]
+  not_done = failures or [f'{workdir(root, d, seeds)}: no summary.json of '
+                          'this config' for d, s in summaries.items() if not s]
   if not_done:
-    tools.fail(f'{len(not_done)} of {len(summaries)} runs not done: '
+    tools.fail(f'{len(not_done)} of {len(summaries)} depths not done: '
                + ' | '.join(not_done))
   return 0
 

@@ -313,7 +313,8 @@ class Checkpointer:
       raise ValueError('its arrays do not match the fingerprint written '
                        'with them')
     if not all(np.all(np.isfinite(_host_copy(x))) for x in jax.tree.leaves(
-        state) if np.issubdtype(np.result_type(x), np.inexact)):
+        state) if np.issubdtype(np.result_type(getattr(x, 'dtype', type(x))),
+                            np.inexact)):
       raise ValueError('its arrays hold NaN or infinite values')
     if with_progress:
       progress = self._read_json(step, 'progress')

@@ -37,6 +37,9 @@ MAX_WIDTH = 64
 MAX_CLASSES = 100_000
 MAX_PROCESSES = 2**16  # Far beyond the largest TPU pod slices' hosts.
 MAX_CPU_DEVICES = 1024  # More than any CPU's cores.
+# Each run keeps its own training order (batching.py caches the epochs'
+# permutations) and state; a sweep wider than this is several programs.
+MAX_RUNS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +108,8 @@ RANGES = {
     # their product must stay far from float32's overflow (3.4e38).
     'schedule.one_cycle_div_factor': _Range(1, 1e8),
     'schedule.one_cycle_final_div_factor': _Range(1, 1e8),
+    'num_runs': _Range(1, MAX_RUNS),
+    'steps_per_call': _POSITIVE_STEPS,
     'batch_size': _Range(1, MAX_BATCH),
     'eval_batch_size': _Range(1, MAX_BATCH),
     'num_train_steps': _POSITIVE_STEPS,
@@ -283,6 +288,10 @@ def validate(config) -> None:
   if config.num_epochs <= 0:  # Else the length needs the split's size.
     _check_schedule(config, config.num_train_steps, 'schedule.warmup_steps',
                     config.schedule.warmup_steps)
+
+  _check(config.seed + config.num_runs - 1 <= MAX_SEED, 'num_runs',
+         config.num_runs, f'must keep the last run\'s seed, config.seed + '
+         f'num_runs - 1, at most {MAX_SEED} (config.seed={config.seed})')
 
   distributed = config.distributed
   _check(not distributed.enabled or config.parallelism == 'shard_map',

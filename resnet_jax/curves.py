@@ -5,8 +5,11 @@
 Loss, accuracy (train, validation, test) and the learning rate against the
 step, from the TensorBoard events the trainer writes into the workdir; where
 a resumed run logged a step again, its later value is shown (see
-report.read_scalars). The trainer calls `write_curves` at the end of training;
-the command redraws them at any time, during training too.
+report.read_scalars). A workdir of several runs (config.num_runs > 1) holds
+their mean, drawn as the curve, and each run's own events in run_<i>/: a
+shaded band then spans the runs' min to max at each step. The trainer calls
+`write_curves` at the end of training; the command redraws them at any time,
+during training too.
 """
 
 import json
@@ -36,7 +39,19 @@ def write_curves(workdir: str) -> str:
     raise ValueError(f'no TensorBoard scalars in {workdir} (no '
                      'events.out.tfevents.* file with any): nothing to draw')
   return report.curves_png(scalars, os.path.join(workdir, CURVES_FILE),
-                           title=_title(workdir))
+                           title=_title(workdir), runs=_runs(workdir))
+
+
+def _runs(workdir: str) -> list:
+  """Each run's scalars, from run_0/, run_1/, ... (none for a single run)."""
+  # pylint: disable=g-import-not-at-top
+  from resnet_jax import metric_writer
+  from resnet_jax import report
+  runs = []
+  while os.path.isdir(path := os.path.join(
+      workdir, metric_writer.run_dir(len(runs)))):
+    runs.append(report.read_scalars(path))
+  return [run for run in runs if run]  # A run just started has none yet.
 
 
 def _title(workdir: str) -> str:

@@ -1,22 +1,31 @@
 """Evaluates a trained run on one split: numbers, confusion matrix, mistakes.
 
   python -m resnet_jax.evaluate --workdir=runs/resnet20 --split=test --tta
+  python -m resnet_jax.evaluate --workdir=runs/resnet20 --ensemble
 
 --split is 'validation' (the run's config.data.eval_split), 'test' (its
 config.data.test_split) or any split of the run's dataset in TFDS syntax,
 e.g. 'train[45000:]'. --checkpoint is 'latest', 'best' or a step.
 
-Every example of the split is classified exactly once, and the files are
-written into the workdir, named after the split as given (see `split_tag`):
+A workdir holds config.num_runs runs (runs.py). --run=i (default 0)
+evaluates run i, the run of seed config.seed + i; --ensemble evaluates the
+mean of all runs' logits instead, and reports each run's own figures beside.
 
-- eval_<split>.json: accuracy, mean loss, per-class accuracy (= recall),
+Every example of the split is classified exactly once, and the files are
+written into the workdir, named after the split as given (see `split_tag`)
+and, for another run than 0 or the ensemble, after that (see `file_tag`):
+eval_test.json for run 0, eval_test_run1.json, eval_test_ensemble.json.
+
+- eval_<tag>.json: accuracy, mean loss, per-class accuracy (= recall),
   precision, recall and F1 with their counts, the confusion matrix (rows true,
   columns predicted), the class names, the checkpoint's step, the split
-  string loaded and the number of examples. With --tta, the same figures for
-  test-time augmentation (the logits of each image and of its horizontal flip,
-  averaged) under "tta", next to the plain ones.
-- confusion_<split>.png: the confusion matrix as a labelled heat map.
-- misclassified_<split>.png: the --num_misclassified mistakes made with the
+  string loaded, the number of examples, and which run ("run", "seed") or
+  "ensemble": true. With --tta, the same figures for test-time augmentation
+  (the logits of each image and of its horizontal flip, averaged) under
+  "tta", next to the plain ones. With --ensemble, "runs" lists every run's
+  own accuracy and loss on the split.
+- confusion_<tag>.png: the confusion matrix as a labelled heat map.
+- misclassified_<tag>.png: the --num_misclassified mistakes made with the
   highest confidence, with their true and predicted classes.
 
 The pictures show the plain predictions, not the augmented ones.
@@ -59,6 +68,14 @@ def split_tag(split: str) -> str:
     return text + ('pct' if bounds.percent else '')
 
   return f'{base}_{bound(bounds.start, "start")}-{bound(bounds.stop, "end")}'
+
+
+def file_tag(split: str, run: int, ensemble: bool) -> str:
+  """split_tag, then which run unless run 0 (whose names predate runs)."""
+  tag = split_tag(split)
+  if ensemble:
+    return f'{tag}_ensemble'
+  return tag if run == 0 else f'{tag}_run{run}'
 
 
 def resolve_split(config, split: str) -> str:
@@ -116,8 +133,12 @@ def _check_writable(workdir: str):
 
 
 def run(workdir: str, split: str = 'test', checkpoint='latest',
-        tta: bool = False, num_misclassified: int = 24) -> dict:
+        tta: bool = False, num_misclassified: int = 24, *, run: int = 0,
+        ensemble: bool = False) -> dict:
   """Evaluates a checkpoint of `workdir` on `split`; writes, returns the JSON.
+
+  `run` picks one of the workdir's runs; `ensemble` all of them (see
+  inference.load).
 
   Raises:
     ValueError: a one-line reason (workdir, checkpoint, split or data).
@@ -126,10 +147,11 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
     raise ValueError(f'--num_misclassified must be >= 0, got '
                      f'{num_misclassified}')
   config = inference.read_config(workdir)
+  inference.check_run(config, workdir, run, ensemble)  # Before any data.
   tfds_split = resolve_split(config, split)
-  tag = split_tag(split)
+  tag = file_tag(split, run, ensemble)
   _check_writable(workdir)
-  loaded = inference.load(workdir, checkpoint)
+  loaded = inference.load(workdir, checkpoint, run=run, ensemble=ensemble)
   datasets.check_available(config.data)
   ds = datasets.load_split(config.data, tfds_split)
   if ds.num_classes != loaded.num_classes:
@@ -146,6 +168,18 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
   if summary['num_examples'] != ds.num_examples:
     raise RuntimeError(f'evaluated {summary["num_examples"]} examples of a '
                        f'split of {ds.num_examples}')
+  if ensemble:
+    # Each run's own figures on the same images, to set the ensemble's
+    # against: one more pass, all runs in one program.
+    per_run = loaded.per_run_logits(ds.images, config.eval_batch_size)
+    summary['runs'] = []
+    for i, (seed, run_logits) in enumerate(zip(loaded.seeds, per_run,
+                                               strict=True)):
+      figures = report.classification_summary(ds.labels, run_logits,
+                                              class_names)
+      summary['runs'].append({'run': i, 'seed': seed,
+                              'accuracy': figures['accuracy'],
+                              'loss': figures['loss']})
 
   files = {
       'json': os.path.join(workdir, f'eval_{tag}.json'),
@@ -159,11 +193,13 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
       'tfds_split': tfds_split,
       'checkpoint': inference.parse_checkpoint(checkpoint),
       'checkpoint_step': loaded.step,
+      **loaded.selection,
       'class_names': list(class_names),
       **summary,
       'files': {kind: os.path.basename(path) for kind, path in files.items()},
   }
-  what = f'{config.data.name} {tfds_split}, step {loaded.step}'
+  what = (f'{config.data.name} {tfds_split}, step {loaded.step}, '
+          f'{loaded.describe()}')
   report.confusion_png(summary['confusion_matrix'], class_names,
                        files['confusion'], title=what)
   probabilities = report.softmax(logits)
@@ -181,13 +217,20 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
 
 def format_summary(result: dict) -> str:
   """A few readable lines: overall figures, then one line per class."""
+  if result.get('ensemble'):
+    which = f'ensemble of {result["num_runs"]} runs'
+  else:
+    which = f'run {result["run"]} (seed {result["seed"]})'
   lines = [f'{result["dataset"]} {result["tfds_split"]} '
            f'({result["num_examples"]} examples), checkpoint step '
-           f'{result["checkpoint_step"]}:',
+           f'{result["checkpoint_step"]}, {which}:',
            f'  accuracy {result["accuracy"]:.2%}, loss {result["loss"]:.4f}']
   if 'tta' in result:
     lines.append(f'  with flip TTA: accuracy {result["tta"]["accuracy"]:.2%}, '
                  f'loss {result["tta"]["loss"]:.4f}')
+  for r in result.get('runs', []):
+    lines.append(f'  run {r["run"]} (seed {r["seed"]}) alone: accuracy '
+                 f'{r["accuracy"]:.2%}, loss {r["loss"]:.4f}')
   show = lambda x: '   n/a' if x is None else f'{x:6.1%}'
   width = max(len(c['name']) for c in result['per_class'])
   lines.append(f'  {"class":<{width}}  support  accuracy  precision      f1')
@@ -204,7 +247,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   tools.quiet_start(logging.WARNING)
   result = run(FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
-               tta=FLAGS.tta, num_misclassified=FLAGS.num_misclassified)
+               tta=FLAGS.tta, num_misclassified=FLAGS.num_misclassified,
+               run=FLAGS.run, ensemble=FLAGS.ensemble)
   print(format_summary(result))
 
 
@@ -217,6 +261,11 @@ def define_flags():
   flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.")
   flags.DEFINE_bool('tta', False, 'Also report test-time augmentation: the '
                     'mean logits of each image and its horizontal flip.')
+  flags.DEFINE_integer('run', 0, 'Which of the workdir\'s runs to evaluate: '
+                       'run i is the run of seed config.seed + i.')
+  flags.DEFINE_bool('ensemble', False, 'Evaluate the mean of all runs\' '
+                    'logits instead of one run, with each run\'s own '
+                    'figures beside.')
   flags.DEFINE_integer('num_misclassified', 24, 'How many of the most '
                        'confident mistakes to show.')
   flags.mark_flag_as_required('workdir')

@@ -3,7 +3,9 @@
 `build(config, ...)` turns a config into everything a run needs: the model,
 the learning-rate function and optimizer, the initial (or abstract) train
 state, the normalisation, the train and eval steps compiled for the device
-layout, the batch source and the checkpoint metadata. The trainer, the
+layout, the batch source and the checkpoint metadata. A run here is
+config.num_runs runs trained together (runs.py): every state array has a
+leading run axis, and metrics come per run. The trainer, the
 benchmark, inference and the tests all build their runs here, so a step, a
 normalisation or a restore target is never put together twice.
 
@@ -15,6 +17,7 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -26,6 +29,7 @@ from resnet_jax import device_data
 from resnet_jax import models
 from resnet_jax import optimizer
 from resnet_jax import parallel
+from resnet_jax import runs
 from resnet_jax import schedules
 from resnet_jax import steps
 from resnet_jax import train_state
@@ -35,7 +39,8 @@ from resnet_jax import train_state
 # Every other field, present or added later, must match the checkpoint.
 RESUMABLE_FIELDS = (
     'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-    'keep_checkpoints', 'eval_batch_size', 'parallelism', 'cpu_devices',
+    'keep_checkpoints', 'eval_batch_size', 'steps_per_call', 'parallelism',
+    'cpu_devices',
     'compilation_cache_dir', 'distributed', 'profile', 'data.on_device',
     'data.data_dir', 'data.download')
 # What the parameters are: all that inference checks before it restores.
@@ -96,18 +101,25 @@ class Experiment:
   std: np.ndarray
   train_ds: datasets.InMemoryDataset | None
 
-  def _key(self, purpose: int) -> jax.Array:
-    # 0: initialisation, 1: augmentation.
-    return jax.random.split(jax.random.key(self.config.seed))[purpose]
+  @property
+  def num_runs(self) -> int:
+    return self.config.num_runs
+
+  def _keys(self, purpose: int) -> list[jax.Array]:
+    # One per run; purpose 0: initialisation, 1: augmentation.
+    return [jax.random.split(jax.random.key(seed))[purpose]
+            for seed in runs.seeds(self.config)]
 
   @functools.cached_property
-  def _augment_key(self) -> jax.Array:
-    return self._key(1)
+  def _augment_keys(self) -> jax.Array:
+    return jnp.stack(self._keys(1))
 
   def init_state(self) -> train_state.TrainState:
-    """The freshly initialised state, on the host side (not yet placed)."""
-    return train_state.create_train_state(
-        self._key(0), self.model, self.tx, self.image_shape)
+    """The freshly initialised runs, on the host side (not yet placed)."""
+    return runs.stack([
+        train_state.create_train_state(key, self.model, self.tx,
+                                       self.image_shape)
+        for key in self._keys(0)])
 
   def abstract_state(self):
     """The state's shapes and dtypes on one device: a restore target.
@@ -119,10 +131,6 @@ class Experiment:
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
         jax.eval_shape(self.init_state))
-
-  def step_key(self, step: int) -> jax.Array:
-    """The augmentation key of training step `step`."""
-    return jax.random.fold_in(self._augment_key, step)
 
   def checkpoint_metadata(self, training: bool = True) -> dict[str, Any]:
     """What a checkpoint must agree with to be used by this config.
@@ -157,9 +165,19 @@ class Experiment:
       return (device_data.place(self.train_ds, self.dp),)
     return ()
 
+  @property
+  def _unroll_loops(self) -> bool:
+    # XLA's CPU backend runs the train step ~30x slower inside a lax.scan
+    # than outside one (ResNet-20 on 2 cores: 9.8 s against 0.31 s, JAX
+    # 0.10.2), so on CPUs the loops over steps and runs are written out in
+    # the program: compilation grows with k and r instead, which CPUs keep
+    # small. XLA then schedules the written-out steps' arithmetic together,
+    # so k > 1 matches k = 1 to float32 rounding there, not bit for bit.
+    return self.dp.devices[0].platform == 'cpu'
+
   @functools.cached_property
-  def _compiled_train_step(self):
-    step = functools.partial(
+  def _compiled_train_steps(self):
+    step_fn = functools.partial(
         steps.train_step, learning_rate_fn=self.learning_rate_fn,
         label_smoothing=self.config.label_smoothing,
         augment_fn=functools.partial(
@@ -167,24 +185,68 @@ class Experiment:
             padding=self.config.data.crop_padding,
             flip=self.config.data.random_flip))
     if self.config.data.on_device:
-      return self.dp.train_step(device_data.gathering(step), with_data=True)
-    return self.dp.train_step(step)
+      step_fn = device_data.gathering(step_fn)
+    unroll = self._unroll_loops
 
-  def train_step(self, state, batch, step: int):
-    """One training step on a batch from `batches`: (state, metric sums)."""
-    return self._compiled_train_step(state, batch, self.step_key(step),
-                                     *self._train_data)
+    def run_steps(state, batches, augment_key, first_step, *data, axis_name):
+      # One run's steps first_step, first_step + 1, ... in one loop: a batch
+      # leaf is (examples, steps, ...); the loop wants steps first.
+      def body(state, inputs):
+        batch, step = inputs
+        return step_fn(state, batch, jax.random.fold_in(augment_key, step),
+                       *data, axis_name=axis_name)
+      length = jax.tree.leaves(batches)[0].shape[1]
+      inputs = (jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batches),
+                first_step + jnp.arange(length, dtype=jnp.int32))
+      if not unroll:
+        return jax.lax.scan(body, state, inputs)
+      sums = []
+      for t in range(length):
+        state, step_sums = body(state, runs.take(inputs, t))
+        sums.append(step_sums)
+      return state, runs.stack(sums)
+
+    def train_steps(state, batches, augment_keys, first_step, *data,
+                    axis_name):
+      # Batch leaves are (examples, steps, runs, ...): the layout splits the
+      # first axis over the devices.
+      state, sums = runs.over_runs(
+          functools.partial(run_steps, axis_name=axis_name), self.num_runs,
+          in_axes=(0, 2, 0, None) + (None,) * len(data),
+          vectorize=self.config.vectorize_runs, unroll=unroll)(
+              state, batches, augment_keys, first_step, *data)
+      return state, jax.tree.map(lambda x: x.T, sums)  # (steps, runs)
+
+    layouts = ('state', 'batch', 'shared', 'shared') + (
+        ('state',) if self.config.data.on_device else ())
+    return self.dp.compile(train_steps, layouts, donate=True)
+
+  def train_steps(self, state, batches, first_step: int):
+    """Training steps first_step, first_step + 1, ... in one call.
+
+    `batches` is one item of `batches(calls)`; returns the state after them
+    and the metric sums of each step and run, leaves (steps, runs).
+    """
+    return self._compiled_train_steps(state, batches, self._augment_keys,
+                                      np.int32(first_step), *self._train_data)
 
   @functools.cached_property
   def eval_step(self):
-    """(state, batch from batching.eval_batches) -> metric sums."""
-    return self.dp.eval_step(functools.partial(
-        steps.eval_step, preprocess_fn=functools.partial(
-            augment.normalize, mean=self.mean, std=self.std)))
+    """(state, batch from batching.eval_batches) -> metric sums per run."""
+    step_fn = functools.partial(steps.eval_step, preprocess_fn=functools.partial(
+        augment.normalize, mean=self.mean, std=self.std))
+
+    def eval_step(state, batch, *, axis_name):
+      return runs.over_runs(functools.partial(step_fn, axis_name=axis_name),
+                            self.num_runs, in_axes=(0, None),
+                            vectorize=self.config.vectorize_runs,
+                            unroll=self._unroll_loops)(state, batch)
+
+    return self.dp.eval_step(eval_step)
 
   @functools.cached_property
   def logits_fn(self):
-    """Jitted (variables, uint8 images) -> logits, as the eval step has them."""
+    """Jitted (one run's variables, uint8 images) -> logits, as in eval_step."""
 
     @jax.jit
     def logits_fn(variables, images):
@@ -193,24 +255,36 @@ class Experiment:
 
     return logits_fn
 
-  def batches(self, start_step: int):
-    """Training batches from `start_step` on, prefetched onto the devices.
+  def batches(self, calls):
+    """The batches of each call of `train_steps`, prefetched onto the devices.
 
-    This process's rows of each global batch (see batching.py): the indices
-    to gather when the split is on the devices, else the images themselves.
+    `calls` are (first step, number of steps). Each item holds this process's
+    rows of the global batch of every step and run (see batching.py), leaves
+    (examples, steps, runs, ...): the indices to gather when the split is on
+    the devices, else the images themselves.
     """
-    source = dict(seed=self.config.seed, start_step=start_step,
-                  global_batch_size=self.config.batch_size,
-                  process_index=jax.process_index(),
-                  process_count=jax.process_count())
-    if self.config.data.on_device:
-      batches = batching.row_batches(self.train_ds.num_examples, **source)
-    else:
-      batches = batching.train_batches(self.train_ds, **source)
-    return batching.prefetch(batches, self.dp.put_batch)
+    def one(seed, step):
+      source = dict(seed=seed, step=step,
+                    global_batch_size=self.config.batch_size,
+                    process_index=jax.process_index(),
+                    process_count=jax.process_count())
+      if self.config.data.on_device:
+        return {'rows': batching.train_rows(self.train_ds.num_examples,
+                                            **source).astype(np.int32)}
+      return batching.train_batch(self.train_ds, **source)
 
-  def evaluate(self, state, ds: datasets.InMemoryDataset) -> dict[str, float]:
-    """Loss and accuracy over every example of `ds` exactly once."""
+    def stacked(first_step, length):
+      return jax.tree.map(
+          lambda *steps: np.stack(steps, axis=1),
+          *[jax.tree.map(lambda *runs_: np.stack(runs_, axis=1),
+                         *[one(seed, step) for seed in runs.seeds(self.config)])
+            for step in range(first_step, first_step + length)])
+
+    return batching.prefetch(
+        (stacked(*call) for call in calls), self.dp.put_batch)
+
+  def evaluate(self, state, ds: datasets.InMemoryDataset) -> list[dict]:
+    """Each run's loss and accuracy over every example of `ds` exactly once."""
     sums = None
     batches = batching.eval_batches(
         ds, global_batch_size=self.config.eval_batch_size,
@@ -220,10 +294,10 @@ class Experiment:
       sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums,
                                                    out)
     sums = jax.device_get(sums)
-    if int(sums['count']) != ds.num_examples:
-      raise RuntimeError(f'evaluated {int(sums["count"])} examples of a '
+    if int(sums['count'][0]) != ds.num_examples:
+      raise RuntimeError(f'evaluated {int(sums["count"][0])} examples of a '
                          f'split of {ds.num_examples}')
-    return compute_metrics(sums)
+    return [compute_metrics(runs.take(sums, i)) for i in range(self.num_runs)]
 
 
 def _check_batch_sizes(config, dp: parallel.DataParallel) -> None:

@@ -7,16 +7,27 @@ compiles one function from uint8 pixels to logits: the model in inference mode
 (running batch-norm statistics) after the normalisation the run trained with.
 evaluate.py and predict.py are built on it.
 
+A checkpoint holds config.num_runs runs (runs.py), run i of seed
+config.seed + i. `load` picks one run (`run`, default 0), or with `ensemble`
+all of them: the ensemble's logits are the mean of the runs' logits.
+
+A released workdir (experiments/release.py: pretrained/<name>/) loads the
+same way: its config.json describes one run, and its checkpoint, marked
+WEIGHTS_ONLY in its metadata, holds that run's {step, params, batch_stats}
+(run axis of size 1) without the optimizer state, restored as exactly that.
+
 Loading writes nothing: the checkpoints are opened and restored, never tidied
 or saved, so a workdir can be inspected while its run is still training.
 """
 
 from collections.abc import Callable
 import dataclasses
+import functools
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -25,22 +36,30 @@ from resnet_jax import datasets
 from resnet_jax import experiment
 from resnet_jax import models
 from resnet_jax import parallel
+from resnet_jax import runs
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_CHOICES = ('latest', 'best')
+# The checkpoint metadata key of a checkpoint that holds `weights(state)`
+# only (a released one), not the whole TrainState.
+WEIGHTS_ONLY = 'weights_only'
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Loaded:
-  """One checkpoint of a run, ready to classify images.
+  """One checkpoint of a workdir's runs, ready to classify images.
 
-  `logits_fn(variables, images)` is jitted: uint8 images (N, H, W, C) of
-  `image_shape` in, float32 logits (N, num_classes) out. `class_names` is None
-  where the names cannot be known here (then show class indices).
+  `run` is the run chosen, or None for the ensemble of all `num_runs` runs.
+  `logits_fn(variables, images)` is jitted and takes one run's variables:
+  uint8 images (N, H, W, C) of `image_shape` in, float32 logits
+  (N, num_classes) out. `class_names` is None where the names cannot be
+  known here (then show class indices).
   """
   config: ml_collections.ConfigDict
   model: models.ResNet
-  variables: dict  # {'params': ..., 'batch_stats': ...}
+  # Every run's {'params': ..., 'batch_stats': ...}, leading run axis.
+  all_variables: dict
+  run: int | None
   step: int
   image_shape: tuple[int, int, int]
   mean: np.ndarray
@@ -52,13 +71,70 @@ class Loaded:
   def num_classes(self) -> int:
     return int(self.config.model.num_classes)
 
+  @property
+  def num_runs(self) -> int:
+    return int(self.config.num_runs)
+
+  @property
+  def seeds(self) -> list[int]:
+    return runs.seeds(self.config)
+
+  @property
+  def seed(self) -> int | None:
+    """The chosen run's seed; None for the ensemble."""
+    return None if self.run is None else self.seeds[self.run]
+
+  @property
+  def selection(self) -> dict:
+    """What was loaded, for result files: run and seed, or the ensemble."""
+    if self.run is None:
+      return {'ensemble': True, 'num_runs': self.num_runs,
+              'seeds': self.seeds}
+    return {'run': self.run, 'seed': self.seed, 'num_runs': self.num_runs}
+
+  def describe(self) -> str:
+    """The selection in words, for titles and console lines."""
+    if self.run is None:
+      return (f'ensemble of {self.num_runs} runs (seeds {self.seeds[0]}..'
+              f'{self.seeds[-1]})')
+    return f'run {self.run} (seed {self.seed})'
+
+  @functools.cached_property
+  def variables(self) -> dict:
+    """The chosen run's variables; for the ensemble every run's (run axis)."""
+    if self.run is None:
+      return self.all_variables
+    return runs.take(self.all_variables, self.run)
+
+  @functools.cached_property
+  def _runs_fn(self):
+    # Every run's logits of one batch in one program, as (N, runs, classes):
+    # examples first, so that `batched_logits` can pad and slice them.
+    over_runs = jax.vmap(self.logits_fn, in_axes=(0, None))
+    return jax.jit(lambda v, images: jnp.moveaxis(over_runs(v, images), 0, 1))
+
+  @functools.cached_property
+  def _ensemble_fn(self):
+    over_runs = jax.vmap(self.logits_fn, in_axes=(0, None))
+    return jax.jit(lambda v, images: over_runs(v, images).mean(0))
+
   def apply(self, images):
-    """Logits of one batch of uint8 images: `logits_fn` on these variables."""
+    """Logits of one batch of uint8 images: the run's, or the runs' mean."""
+    if self.run is None:
+      return self._ensemble_fn(self.all_variables, images)
     return self.logits_fn(self.variables, images)
 
   def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits of any number of images (see `batched_logits`)."""
     return batched_logits(self.apply, images, batch_size)
+
+  def per_run_logits(self, images: np.ndarray,
+                     batch_size: int = 256) -> np.ndarray:
+    """Every run's logits of `images`, (num_runs, N, num_classes)."""
+    logits = batched_logits(
+        lambda batch: self._runs_fn(self.all_variables, batch), images,
+        batch_size)
+    return logits.transpose(1, 0, 2)
 
 
 def batched_logits(apply_fn, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -139,6 +215,15 @@ def _choose_step(reader, checkpoint) -> int | None:
   return checkpoint
 
 
+def weights(state) -> dict:
+  """{step, params, batch_stats} of a TrainState (or of such a dict): what
+  inference needs, and all that a released checkpoint holds."""
+  if isinstance(state, dict):
+    return {k: state[k] for k in ('step', 'params', 'batch_stats')}
+  return {'step': state.step, 'params': state.params,
+          'batch_stats': state.batch_stats}
+
+
 def _class_names(config, stored_metadata) -> tuple[str, ...] | None:
   names = stored_metadata.get('class_names')
   if names is None:  # Checkpoints written before they recorded them.
@@ -146,21 +231,46 @@ def _class_names(config, stored_metadata) -> tuple[str, ...] | None:
   return tuple(names) if len(names) == config.model.num_classes else None
 
 
-def load(workdir: str, checkpoint='latest') -> Loaded:
-  """Loads a checkpoint of the run in `workdir` for inference.
+def check_run(config, workdir: str, run: int, ensemble: bool) -> None:
+  """Raises ValueError unless `run` (or `ensemble`) is a choice `config` has."""
+  if 'num_runs' not in config:
+    raise ValueError(
+        f'{os.path.join(workdir, CONFIG_FILE)} has no num_runs: {workdir} was '
+        'written before checkpoints held several runs, and cannot be loaded '
+        'by this version; train it again')
+  if isinstance(run, bool) or not isinstance(run, int):
+    raise ValueError(f'run {run!r} is not a run number')
+  if ensemble and run != 0:
+    raise ValueError(f'choose one run (--run={run}) or the ensemble '
+                     '(--ensemble), not both')
+  if not 0 <= run < config.num_runs:
+    raise ValueError(
+        f'no run {run} in {workdir}: it holds num_runs={config.num_runs} '
+        f'runs, 0..{config.num_runs - 1}')
+
+
+def load(workdir: str, checkpoint='latest', run: int = 0,
+         ensemble: bool = False) -> Loaded:
+  """Loads a checkpoint of the runs in `workdir` for inference.
 
   Args:
-    workdir: a run's --workdir, with config.json and checkpoints/.
+    workdir: a --workdir of resnet_jax.main, with config.json and
+      checkpoints/, or a release of one run (experiments/release.py).
     checkpoint: 'latest' (the newest that reads back intact), 'best' (the
       best validation accuracy among the checkpoints saved with one) or a
       step number.
+    run: which of the workdir's config.num_runs runs (seed config.seed +
+      run) classifies.
+    ensemble: instead of one run, all of them: the mean of their logits.
 
   Raises:
-    ValueError: one-line reasons: no such workdir, no config.json, no such
-      checkpoint, a checkpoint of another model, data needed but missing.
+    ValueError: one-line reasons: no such workdir, no config.json (or one
+      from before runs), no such run or checkpoint, a checkpoint of another
+      model, data needed but missing.
   """
   checkpoint = parse_checkpoint(checkpoint)
   config = read_config(workdir)
+  check_run(config, workdir, run, ensemble)
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(directory):
     raise ValueError(f'no checkpoint in {workdir}: {directory} does not exist')
@@ -183,10 +293,16 @@ def load(workdir: str, checkpoint='latest') -> Loaded:
   with checkpoints.Checkpointer(
       directory, metadata=exp.checkpoint_metadata(training=False),
       read_only=True) as checkpointer:
-    state = checkpointer.restore(exp.abstract_state(), step=step)
+    target = exp.abstract_state()
+    if stored.get(WEIGHTS_ONLY):
+      # Orbax restores a tree of the saved structure: without opt_state.
+      target = weights(target)
+    state = weights(checkpointer.restore(target, step=step))
   return Loaded(
       config=config, model=exp.model,
-      variables={'params': state.params, 'batch_stats': state.batch_stats},
-      step=int(state.step), image_shape=exp.image_shape, mean=exp.mean,
+      all_variables={'params': state['params'],
+                     'batch_stats': state['batch_stats']},
+      run=None if ensemble else run,
+      step=int(state['step'][0]), image_shape=exp.image_shape, mean=exp.mean,
       std=exp.std, class_names=_class_names(config, stored),
       logits_fn=exp.logits_fn)

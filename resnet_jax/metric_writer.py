@@ -47,8 +47,13 @@ class MetricWriter:
   loses nothing it logged, at most the end of the record being written.
   """
 
-  def __init__(self, logdir: str | os.PathLike[str] | None):
-    """Logs only when `logdir` is None; else writes a new event file there."""
+  def __init__(self, logdir: str | os.PathLike[str] | None, *,
+               log: bool = True):
+    """Logs only when `logdir` is None; else writes a new event file there.
+
+    With `log` False, scalars go to the file alone.
+    """
+    self._log = log
     self._records = None
     if logdir is not None:
       directory = epath.Path(logdir)
@@ -67,10 +72,10 @@ class MetricWriter:
       self._records.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    # clu's LoggingWriter's line, which people and tests read.
-    logging.info('[%d] %s', step, ', '.join(
-        f'{k}={v:.6g}' if isinstance(v, float) else f'{k}={v}'
-        for k, v in sorted(scalars.items())))
+    if self._log:  # clu's LoggingWriter's line, which people and tests read.
+      logging.info('[%d] %s', step, ', '.join(
+          f'{k}={v:.6g}' if isinstance(v, float) else f'{k}={v}'
+          for k, v in sorted(scalars.items())))
     if self._records is None:
       return
     summary = summary_pb2.Summary(value=[
@@ -112,6 +117,53 @@ def create_writer(logdir: str | os.PathLike[str], *,
                   just_logging: bool) -> MetricWriter:
   """The trainer's writer: with `just_logging` (processes but 0) no file."""
   return MetricWriter(None if just_logging else logdir)
+
+
+class RunsWriter:
+  """The trainer's writer for config.num_runs runs trained together.
+
+  Scalars come per run. Their mean is logged and written into `logdir` (for
+  one run, that run's value: the files of a single run are as before); with
+  several runs each run's own values also go to `logdir`/run_<i>, which
+  TensorBoard shows as runs side by side.
+  """
+
+  def __init__(self, logdir: str | os.PathLike[str], num_runs: int, *,
+               just_logging: bool):
+    self.mean = create_writer(logdir, just_logging=just_logging)
+    self.runs = [] if num_runs == 1 or just_logging else [
+        MetricWriter(epath.Path(logdir) / run_dir(i), log=False)
+        for i in range(num_runs)]
+
+  def write_scalars(self, step: int, per_run: list[Mapping[str, float]],
+                    common: Mapping[str, Any] | None = None):
+    """Each run's `per_run` scalars, and `common` ones (the same for all)."""
+    mean = {k: float(np.mean([run[k] for run in per_run])) for k in per_run[0]}
+    self.mean.write_scalars(step, mean | dict(common or {}))
+    for writer, scalars in zip(self.runs, per_run):
+      writer.write_scalars(step, scalars)
+
+  def write_hparams(self, hparams: Mapping[str, Any]):
+    self.mean.write_hparams(hparams)
+
+  def flush(self):
+    for writer in [self.mean, *self.runs]:
+      writer.flush()
+
+  def close(self):
+    for writer in [self.mean, *self.runs]:
+      writer.close()
+
+  def __enter__(self) -> 'RunsWriter':
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
+
+def run_dir(run: int) -> str:
+  """The folder, inside a workdir, of run `run`'s own TensorBoard events."""
+  return f'run_{run}'
 
 
 # ----------------------------------------------------------------------------

@@ -76,6 +76,11 @@ class Profile:
     self._first, self._stop = first_step, first_step + num_steps
     self._active = False
 
+  @property
+  def boundaries(self) -> tuple[int, ...]:
+    """The steps where a trace starts and ends: a training call stops there."""
+    return (self._first, self._stop) if self._stop > self._first else ()
+
   def before_step(self, step: int, state) -> None:
     """Call before each step runs; `state` is waited for when a trace ends."""
     if step == self._first and step < self._stop:

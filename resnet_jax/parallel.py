@@ -158,7 +158,7 @@ class DataParallel:
           lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
     return jax.device_put(batch, self.devices[0])
 
-  def _compile(self, step_fn, layouts: tuple[str, ...], donate: bool):
+  def compile(self, step_fn, layouts: tuple[str, ...], donate: bool):
     """Compiles `step_fn(*args, axis_name=...)` for this layout.
 
     `layouts` says how each argument lies on the devices: 'state' (from
@@ -193,11 +193,11 @@ class DataParallel:
     laid out like the state: the dataset on the devices (device_data.py).
     """
     layouts = ('state', 'batch', 'shared') + (('state',) if with_data else ())
-    return self._compile(step_fn, layouts, donate=True)
+    return self.compile(step_fn, layouts, donate=True)
 
   def eval_step(self, step_fn):
     """`step_fn(state, batch) -> metrics` compiled for this layout."""
-    return self._compile(step_fn, ('state', 'batch'), donate=False)
+    return self.compile(step_fn, ('state', 'batch'), donate=False)
 
 
 def _first_of_last(outputs):

@@ -5,7 +5,10 @@
 
 Loads the checkpoint once (--checkpoint: 'latest', 'best' or a step) and
 prints each file's --top_k most probable classes: a small table per image, or
-with --json one JSON document on stdout.
+with --json one JSON document on stdout. Of the workdir's config.num_runs
+runs, --run=i (default 0) classifies, the run of seed config.seed + i; with
+--ensemble, the mean of all runs' logits. The JSON says which ("run" and
+"seed", or "ensemble": true).
 
 Images are read with Pillow (PNG, JPEG, and whatever else it reads), the EXIF
 orientation applied, and converted to the model's channels: grayscale to RGB
@@ -141,7 +144,8 @@ def main(argv):
   if FLAGS.top_k < 1:
     raise app.UsageError(f'--top_k must be >= 1, got {FLAGS.top_k}')
   tools.quiet_start(logging.WARNING)
-  loaded = inference.load(FLAGS.workdir, FLAGS.checkpoint)
+  loaded = inference.load(FLAGS.workdir, FLAGS.checkpoint, run=FLAGS.run,
+                          ensemble=FLAGS.ensemble)
   results = predict_files(loaded, paths, top_k=FLAGS.top_k,
                           resize=FLAGS.resize)
   for result in results:
@@ -151,6 +155,7 @@ def main(argv):
     print(json.dumps({
         'workdir': os.path.abspath(FLAGS.workdir),
         'checkpoint_step': loaded.step,
+        **loaded.selection,
         'predictions': [r.to_json() for r in results],
     }, indent=2))
   else:
@@ -166,6 +171,10 @@ def define_flags():
   flags.DEFINE_string('workdir', None, 'A run directory written by '
                       'resnet_jax.main.')
   flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.")
+  flags.DEFINE_integer('run', 0, 'Which of the workdir\'s runs classifies: '
+                       'run i is the run of seed config.seed + i.')
+  flags.DEFINE_bool('ensemble', False, 'Classify with the mean of all runs\' '
+                    'logits instead of one run.')
   flags.DEFINE_integer('top_k', 3, 'How many of the most probable classes '
                        'to show per image.')
   flags.DEFINE_bool('json', False, 'Print one JSON document instead of tables.')

@@ -22,6 +22,7 @@ notebook, say) is left alone.
 """
 
 from collections.abc import Mapping, Sequence
+import functools
 import math
 
 from matplotlib import figure as mpl_figure
@@ -270,6 +271,9 @@ def misclassified_grid_png(images, labels, predictions, confidences,
 # ----------------------------------------------------------------------------
 # Training curves from TensorBoard event files.
 
+# What `read_scalars` returns: tag -> (steps, values).
+Scalars = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
 
 def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Every scalar tag in the workdir's event files: tag -> (steps, values).
@@ -291,7 +295,24 @@ def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
           for tag, pairs in by_tag.items()}
 
 
-def _plot(ax, scalars, tag, **kwargs):
+def run_band(runs: Sequence[Scalars],
+             tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+  """(steps, min, max) of `tag` over the runs, at the steps all runs logged.
+
+  `runs`: each run's scalars as `read_scalars` returns them. None when a run
+  lacks the tag: a band over some runs would pass for one over all.
+  """
+  if not runs or any(tag not in run for run in runs):
+    return None
+  # The runs train together, so they log the same steps; a run's event file
+  # cut short by a crash may end earlier.
+  steps = functools.reduce(np.intersect1d, [run[tag][0] for run in runs])
+  values = np.stack([run[tag][1][np.isin(run[tag][0], steps)]
+                     for run in runs])  # Steps are sorted: rows line up.
+  return steps, values.min(0), values.max(0)
+
+
+def _plot(ax, scalars, tag, runs, **kwargs):
   if tag not in scalars:
     return False
   steps, values = scalars[tag]
@@ -300,25 +321,37 @@ def _plot(ax, scalars, tag, **kwargs):
   # A single point (the test split, evaluated once) would not show as a line.
   marker = 'o' if len(steps) <= 20 or split == 'test' else None
   ax.plot(steps, values, label=label, marker=marker, markersize=4, **kwargs)
+  band = run_band(runs, tag)
+  if band is not None:
+    steps, low, high = band
+    if len(steps) > 1:
+      ax.fill_between(steps, low, high, alpha=0.2, linewidth=0, **kwargs)
+    else:  # One step has no area to shade: a bar from min to max.
+      ax.vlines(steps, low, high, alpha=0.5, linewidth=4, **kwargs)
   return True
 
 
-def curves_png(scalars: Mapping[str, tuple[np.ndarray, np.ndarray]],
-               path: str, title: str = '') -> str:
+def curves_png(scalars: Scalars, path: str, title: str = '',
+               runs: Sequence[Scalars] = ()) -> str:
   """Loss, accuracy and learning rate against the step, side by side.
 
   `scalars` as `read_scalars` returns them; missing tags are left out (a run
   without validation has no validation curve). The best validation accuracy
-  is marked.
+  is marked. With `runs` (each run's scalars, when `scalars` are their mean)
+  each curve gets a shaded band from the runs' min to max (see `run_band`).
   """
   fig = mpl_figure.Figure(figsize=(13.5, 3.9), dpi=100, layout='constrained')
   loss_ax, accuracy_ax, lr_ax = fig.subplots(1, 3)
+  runs = list(runs) if len(runs) > 1 else []  # One run's band is its curve.
+  if runs:
+    note = f'mean of {len(runs)} runs, band: min-max'
+    title = f'{title} ({note})' if title else note
   if title:
     fig.suptitle(title, fontsize=11)
   colours = {'train': 'tab:blue', 'val': 'tab:orange', 'test': 'tab:green'}
   for ax, tags, name in ((loss_ax, LOSS_TAGS, 'loss (cross-entropy)'),
                          (accuracy_ax, ACCURACY_TAGS, 'accuracy')):
-    shown = [_plot(ax, scalars, tag, color=colours[tag.split('_')[0]])
+    shown = [_plot(ax, scalars, tag, runs, color=colours[tag.split('_')[0]])
              for tag in tags]
     ax.set_title(name, fontsize=10)
     ax.set_xlabel('step')

@@ -11,11 +11,18 @@ what the loop itself carries from step to step (`LoopState`) is saved with
 each checkpoint. So a run killed at any moment and rerun ends bit-identical
 to one never interrupted: same parameters, same logged metrics, same summary.
 
+The loop runs config.steps_per_call steps per jitted call, a call ending
+early where a log, evaluation, checkpoint or profile is due, so these land on
+the same steps whatever the number: the result does not depend on it. It
+trains config.num_runs runs at once (runs.py); metrics, evaluations and the
+summary are per run, with the runs' mean.
+
 The loop reads the metrics back from the device only when it logs, evaluates
 or saves; it checks then that every step's loss was finite (and the state
 before it is saved), and stops naming the first step that was not.
 """
 
+from collections.abc import Callable, Iterator
 import contextlib
 import dataclasses
 import json
@@ -34,6 +41,7 @@ from resnet_jax import experiment
 from resnet_jax import metric_writer
 from resnet_jax import monitoring
 from resnet_jax import preemption
+from resnet_jax import runs
 from resnet_jax import workdir as workdir_lib
 
 
@@ -44,23 +52,30 @@ class NonFiniteLossError(ValueError):
 @dataclasses.dataclass
 class LoopState:
   """What the loop carries between steps, saved with every checkpoint."""
-  # Metric sums of the steps since the last logged one, accumulated on the
-  # host in float64; JSON keeps them exactly, so a resumed run logs the same.
-  train_sums: dict[str, float] | None = None
-  best_step: int | None = None  # The best validation accuracy so far.
+  # Each run's metric sums of the steps since the last logged one,
+  # accumulated on the host in float64; JSON keeps them exactly, so a resumed
+  # run logs the same.
+  train_sums: dict[str, list[float]] | None = None
+  # The best validation accuracy (the runs' mean) so far.
+  best_step: int | None = None
   best_accuracy: float | None = None
   eval_pending: bool = False  # Preempted before this step's validation.
 
   def add(self, sums: dict) -> None:
-    sums = {k: float(sums[k]) for k in ('loss', 'correct', 'count')}
+    """Adds one step's sums, leaves (runs,)."""
+    sums = {k: [float(x) for x in sums[k]] for k in ('loss', 'correct',
+                                                      'count')}
     self.train_sums = sums if self.train_sums is None else {
-        k: self.train_sums[k] + sums[k] for k in sums}
+        k: [a + b for a, b in zip(self.train_sums[k], sums[k])] for k in sums}
 
-  def take_train_metrics(self) -> dict[str, float]:
-    """Mean loss and accuracy since the last call; restarts the sums."""
-    means = experiment.compute_metrics(self.train_sums)
+  def take_train_metrics(self) -> list[dict[str, float]]:
+    """Each run's mean loss and accuracy since the last call; restarts."""
+    per_run = [experiment.compute_metrics(
+        {k: sums[i] for k, sums in self.train_sums.items()})
+               for i in range(len(self.train_sums['count']))]
     self.train_sums = None
-    return {'train_loss': means['loss'], 'train_accuracy': means['accuracy']}
+    return [{'train_loss': m['loss'], 'train_accuracy': m['accuracy']}
+            for m in per_run]
 
   def validated(self, step: int, accuracy: float) -> None:
     if self.best_accuracy is None or accuracy > self.best_accuracy:
@@ -79,14 +94,40 @@ def _newest(checkpointer) -> str:
           f'the newest checkpoint, step {step}, is intact')
 
 
+def call_lengths(start: int, stop: int, steps_per_call: int,
+                 due: Callable[[int], bool]) -> Iterator[tuple[int, int]]:
+  """(first step, number of steps) of each training call from start to stop.
+
+  A call takes at most `steps_per_call` steps and ends after any step s (the
+  number of steps done) where `due(s)`: whatever the calls' length, the loop
+  stops at the same steps.
+  """
+  step = start
+  while step < stop:
+    length = 1
+    while (length < steps_per_call and step + length < stop and
+           not due(step + length)):
+      length += 1
+    yield step, length
+    step += length
+
+
 def _checked_sums(window: list, first_step: int, checkpointer) -> list[dict]:
-  """The per-step metric sums of `window` on the host, all of them finite."""
-  window = jax.device_get(window)
+  """The per-step metric sums of `window` on the host, all of them finite.
+
+  `window` holds the calls' sums, leaves (steps, runs); each step's come back
+  with leaves (runs,).
+  """
+  window = [{k: v[t] for k, v in sums.items()}
+            for sums in jax.device_get(window)
+            for t in range(len(sums['loss']))]
   for offset, sums in enumerate(window):
-    if not np.isfinite(sums['loss']):
+    bad = np.flatnonzero(~np.isfinite(sums['loss']))
+    if bad.size:
+      run = f' (run {bad[0]})' if len(sums['loss']) > 1 else ''
       raise NonFiniteLossError(
-          f'the training loss is {float(sums["loss"])} at step '
-          f'{first_step + offset}; stopped without saving it '
+          f'the training loss is {float(sums["loss"][bad[0]])} at step '
+          f'{first_step + offset}{run}; stopped without saving it '
           f'({_newest(checkpointer)}); lower '
           'config.schedule.base_learning_rate or add warm-up')
   return window
@@ -123,23 +164,38 @@ def summarize(exp, config_name: str, splits, results: dict, loop: LoopState,
       'batch_size': config.batch_size,
       'train_examples': train_ds.num_examples,
   }
+  per_run = [{'seed': seed} for seed in runs.seeds(config)]
+  # Each figure per run; the summary's own is the runs' mean, with their
+  # sample standard deviation beside it when there are several.
+  figures = []
   if eval_ds:
-    summary |= {'eval_examples': eval_ds.num_examples,
-                'final_val_accuracy': results['val']['accuracy'],
-                'final_val_loss': results['val']['loss']}
-    if loop.best_step is not None:
-      summary |= {'best_val_accuracy': loop.best_accuracy,
-                  'best_val_step': loop.best_step}
+    summary['eval_examples'] = eval_ds.num_examples
+    figures += [('final_val_accuracy', 'val', 'accuracy'),
+                ('final_val_loss', 'val', 'loss')]
   if test_ds:
-    summary |= {'test_examples': test_ds.num_examples,
-                'test_accuracy': results['test']['accuracy'],
-                'test_loss': results['test']['loss']}
-  images_per_second = clock.images_per_second(exp.total_steps,
-                                              config.batch_size)
+    summary['test_examples'] = test_ds.num_examples
+    figures += [('test_accuracy', 'test', 'accuracy'),
+                ('test_loss', 'test', 'loss')]
+  for name, split, metric in figures:
+    values = [run[metric] for run in results[split]]
+    for run, value in zip(per_run, values):
+      run[name] = value
+    summary[name] = float(np.mean(values))
+    if len(values) > 1:
+      summary[f'{name}_std'] = float(np.std(values, ddof=1))
+  if eval_ds and loop.best_step is not None:
+    summary |= {'best_val_accuracy': loop.best_accuracy,
+                'best_val_step': loop.best_step}
+  # All runs together; training alone: compilation, evaluation and saving
+  # excluded.
+  images_per_second = clock.images_per_second(
+      exp.total_steps, config.batch_size * exp.num_runs)
   return summary | {
+      'num_runs': exp.num_runs,
+      'runs': per_run,
+      'steps_per_call': config.steps_per_call,
       'steps_this_run': exp.total_steps - start_step,
       'wall_seconds': round(clock.wall_seconds, 2),
-      # Training alone: compilation, evaluation and saving excluded.
       'train_images_per_second': images_per_second and round(
           images_per_second, 1),
       'devices': len(devices),
@@ -183,11 +239,15 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
         metadata=exp.checkpoint_metadata()))
     state, progress = checkpointer.restore(exp.init_state(),
                                            with_progress=True)
-    start_step = int(state.step)
+    start_step = int(state.step[0])
     if start_step:
       logging.info('Resuming from the checkpoint of step %d.', start_step)
-    logging.info('ResNet-%d: %s parameters.', config.model.depth,
-                 f'{parameter_overview.count_parameters(state.params):,}')
+    num_params = parameter_overview.count_parameters(
+        runs.take(state.params, 0))
+    logging.info('ResNet-%d: %s parameters%s.', config.model.depth,
+                 f'{num_params:,}',
+                 f' in each of {exp.num_runs} runs (seeds '
+                 f'{runs.seeds(config)})' if exp.num_runs > 1 else '')
     try:
       loop = LoopState(**progress)
     except TypeError:
@@ -202,8 +262,8 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
                              json.loads(config.to_json_best_effort()))
     checkpointer.tidy()
     state = exp.dp.put_state(state)
-    writer = cleanup.enter_context(metric_writer.create_writer(
-        workdir, just_logging=jax.process_index() > 0))
+    writer = cleanup.enter_context(metric_writer.RunsWriter(
+        workdir, exp.num_runs, just_logging=jax.process_index() > 0))
     if start_step == 0:
       writer.write_hparams(_flat(config))
     logging.info('Training steps %d..%d of %d (%d per epoch of %d examples) '
@@ -216,10 +276,12 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
 
     def validate(step, state):
       results['val'] = exp.evaluate(state, eval_ds)
-      writer.write_scalars(step, {'val_loss': results['val']['loss'],
-                                  'val_accuracy': results['val']['accuracy']})
-      loop.validated(step, results['val']['accuracy'])
-      return results['val']['accuracy']
+      writer.write_scalars(step, [{'val_loss': run['loss'],
+                                   'val_accuracy': run['accuracy']}
+                                  for run in results['val']])
+      accuracy = float(np.mean([run['accuracy'] for run in results['val']]))
+      loop.validated(step, accuracy)
+      return accuracy
 
     if loop.eval_pending and eval_ds:
       loop.eval_pending = False
@@ -229,14 +291,24 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
     profile = cleanup.enter_context(contextlib.closing(monitoring.Profile(
         workdir, config.profile.first_step, config.profile.num_steps)))
     watcher = cleanup.enter_context(preemption.PreemptionWatcher())
-    batches = exp.batches(start_step)
-    window = []  # Metric sums of the steps since the last check, on device.
-    for step in range(start_step, last_step):
-      profile.before_step(step, state)
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, sums = exp.train_step(state, next(batches), step)
+
+    def due(done):  # Something happens after step `done`.
+      return (done % config.log_every_steps == 0 or
+              bool(eval_ds) and done % config.eval_every_steps == 0 or
+              done % config.checkpoint_every_steps == 0 or
+              done in profile.boundaries)
+
+    calls = list(call_lengths(start_step, last_step, config.steps_per_call,
+                              due))
+    batches = exp.batches(calls)
+    # Metric sums of the calls since step window_start, on the device.
+    window, window_start = [], start_step
+    for first, length in calls:
+      profile.before_step(first, state)
+      with jax.profiler.StepTraceAnnotation('train', step_num=first):
+        state, sums = exp.train_steps(state, next(batches), first)
       window.append(sums)
-      done = step + 1
+      done = first + length
       clock.step_done(done, sums)
       preempted = watcher.reached(done)
       log_due = done % config.log_every_steps == 0 or done == total_steps
@@ -248,14 +320,14 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
         continue
       with clock.pause():
         checkpointer.check_for_errors()  # A save failing in the background.
-        for sums in _checked_sums(window, done - len(window) + 1,
-                                  checkpointer):
+        window = _checked_sums(window, window_start + 1, checkpointer)
+        for sums in window:
           loop.add(sums)
         if log_due:
-          writer.write_scalars(done, loop.take_train_metrics() | {
-              'learning_rate': float(window[-1]['learning_rate']),
+          writer.write_scalars(done, loop.take_train_metrics(), {
+              'learning_rate': float(window[-1]['learning_rate'][0]),
               'steps_per_second': clock.steps_per_second(done) or 0.0})
-        window = []
+        window, window_start = [], done
         # A preempted job has seconds left: it saves first, evaluates on
         # resume.
         loop.eval_pending = eval_due and preempted
@@ -276,9 +348,9 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
         results['val'] = exp.evaluate(state, eval_ds)
       if test_ds:
         results['test'] = exp.evaluate(state, test_ds)
-        writer.write_scalars(total_steps, {
-            'test_loss': results['test']['loss'],
-            'test_accuracy': results['test']['accuracy']})
+        writer.write_scalars(total_steps, [
+            {'test_loss': run['loss'], 'test_accuracy': run['accuracy']}
+            for run in results['test']])
     summary = summarize(exp, config_name, splits, results, loop, start_step,
                         clock)
     if jax.process_index() == 0:

@@ -6,7 +6,9 @@ from outside (in the middle of a checkpoint write, during an evaluation):
 
   <signal>@batch:K   when the input pipeline builds the batch of step K,
                      which it does as the trainer takes the batch of step
-                     K - 1: after that step, K steps are done;
+                     K - 1: after that step, K steps are done (with
+                     several steps per call, as it takes the batches
+                     of the call before the one with step K);
   <signal>@save:K    while Orbax writes checkpoint K: every file is written,
                      the rename that completes it has not happened;
   <signal>@eval:N    during the N-th evaluation (1-based);
@@ -35,7 +37,11 @@ def _install_fault(fault):
   point, _, arg = where.partition(':')
   signum = {'kill': signal.SIGKILL, 'term': signal.SIGTERM,
             'int': signal.SIGINT}[name]
-  fire = lambda: os.kill(os.getpid(), signum)
+  fired = []
+  def fire():  # Once: a second SIGTERM or SIGINT would stop at once.
+    if not fired:
+      fired.append(1)
+      os.kill(os.getpid(), signum)
   if point == 'batch':
     from resnet_jax import batching
     original = batching.train_rows

@@ -156,19 +156,23 @@ def _trace(exp):
   config = exp.config
   state = jax.eval_shape(exp.init_state)
   spec = jax.ShapeDtypeStruct
+  # One call of two steps; leaves (examples, steps, runs, ...).
+  lead = (config.batch_size, 2, config.num_runs)
   if config.data.on_device:
-    batch = {'rows': spec((config.batch_size,), jnp.int32)}
+    batch = {'rows': spec(lead, jnp.int32)}
   else:
-    batch = {'image': spec((config.batch_size, 32, 32, 3), jnp.uint8),
-             'label': spec((config.batch_size,), jnp.int32)}
-  new_state, sums = jax.eval_shape(exp._compiled_train_step, state, batch,
-                                   exp.step_key(0), *exp._train_data)
-  assert new_state.step.shape == () and sums['loss'].shape == ()
+    batch = {'image': spec((*lead, 32, 32, 3), jnp.uint8),
+             'label': spec(lead, jnp.int32)}
+  new_state, sums = jax.eval_shape(
+      exp._compiled_train_steps, state, batch, exp._augment_keys,
+      np.int32(0), *exp._train_data)
+  assert new_state.step.shape == (config.num_runs,)
+  assert sums['loss'].shape == (2, config.num_runs)
   n = config.eval_batch_size
   sums = jax.eval_shape(exp.eval_step, state, {
       'image': spec((n, 32, 32, 3), jnp.uint8),
       'label': spec((n,), jnp.int32), 'mask': spec((n,), jnp.float32)})
-  assert sums['count'].shape == ()
+  assert sums['count'].shape == (config.num_runs,)
 
 
 @pytest.mark.slow

@@ -16,7 +16,10 @@ from configs import smoke
 from resnet_jax import checkpoints
 from resnet_jax import datasets
 from resnet_jax import evaluate
+from resnet_jax import experiment
 from resnet_jax import inference
+from resnet_jax import parallel
+from resnet_jax import runs
 from resnet_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -28,12 +31,16 @@ def run_module(module, *args, timeout=300):
 
 
 def smoke_run_config():
-  """The smoke config, shortened: checkpoints (and validation) at 2 and 4."""
+  """The smoke config, shortened: checkpoints (and validation) at 2 and 4.
+
+  Two runs (seeds 0 and 1), so that choosing a run and the ensemble have
+  something to choose from.
+  """
   config = smoke.get_config()
   config.data.data_dir = fake_cifar.data_dir()
   config.update(parallelism='jit', num_train_steps=4, log_every_steps=1,
                 eval_every_steps=2, checkpoint_every_steps=2,
-                keep_checkpoints=3)
+                keep_checkpoints=3, num_runs=2)
   return config
 
 
@@ -165,8 +172,12 @@ def test_evaluating_a_run_reproduces_the_trainers_validation_figures(run_dir):
   assert result['checkpoint_step'] == 4
   assert result['tfds_split'] == 'train[90%:]'
   assert result['num_examples'] == summary['eval_examples'] == 10
-  assert result['accuracy'] == pytest.approx(summary['final_val_accuracy'])
-  assert result['loss'] == pytest.approx(summary['final_val_loss'], rel=1e-5)
+  # Run 0 by default: the trainer's figures of seed 0.
+  assert (result['run'], result['seed'], result['num_runs']) == (0, 0, 2)
+  assert 'ensemble' not in result
+  run0 = summary['runs'][0]
+  assert result['accuracy'] == pytest.approx(run0['final_val_accuracy'])
+  assert result['loss'] == pytest.approx(run0['final_val_loss'], rel=1e-5)
   confusion = np.array(result['confusion_matrix'])
   assert confusion.sum() == 10
   assert np.trace(confusion) / 10 == result['accuracy']
@@ -218,7 +229,8 @@ def test_the_command_line_evaluates_the_test_split(run_dir):
   written = json.loads((run_dir / 'eval_test.json').read_text())
   summary = json.loads((run_dir / 'summary.json').read_text())
   assert written['num_examples'] == summary['test_examples'] == 100
-  assert written['accuracy'] == pytest.approx(summary['test_accuracy'])
+  assert written['accuracy'] == pytest.approx(
+      summary['runs'][0]['test_accuracy'])
   assert f'accuracy {written["accuracy"]:.2%}' in result.stdout
   assert 'with flip TTA' in result.stdout
   assert 'eval_test.json' in result.stdout
@@ -231,3 +243,103 @@ def test_the_command_line_reports_a_malformed_split_in_one_line(run_dir):
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error: malformed split')
   assert not list(run_dir.glob('eval_train*'))
+
+
+# ----------------------------------------------------------------------------
+# Several runs in one workdir: one of them, or their ensemble.
+
+
+def restored_runs_logits(run_dir, images) -> list[np.ndarray]:
+  """Each run's logits, restored here without inference.load."""
+  config = inference.read_config(str(run_dir))
+  exp = experiment.build(config, dp=parallel.DataParallel('jit'),
+                         image_shape=images.shape[1:])
+  with checkpoints.Checkpointer(run_dir / 'checkpoints', metadata={},
+                                read_only=True) as checkpointer:
+    state = checkpointer.restore(exp.abstract_state())
+  return [np.asarray(exp.logits_fn(
+      {'params': runs.take(state.params, i),
+       'batch_stats': runs.take(state.batch_stats, i)}, images))
+          for i in range(config.num_runs)]
+
+
+def test_a_run_is_chosen_by_number_and_the_ensemble_averages_the_runs(
+    run_dir):
+  images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3),
+                                             dtype=np.uint8)
+  want = restored_runs_logits(run_dir, images)
+  assert not np.allclose(want[0], want[1])  # Two seeds, two models.
+
+  first, second = inference.load(str(run_dir)), inference.load(str(run_dir),
+                                                               run=1)
+  assert (first.run, first.seed, second.run, second.seed) == (0, 0, 1, 1)
+  np.testing.assert_allclose(first.logits(images, batch_size=8), want[0],
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(second.logits(images, batch_size=8), want[1],
+                             rtol=1e-6, atol=1e-6)
+
+  ensemble = inference.load(str(run_dir), ensemble=True)
+  assert ensemble.run is None and ensemble.seed is None
+  assert ensemble.num_runs == 2 and ensemble.step == 4
+  np.testing.assert_allclose(ensemble.logits(images, batch_size=8),
+                             (want[0] + want[1]) / 2, rtol=1e-5, atol=1e-5)
+  # Every run's logits at once, in padded batches too.
+  np.testing.assert_allclose(ensemble.per_run_logits(images, batch_size=3),
+                             np.stack(want), rtol=1e-5, atol=1e-5)
+
+
+def test_each_run_and_the_ensemble_write_their_own_files(run_dir):
+  summary = json.loads((run_dir / 'summary.json').read_text())
+  second = evaluate.run(str(run_dir), split='validation', run=1,
+                        num_misclassified=2)
+  assert (second['run'], second['seed']) == (1, 1)
+  assert second['accuracy'] == pytest.approx(
+      summary['runs'][1]['final_val_accuracy'])
+  assert second['files']['json'] == 'eval_validation_run1.json'
+
+  result = evaluate.run(str(run_dir), split='validation', ensemble=True,
+                        num_misclassified=2)
+  assert result['ensemble'] is True and 'run' not in result
+  assert result['files'] == {
+      'json': 'eval_validation_ensemble.json',
+      'confusion': 'confusion_validation_ensemble.png',
+      'misclassified': 'misclassified_validation_ensemble.png'}
+  # Each run's own figures beside the ensemble's: the trainer's.
+  assert [(r['run'], r['seed']) for r in result['runs']] == [(0, 0), (1, 1)]
+  for mine, trainers in zip(result['runs'], summary['runs'], strict=True):
+    assert mine['accuracy'] == pytest.approx(trainers['final_val_accuracy'])
+    assert mine['loss'] == pytest.approx(trainers['final_val_loss'],
+                                         rel=1e-5)
+  assert result['runs'][1]['accuracy'] == second['accuracy']
+  assert np.trace(result['confusion_matrix']) / 10 == result['accuracy']
+  assert json.loads((run_dir / 'eval_validation_ensemble.json').read_text()
+                    ) == result
+  assert json.loads((run_dir / 'eval_validation_run1.json').read_text()
+                    ) == second
+  assert_picture(run_dir / 'confusion_validation_ensemble.png')
+  assert_picture(run_dir / 'misclassified_validation_run1.png')
+  lines = evaluate.format_summary(result).splitlines()
+  assert 'ensemble of 2 runs' in lines[0]
+  assert lines[2].startswith('  run 0 (seed 0) alone: accuracy ')
+
+
+def test_a_run_out_of_range_or_with_the_ensemble_is_a_one_line_error(
+    run_dir, tmp_path):
+  for run, message in [(2, 'no run 2 in .*num_runs=2 runs, 0..1'),
+                       (-1, 'no run -1 in .*num_runs=2 runs, 0..1')]:
+    with pytest.raises(ValueError, match=message):
+      evaluate.run(str(run_dir), split='validation', run=run)
+    with pytest.raises(ValueError, match=message):
+      inference.load(str(run_dir), run=run)
+  with pytest.raises(ValueError, match='or the ensemble .*, not both'):
+    evaluate.run(str(run_dir), split='validation', run=1, ensemble=True)
+  assert not list(run_dir.glob('eval_*run2*'))
+  # A workdir from before runs: its config.json has no num_runs.
+  config = json.loads((run_dir / 'config.json').read_text())
+  del config['num_runs']
+  (tmp_path / 'config.json').write_text(json.dumps(config))
+  shutil.copytree(run_dir / 'checkpoints', tmp_path / 'checkpoints')
+  with pytest.raises(ValueError, match='has no num_runs: .* written before'):
+    evaluate.run(str(tmp_path), split='validation')
+  with pytest.raises(ValueError, match='has no num_runs'):
+    inference.load(str(tmp_path))

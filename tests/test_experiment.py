@@ -51,7 +51,8 @@ def test_a_field_added_to_the_config_is_part_of_the_recipe(tmp_path):
     ('seed', 1), ('batch_size', 32), ('label_smoothing', 0.1),
     ('schedule.decay_factor', 0.2), ('data.crop_padding', 2),
     ('optimizer.nesterov', True), ('model.dtype', 'bfloat16'),
-    ('data.eval_split', 'train[80%:]'),
+    ('data.eval_split', 'train[80%:]'), ('num_runs', 2),
+    ('vectorize_runs', True),
 ])
 def test_every_recipe_field_must_match_to_resume(tmp_path, field, value):
   resumed = smoke.get_config()
@@ -68,6 +69,7 @@ def test_every_recipe_field_must_match_to_resume(tmp_path, field, value):
     ('compilation_cache_dir', ''), ('distributed.num_processes', 2),
     ('profile.num_steps', 3), ('data.on_device', False),
     ('data.data_dir', '/elsewhere'), ('data.download', False),
+    ('steps_per_call', 8),
 ])
 def test_how_a_run_is_observed_laid_out_or_saved_may_change(
     tmp_path, field, value):

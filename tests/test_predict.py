@@ -175,6 +175,7 @@ def test_the_command_line_predicts_the_good_files_and_names_the_bad_ones(
   ]
   output = json.loads(result.stdout)
   assert output['checkpoint_step'] == 4
+  assert (output['run'], output['seed'], output['num_runs']) == (0, 0, 2)
   predictions = {p['file'].rsplit('/', 1)[-1]: p
                  for p in output['predictions']}
   assert list(predictions) == names
@@ -183,6 +184,36 @@ def test_the_command_line_predicts_the_good_files_and_names_the_bad_ones(
     assert len(top) == 2 and top[0]['probability'] >= top[1]['probability']
     assert top[0]['class'] in datasets.CIFAR10_CLASS_NAMES
   assert 'error' in predictions['notes.txt']
+
+
+def test_the_command_line_predicts_with_a_chosen_run_or_the_ensemble(
+    run_dir, tmp_path):
+  random_image(20).save(tmp_path / 'a.png')
+  pixels = np.asarray(random_image(20))[None]
+  for flag, which, kwargs in [('--run=1', {'run': 1, 'seed': 1}, {'run': 1}),
+                              ('--ensemble', {'ensemble': True},
+                               {'ensemble': True})]:
+    result = run_module('resnet_jax.predict', f'--workdir={run_dir}', '--json',
+                        '--top_k=10', flag, str(tmp_path / 'a.png'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout)
+    assert output.items() >= which.items()
+    loaded = inference.load(str(run_dir), **kwargs)
+    want = report.softmax(loaded.logits(pixels))[0]
+    [prediction] = output['predictions']
+    got = {p['index']: p['probability'] for p in prediction['top_k']}
+    np.testing.assert_allclose([got[i] for i in range(10)], want, rtol=1e-5)
+
+
+def test_the_command_line_names_a_run_out_of_range_in_one_line(run_dir,
+                                                               tmp_path):
+  random_image(21).save(tmp_path / 'a.png')
+  result = run_module('resnet_jax.predict', f'--workdir={run_dir}', '--run=2',
+                      str(tmp_path / 'a.png'))
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: no run 2 in {run_dir}: it holds num_runs=2 runs, 0..1')
+  assert not result.stdout
 
 
 # Runs predict, then prints which heavy modules it imported.

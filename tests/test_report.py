@@ -233,3 +233,47 @@ def test_curves_of_a_workdir_without_events_is_a_one_line_error(tmp_path):
     curves.write_curves(str(tmp_path))
   with pytest.raises(ValueError, match='does not exist'):
     curves.write_curves(str(tmp_path / 'missing'))
+
+
+def test_runs_are_drawn_as_their_mean_with_a_min_max_band(tmp_path):
+  # Two runs, as the trainer's RunsWriter leaves them: the mean in the
+  # workdir, each run's own scalars in run_<i>/.
+  per_run = [{1: {'train_loss': 2.0, 'val_accuracy': 0.5},
+              2: {'train_loss': 1.0, 'val_accuracy': 0.7},
+              3: {'train_loss': 0.5}},
+             {1: {'train_loss': 3.0, 'val_accuracy': 0.4},
+              2: {'train_loss': 0.8, 'val_accuracy': 0.9}}]  # Cut short.
+  for i, logged in enumerate(per_run):
+    with metric_writer.MetricWriter(tmp_path / metric_writer.run_dir(i),
+                                    log=False) as writer:
+      for step, values in logged.items():
+        writer.write_scalars(step, values)
+  write_events(tmp_path, {1: {'train_loss': 2.5, 'val_accuracy': 0.45},
+                          2: {'train_loss': 0.9, 'val_accuracy': 0.8}})
+  runs = curves._runs(str(tmp_path))  # pylint: disable=protected-access
+  assert len(runs) == 2
+  # At the steps every run logged; float32 in the event files.
+  steps, low, high = report.run_band(runs, 'train_loss')
+  np.testing.assert_array_equal(steps, [1, 2])
+  np.testing.assert_allclose(low, [2.0, 0.8], rtol=1e-6)
+  np.testing.assert_allclose(high, [3.0, 1.0], rtol=1e-6)
+  steps, low, high = report.run_band(runs, 'val_accuracy')
+  np.testing.assert_allclose(low, [0.4, 0.7], rtol=1e-6)
+  np.testing.assert_allclose(high, [0.5, 0.9], rtol=1e-6)
+  # A tag some run lacks gets no band, rather than one over fewer runs.
+  assert report.run_band([runs[0], {}], 'train_loss') is None
+  assert report.run_band([], 'train_loss') is None
+  assert_picture(curves.write_curves(str(tmp_path)))
+
+
+def test_one_run_draws_the_same_curves_as_before(tmp_path):
+  scalars = {'train_loss': (np.arange(1, 9), 2.0 / np.arange(1, 9)),
+             'val_accuracy': (np.array([4, 8]), np.array([0.6, 0.8]))}
+  pictures = []
+  for name, runs in (('plain', ()), ('one', [scalars])):
+    path = report.curves_png(scalars, str(tmp_path / f'{name}.png'), 'x',
+                             runs=runs)
+    with Image.open(path) as image:
+      pictures.append(np.asarray(image.convert('RGB')))
+  np.testing.assert_array_equal(*pictures)
+  assert curves._runs(str(tmp_path)) == []  # pylint: disable=protected-access

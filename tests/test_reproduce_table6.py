@@ -2,7 +2,8 @@
 
 No training: a fake trainer reads each command as resnet_jax.main does (the
 same config flag) and writes the config.json and summary.json that the
-trainer would, or fails as it would.
+trainer would for config.num_runs runs (seeds config.seed + i), or fails as it
+would.
 """
 
 import csv
@@ -52,14 +53,22 @@ def _trainer_config(command):
   return flag_values.config, flag_values.workdir
 
 
-def _summary(val_accuracy, test_accuracy=None, steps=702, **extra):
+def _summary(val_accuracies, test_accuracies=None, first_seed=0, steps=702,
+             **extra):
+  """summary.json of runs of seeds first_seed, first_seed + 1, ..."""
+  runs = [{'seed': first_seed + i, 'final_val_accuracy': a,
+           'final_val_loss': 1.0} for i, a in enumerate(val_accuracies)]
   summary = {'config': 'resnet20', 'dataset': 'image_folder', 'steps': steps,
              'epochs': steps / 351, 'batch_size': 128,
              'train_examples': 45000, 'eval_examples': 5000,
-             'final_val_accuracy': val_accuracy, 'final_val_loss': 1.0,
+             'final_val_accuracy': sum(val_accuracies) / len(runs),
+             'final_val_loss': 1.0, 'num_runs': len(runs), 'runs': runs,
              'wall_seconds': 500.0, 'train_images_per_second': 200.5, **extra}
-  if test_accuracy is not None:
-    summary |= {'test_examples': 10000, 'test_accuracy': test_accuracy}
+  if test_accuracies is not None:
+    for run, accuracy in zip(runs, test_accuracies):
+      run['test_accuracy'] = accuracy
+    summary |= {'test_examples': 10000,
+                'test_accuracy': sum(test_accuracies) / len(runs)}
   return summary
 
 
@@ -67,12 +76,14 @@ class FakeTrainer(table6.Trainer):
   """Writes what the trainer would; refuses another recipe's workdir."""
 
   def __init__(self, accuracies, fail=()):
+    # accuracies: {(depth, seed): validation accuracy}; fail: depths.
     self.accuracies, self.fail, self.calls = accuracies, fail, []
 
   def run(self, command, log_path):
     self.calls.append(command)
     config, workdir = _trainer_config(command)
-    depth, seed = config.model.depth, config.seed
+    depth, seeds = config.model.depth, range(
+        config.seed, config.seed + config.num_runs)
     config = json.loads(config.to_json_best_effort())
     with open(log_path, 'a') as log:
       previous = os.path.join(workdir, 'config.json')
@@ -83,61 +94,67 @@ class FakeTrainer(table6.Trainer):
           log.write(f'error: checkpoints in {workdir}/checkpoints come from '
                     'a different run (num_epochs); ...\n')
           return 1
-      if (depth, seed) in self.fail:
+      if depth in self.fail:
         log.write('error: the training loss is nan at step 5; ...\n')
         return 1
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       json.dump(config, f)
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(_summary(self.accuracies[depth, seed], **DEVICES), f)
+      json.dump(_summary([self.accuracies[depth, s] for s in seeds],
+                         first_seed=seeds[0], **DEVICES), f)
     return 0
 
 
-def _write_run(root, depth, seed, overrides, summary):
-  """A run done earlier with the config `overrides` give."""
-  workdir = table6.workdir(root, depth, seed)
+def _write_run(root, depth, seeds, overrides, summary):
+  """A depth done earlier with the config `overrides` give."""
+  workdir = table6.workdir(root, depth, seeds)
   os.makedirs(workdir)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump(table6.run_config(depth, seed, overrides), f)
+    json.dump(table6.run_config(depth, seeds, overrides), f)
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f)
 
 
-def test_the_command_of_one_run():
-  command = table6.build_command(32, 1, '/runs/t6/', {**TYPED,
-                                                      'num_epochs': 2.0})
+def test_the_command_of_one_depth_trains_every_seed():
+  command = table6.build_command(32, range(1, 3), '/runs/t6/',
+                                 {**TYPED, 'num_epochs': 2.0})
   assert command == [
       sys.executable, '-m', 'resnet_jax.main', '--config=configs/resnet32.py',
-      '--workdir=/runs/t6/resnet32-seed1', '--config.seed=1', *OVERRIDES,
-      '--config.num_epochs=2.0']
-  assert table6.build_command(20, 0, 'gs://b/t6', {})[4:] == [
-      '--workdir=gs://b/t6/resnet20-seed0', '--config.seed=0']
+      '--workdir=/runs/t6/resnet32-seeds1-2', '--config.seed=1',
+      '--config.num_runs=2', *OVERRIDES, '--config.num_epochs=2.0']
+  assert table6.build_command(20, range(1), 'gs://b/t6', {})[4:] == [
+      '--workdir=gs://b/t6/resnet20-seeds0-0', '--config.seed=0',
+      '--config.num_runs=1']
 
 
 def test_overrides_are_typed_and_reach_the_trainer_unchanged(monkeypatch):
   _flags(monkeypatch, '--num_epochs=0.5', '--config.data.mean=(1.5, 2, 3)',
          '--noconfig.data.on_device', '--config.optimizer.weight_decay=5e-4',
-         '--config.schedule.decay_fractions=(0.25,)', *OVERRIDES)
+         '--config.schedule.decay_fractions=(0.25,)',
+         '--config.steps_per_call=8', *OVERRIDES)
   overrides = table6.requested_overrides()
   assert overrides == {**TYPED, 'data.mean': (1.5, 2, 3),
                        'data.on_device': False, 'optimizer.weight_decay': 5e-4,
-                       'schedule.decay_fractions': (0.25,), 'num_epochs': 0.5}
+                       'schedule.decay_fractions': (0.25,),
+                       'steps_per_call': 8, 'num_epochs': 0.5}
   # The trainer's flags read the command back into exactly the config that
   # the sweep expects in config.json (ResNet-110 has its own warm-up).
   config, workdir = _trainer_config(
-      table6.build_command(110, 3, '/r', overrides))
-  assert workdir == '/r/resnet110-seed3'
+      table6.build_command(110, range(3, 8), '/r', overrides))
+  assert workdir == '/r/resnet110-seeds3-7'
   assert json.loads(config.to_json_best_effort()) == table6.run_config(
-      110, 3, overrides)
-  assert (config.seed, config.model.depth, config.data.mean,
-          config.data.on_device) == (3, 110, (1.5, 2, 3), False)
+      110, range(3, 8), overrides)
+  assert (config.seed, config.num_runs, config.model.depth, config.data.mean,
+          config.data.on_device, config.steps_per_call) == (
+              3, 5, 110, (1.5, 2, 3), False, 8)
   assert config.schedule.warmup_steps == 400  # configs/resnet110.py's.
 
 
 @pytest.mark.parametrize('args', [
-    ['--config.seed=3'], ['--config.model.depth=56'], ['--depths=21'],
-    ['--seeds=1,1'], ['--num_epochs=1', '--config.num_epochs=2'],
+    ['--config.seed=3'], ['--config.num_runs=2'], ['--config.model.depth=56'],
+    ['--depths=21'], ['--depths=20,20'], ['--num_seeds=0'],
+    ['--first_seed=-1'], ['--num_epochs=1', '--config.num_epochs=2'],
     ['--num_epochs=0'], ['--config=configs/resnet56.py']])
 def test_bad_flags_are_refused_before_anything_runs(monkeypatch, tmp_path,
                                                     args):
@@ -158,24 +175,24 @@ def test_the_command_line_fails_with_one_line():
   for args, error in (
       (['--config.data.nme=x'], "error: the config has no field 'nme' Did "
        'you mean "name" instead of "nme"?'),
-      (['--config.seed=3'], 'error: --config.seed, --config.model.depth: set '
-       'per run by --seeds, --depths')):
+      (['--config.seed=3'], 'error: --config.seed, --config.num_runs, '
+       '--config.model.depth: set by --first_seed, --num_seeds, --depths')):
     result = subprocess.run(
         [sys.executable, '-m', 'experiments.reproduce_table6', *args],
         cwd=REPO, capture_output=True, text=True, check=False)
     assert (result.returncode, result.stderr.strip()) == (1, error)
 
 
-def test_dry_run_prints_the_commands_seed_by_seed(monkeypatch, tmp_path,
-                                                  capsys):
-  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20,32', '--seeds=0,1',
-         '--dry_run', '--config.num_epochs=2')
+def test_dry_run_prints_one_command_per_depth(monkeypatch, tmp_path, capsys):
+  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20,32',
+         '--first_seed=2', '--num_seeds=3', '--dry_run',
+         '--config.num_epochs=2')
   assert table6.main(['reproduce_table6']) == 0
   lines = capsys.readouterr().out.splitlines()
   assert [l.split()[4] for l in lines] == [
-      f'--workdir={tmp_path}/resnet{d}-seed{s}'
-      for s in (0, 1) for d in (20, 32)]
-  assert lines[0].endswith('--config.seed=0 --config.num_epochs=2.0')
+      f'--workdir={tmp_path}/resnet{d}-seeds2-4' for d in (20, 32)]
+  assert lines[0].endswith('--config.seed=2 --config.num_runs=3 '
+                           '--config.num_epochs=2.0')
   assert not os.listdir(tmp_path)
 
 
@@ -189,13 +206,10 @@ def test_mean_and_sample_std_by_hand():
 
 def test_the_table_of_finished_runs(tmp_path):
   root, overrides = str(tmp_path), {**TYPED, 'num_epochs': 2.0}
-  # Validation errors: ResNet-20 10% and 8%; ResNet-32 7%, 6% and 8%.
-  summaries = {(20, 0): _summary(0.90, **DEVICES), (20, 1): _summary(0.92),
-               (20, 2): None}
-  summaries |= {(32, s): _summary(a, **DEVICES)
-                for s, a in enumerate([0.93, 0.94, 0.92])}
-  summaries |= {(44, s): None for s in range(3)}
-  markdown = table6.write_tables(summaries, root, overrides)
+  # Validation errors of seeds 0, 1: ResNet-20 10% and 8%; ResNet-32 7%, 5%.
+  summaries = {20: _summary([0.90, 0.92], **DEVICES),
+               32: _summary([0.93, 0.95]), 44: None}
+  markdown = table6.write_tables(summaries, range(2), root, overrides)
 
   assert ("**NOT the paper's 64k-iteration schedule**: 702 steps (2 epochs) "
           'at batch 128') in markdown
@@ -206,16 +220,17 @@ def test_the_table_of_finished_runs(tmp_path):
   assert '| Schedule | 702 steps = 2 epochs at batch 128 |' in markdown
   assert ('| Trainer command | `python -m resnet_jax.main '
           '--config=configs/resnet<depth>.py '
-          f'--workdir={root}/resnet<depth>-seed<seed> '
-          '--config.seed=<seed> --config.data.name=image_folder '
+          f'--workdir={root}/resnet<depth>-seeds0-1 '
+          '--config.seed=0 --config.num_runs=2 '
+          '--config.data.name=image_folder '
           '--config.data.data_dir=/tmp/cifar10-jpeg75 '
           '--config.data.test_split= --config.num_epochs=2.0` |') in markdown
   assert ('| Devices | 1 cpu (cpu) in 1 process(es), JAX 0.10.2 / not in '
           'summary.json (differs between runs) |') in markdown
-  assert ('| ResNet-20 | 2 of 3 | 9.00 ± 1.41 | 10.00 (seed 0), 8.00 (seed 1) '
+  assert ('| ResNet-20 | 2 of 2 | 9.00 ± 1.41 | 10.00 (seed 0), 8.00 (seed 1) '
           '| 8.75 | 8.27 |') in markdown
-  assert '| ResNet-32 | 3 of 3 | 7.00 ± 1.00 |' in markdown
-  assert '| ResNet-44 | 0 of 3 | — | — | 7.17 | 6.90 |' in markdown
+  assert '| ResNet-32 | 2 of 2 | 6.00 ± 1.41 |' in markdown
+  assert '| ResNet-44 | 0 of 2 | — | — | 7.17 | 6.90 |' in markdown
   assert (tmp_path / 'table6.md').read_text() == markdown
 
   rows = list(csv.DictReader(io.StringIO(
@@ -230,67 +245,75 @@ def test_the_table_of_finished_runs(tmp_path):
 
 
 def test_test_error_when_every_run_has_one(tmp_path):
-  summaries = {(110, 0): _summary(0.95, test_accuracy=0.9357, steps=64_000,
-                                  dataset='cifar10')}
-  markdown = table6.write_tables(summaries, str(tmp_path), {})
+  summaries = {110: _summary([0.95], test_accuracies=[0.9357], first_seed=3,
+                             steps=64_000, dataset='cifar10')}
+  markdown = table6.write_tables(summaries, range(3, 4), str(tmp_path), {})
   assert 'NOT the paper' not in markdown and 'Validation error' not in markdown
   assert 'Not the TFDS' not in markdown
   assert ('| Data | `cifar10`: 45,000 training, 5,000 validation and 10,000 '
           'test images |') in markdown
   assert '| final test error (%), mean ± sample std (n - 1) |' in markdown
-  assert '| ResNet-110 | 1 of 1 | 6.43 | 6.43 (seed 0) | 6.43 (best of 5' \
+  assert '| ResNet-110 | 1 of 1 | 6.43 | 6.43 (seed 3) | 6.43 (best of 5' \
       in markdown
-  # One run without a test split: all are compared on validation.
-  summaries[110, 1] = _summary(0.90)
-  markdown = table6.write_tables(summaries, str(tmp_path), {})
-  assert '| ResNet-110 | 2 of 2 | 7.50 ± 3.54 |' in markdown
+  # One depth without a test split: all are compared on validation.
+  summaries[56] = _summary([0.90])
+  markdown = table6.write_tables(summaries, range(3, 4), str(tmp_path), {})
+  assert '| ResNet-110 | 1 of 1 | 5.00 | 5.00 (seed 3) |' in markdown
 
 
-def test_a_sweep_skips_done_runs_and_reports_failures(tmp_path):
+def test_a_sweep_skips_done_depths_and_reports_failures(tmp_path):
   root, logs = str(tmp_path / 'runs'), str(tmp_path / 'logs')
-  overrides = {**TYPED, 'num_epochs': 2.0}
-  _write_run(root, 20, 0, overrides, _summary(0.90))  # Done earlier.
-  trainer = FakeTrainer({(20, 1): 0.92, (32, 0): 0.93, (32, 1): 0.94},
-                        fail={(32, 1)})
-  summaries, failures = table6.sweep([20, 32], [0, 1], root, logs, overrides,
-                                     trainer)
-  # Seed by seed; the done run is not started again.
-  assert trainer.calls == [table6.build_command(d, s, root, overrides)
-                           for d, s in ((32, 0), (20, 1), (32, 1))]
-  assert {k: s and s['final_val_accuracy'] for k, s in summaries.items()} == {
-      (20, 0): 0.90, (20, 1): 0.92, (32, 0): 0.93, (32, 1): None}
+  overrides, seeds = {**TYPED, 'num_epochs': 2.0}, range(2)
+  _write_run(root, 20, seeds, overrides, _summary([0.90, 0.91]))  # Earlier.
+  trainer = FakeTrainer({(32, 0): 0.93, (32, 1): 0.94, (44, 0): 0.95,
+                         (44, 1): 0.96}, fail={44})
+  summaries, failures = table6.sweep([20, 32, 44], seeds, root, logs,
+                                     overrides, trainer)
+  # One trainer per depth, for all seeds; the done depth is not started.
+  assert trainer.calls == [table6.build_command(d, seeds, root, overrides)
+                           for d in (32, 44)]
+  assert {d: s and [r['final_val_accuracy'] for r in s['runs']]
+          for d, s in summaries.items()} == {
+              20: [0.90, 0.91], 32: [0.93, 0.94], 44: None}
   assert failures == [
-      'resnet32-seed1: exit 1: error: the training loss is nan at step 5; '
-      f'...; {logs}/resnet32-seed1.log']
+      'resnet44-seeds0-1: exit 1: error: the training loss is nan at step 5; '
+      f'...; {logs}/resnet44-seeds0-1.log']
 
-  # Rerun: only the failed run trains; its log keeps both attempts.
-  trainer = FakeTrainer({(32, 1): 0.94})
-  summaries, failures = table6.sweep([20, 32], [0, 1], root, logs, overrides,
-                                     trainer)
-  assert [c[4] for c in trainer.calls] == [f'--workdir={root}/resnet32-seed1']
+  # Rerun: only the failed depth trains; its log keeps both attempts.
+  trainer = FakeTrainer({(44, 0): 0.95, (44, 1): 0.96})
+  summaries, failures = table6.sweep([20, 32, 44], seeds, root, logs,
+                                     overrides, trainer)
+  assert [c[4] for c in trainer.calls] == [
+      f'--workdir={root}/resnet44-seeds0-1']
   assert all(summaries.values()) and not failures
-  log = (tmp_path / 'logs' / 'resnet32-seed1.log').read_text()
+  log = (tmp_path / 'logs' / 'resnet44-seeds0-1.log').read_text()
   assert 'training loss is nan' in log
 
 
-def test_a_finished_run_of_another_config_goes_to_the_trainer(tmp_path):
-  root, logs = str(tmp_path), str(tmp_path / 'logs')
-  _write_run(root, 20, 0, {**TYPED, 'num_epochs': 2.0}, _summary(0.90))
-  # Another recipe: the trainer refuses the workdir; the run is not done.
+def test_a_finished_depth_of_another_config_goes_to_the_trainer(tmp_path):
+  root, logs, seeds = str(tmp_path), str(tmp_path / 'logs'), range(1)
+  _write_run(root, 20, seeds, {**TYPED, 'num_epochs': 2.0}, _summary([0.90]))
+  # Another recipe: the trainer refuses the workdir; the depth is not done.
   trainer = FakeTrainer({(20, 0): 0.5})
-  summaries, failures = table6.sweep([20], [0], root, logs,
+  summaries, failures = table6.sweep([20], seeds, root, logs,
                                      {**TYPED, 'num_epochs': 4.0}, trainer)
-  assert len(trainer.calls) == 1 and summaries == {(20, 0): None}
-  assert failures[0].startswith('resnet20-seed0: exit 1: error: checkpoints '
-                                f'in {root}/resnet20-seed0/checkpoints come '
-                                'from a different run')
+  assert len(trainer.calls) == 1 and summaries == {20: None}
+  assert failures[0].startswith('resnet20-seeds0-0: exit 1: error: '
+                                f'checkpoints in {root}/resnet20-seeds0-0/'
+                                'checkpoints come from a different run')
   # Only the logging differs: the trainer resumes it, and it is done.
   overrides = {**TYPED, 'num_epochs': 2.0, 'log_every_steps': 50}
-  summaries, failures = table6.sweep([20], [0], root, logs, overrides,
+  summaries, failures = table6.sweep([20], seeds, root, logs, overrides,
                                      trainer)
   assert len(trainer.calls) == 2 and not failures
-  assert summaries[20, 0]['final_val_accuracy'] == 0.5
-  assert table6.done_summary(root, 20, 0, overrides) == summaries[20, 0]
+  assert summaries[20]['final_val_accuracy'] == 0.5
+  assert table6.done_summary(root, 20, seeds, overrides) == summaries[20]
+  # Another steps_per_call gives the same result: done, nothing to run.
+  summaries, failures = table6.sweep(
+      [20], seeds, root, logs, {**overrides, 'steps_per_call': 4}, trainer)
+  assert len(trainer.calls) == 2 and summaries[20] and not failures
+  # Other seeds are another workdir.
+  assert table6.done_summary(root, 20, range(1, 2), overrides) is None
 
 
 def test_sigterm_reaches_the_running_trainer_and_stops_the_sweep(tmp_path):
@@ -328,44 +351,46 @@ def test_sigterm_reaches_the_running_trainer_and_stops_the_sweep(tmp_path):
       return 143
 
   trainer = Preempted({})
-  summaries, failures = table6.sweep([20, 32], [0], str(tmp_path / 'runs'),
+  summaries, failures = table6.sweep([20, 32], range(2),
+                                     str(tmp_path / 'runs'),
                                      str(tmp_path / 'logs'), {}, trainer)
   assert len(trainer.calls) == 1  # Nothing starts after it.
-  assert summaries == {(20, 0): None, (32, 0): None}
-  assert failures == [f'resnet20-seed0: exit 143: stopped by SIGTERM; '
-                      f'{tmp_path}/logs/resnet20-seed0.log']
+  assert summaries == {20: None, 32: None}
+  assert failures == [f'resnet20-seeds0-1: exit 143: stopped by SIGTERM; '
+                      f'{tmp_path}/logs/resnet20-seeds0-1.log']
 
 
 def test_main_exits_with_one_line_and_keeps_the_table(monkeypatch, tmp_path,
                                                       capsys):
   monkeypatch.setattr(table6, 'Trainer', lambda: FakeTrainer(
-      {(20, 0): 0.90}, fail={(20, 1)}))
+      {(20, 0): 0.90, (20, 1): 0.88}, fail={32}))
   monkeypatch.setattr(signal, 'signal', lambda *_: None)
-  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20', '--seeds=0,1',
+  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20,32', '--num_seeds=2',
          '--num_epochs=2', *OVERRIDES)
   with pytest.raises(SystemExit) as exit_:
     table6.main(['reproduce_table6'])
   assert exit_.value.code == 1
   assert capsys.readouterr().err.splitlines() == [
-      'error: 1 of 2 runs not done: resnet20-seed1: exit 1: error: the '
+      'error: 1 of 2 depths not done: resnet32-seeds0-1: exit 1: error: the '
       'training loss is nan at step 5; ...; '
-      f'{tmp_path}/logs/resnet20-seed1.log']
-  assert '| ResNet-20 | 1 of 2 | 10.00 |' in (tmp_path / 'table6.md'
-                                                ).read_text()
-  # --report_only trains nothing, and says which runs are not done.
-  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20', '--seeds=0,1',
+      f'{tmp_path}/logs/resnet32-seeds0-1.log']
+  table = (tmp_path / 'table6.md').read_text()
+  assert '| ResNet-20 | 2 of 2 | 11.00 ± 1.41 |' in table
+  assert '| ResNet-32 | 0 of 2 | — |' in table
+  # --report_only trains nothing, and says which depths are not done.
+  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20,32', '--num_seeds=2',
          '--num_epochs=2', '--report_only', *OVERRIDES)
   with pytest.raises(SystemExit):
     table6.main(['reproduce_table6'])
   assert capsys.readouterr().err.splitlines() == [
-      f'error: 1 of 2 runs not done: {tmp_path}/resnet20-seed1: no '
+      f'error: 1 of 2 depths not done: {tmp_path}/resnet32-seeds0-1: no '
       'summary.json of this config']
   # Done with another config is not done with this one.
-  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20', '--seeds=0',
+  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20', '--num_seeds=2',
          '--num_epochs=3', '--report_only', *OVERRIDES)
   with pytest.raises(SystemExit):
     table6.main(['reproduce_table6'])
-  assert 'seed0: no summary.json of this config' in capsys.readouterr().err
+  assert 'seeds0-1: no summary.json of this config' in capsys.readouterr().err
 
 
 def test_main_stops_on_sigterm_with_143(monkeypatch, tmp_path, capsys):
@@ -380,7 +405,7 @@ def test_main_stops_on_sigterm_with_143(monkeypatch, tmp_path, capsys):
       return 143
 
   monkeypatch.setattr(table6, 'Trainer', lambda: Preempted({}))
-  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20,32', '--seeds=0')
+  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20,32', '--num_seeds=1')
   previous = signal.getsignal(signal.SIGTERM)
   try:
     assert table6.main(['reproduce_table6']) == 143

@@ -50,7 +50,8 @@ def restore_params(workdir, config):
       os.path.join(workdir, 'checkpoints'),
       metadata=exp.checkpoint_metadata(training=False)) as checkpointer:
     state = checkpointer.restore(exp.abstract_state())
-  return jax.device_get((state.step, state.params, state.batch_stats,
+  # The step as one number: every run of a checkpoint is at the same one.
+  return jax.device_get((state.step[0], state.params, state.batch_stats,
                          state.opt_state))
 
 
@@ -132,9 +133,10 @@ def recovery_run(workdir, compilation_cache, *extra, fault=None):
                  *extra, fault=fault)
 
 
-def outcome(workdir):
+def outcome(workdir, **overrides):
   """What must not depend on interruptions: final state, summary, curves."""
   config = smoke.get_config()
+  config.update(overrides)
   summary = json.loads((workdir / 'summary.json').read_text())
   return (restore_params(workdir, config),
           {k: v for k, v in summary.items() if k not in NOT_REPRODUCIBLE},
@@ -213,6 +215,42 @@ def test_sigterm_saves_the_step_reached_and_a_rerun_resumes_there(
   assert_same_outcome(outcome(tmp_path), outcome(uninterrupted))
 
 
+# Two runs, five steps per call: calls end at the logs, evaluations and
+# checkpoints, and a signal stops the loop at the end of a call.
+RUNS_FLAGS = ('--config.num_runs=2', '--config.steps_per_call=5')
+
+
+@pytest.fixture(scope='module')
+def uninterrupted_runs(tmp_path_factory, compilation_cache):
+  workdir = tmp_path_factory.mktemp('uninterrupted_runs')
+  result = recovery_run(workdir, compilation_cache, *RUNS_FLAGS)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('fault', ['kill@batch:8', 'term@batch:5'])
+def test_runs_and_steps_per_call_resume_bit_identical(
+    tmp_path, uninterrupted_runs, compilation_cache, fault):
+  stopped = recovery_run(tmp_path, compilation_cache, *RUNS_FLAGS,
+                         fault=fault)
+  assert stopped.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM), (
+      stopped.stderr[-3000:])
+  if fault.startswith('term'):
+    reached = checkpoints.Checkpointer(
+        tmp_path / 'checkpoints', keep=2, metadata={}).latest_step()
+    assert reached and reached < 12
+
+  resumed = recovery_run(tmp_path, compilation_cache, *RUNS_FLAGS)
+
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert_same_outcome(outcome(tmp_path, num_runs=2),
+                      outcome(uninterrupted_runs, num_runs=2))
+  for run in range(2):  # Each run's own curves, none missing.
+    assert scalars(tmp_path / f'run_{run}') == scalars(
+        uninterrupted_runs / f'run_{run}')
+
+
 @pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_set_aside_and_training_redone(
     tmp_path, uninterrupted, compilation_cache):
@@ -262,16 +300,31 @@ def test_a_diverging_loss_stops_naming_the_step_and_saves_nothing_after(
     assert np.all(np.isfinite(leaf))
 
 
-def test_the_first_non_finite_loss_is_the_step_named():
+def test_the_first_non_finite_loss_is_the_step_and_run_named():
   checkpointer = checkpoints.Checkpointer(
       'unused', keep=1, metadata={})
-  window = [{'loss': np.float32(v)} for v in (2.3, 2.2, np.inf, np.nan)]
+  # Two calls of two steps each, two runs: leaves (steps, runs).
+  window = [{'loss': np.float32([[2.3, 2.4], [2.2, 2.1]])},
+            {'loss': np.float32([[2.0, np.inf], [np.nan, 1.9]])}]
 
   with pytest.raises(train.NonFiniteLossError,
-                     match=r'^the training loss is inf at step 12; .*'
-                           r'no checkpoint was written'):
+                     match=r'^the training loss is inf at step 12 \(run 1\); '
+                           r'.*no checkpoint was written'):
     train._checked_sums(window, 10, checkpointer)
-  assert train._checked_sums(window[:2], 10, checkpointer) == window[:2]
+  steps = train._checked_sums(window[:1], 10, checkpointer)
+  assert [list(s['loss']) for s in steps] == [[np.float32(2.3),
+                                               np.float32(2.4)],
+                                              [np.float32(2.2),
+                                               np.float32(2.1)]]
+
+
+def test_calls_end_where_something_is_due():
+  due = lambda step: step % 10 == 0 or step == 25
+  calls = list(train.call_lengths(3, 32, 4, due))
+  assert calls == [(3, 4), (7, 3), (10, 4), (14, 4), (18, 2), (20, 4),
+                   (24, 1), (25, 4), (29, 1), (30, 2)]
+  assert list(train.call_lengths(3, 32, 1, due)) == [
+      (step, 1) for step in range(3, 32)]
 
 
 @pytest.mark.slow

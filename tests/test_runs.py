@@ -1,0 +1,136 @@
+"""Several steps per call and several runs per program (runs.py).
+
+k steps per call must give the run k = 1 gives, and run i of r runs the run
+of seed + i. On a CPU the steps and runs of a call are written out in one
+program (experiment.py), which XLA schedules together: the same arithmetic,
+rounded in another order, so these match to float32 rounding (1e-7 relative
+after 12 steps here), checked with a 1e-5 bound. A different seed or step
+differs by far more; a kill or SIGTERM resume is bit for bit (test_train.py).
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import fake_cifar
+from configs import smoke
+from resnet_jax import checkpoints, experiment, parallel, runs, train
+from resnet_jax.metric_writer import scalars
+
+# Timings and the like, which differ between any two runs.
+NOT_REPRODUCIBLE = ('wall_seconds', 'train_images_per_second',
+                    'steps_this_run')
+
+
+def _config(**overrides):
+  # 12 steps, 5 per epoch of fake_cifar's 90 training images; logs, evaluations
+  # and checkpoints at steps that 5 does not divide.
+  config = smoke.get_config()
+  config.data.data_dir = fake_cifar.data_dir()
+  config.update(num_train_steps=12, log_every_steps=3, eval_every_steps=6,
+                checkpoint_every_steps=4, compilation_cache_dir='')
+  config.update(overrides)
+  return config
+
+
+def _train(workdir, **overrides):
+  config = _config(**overrides)
+  summary = train.train_and_evaluate(config, str(workdir))
+  exp = experiment.build(config, dp=parallel.DataParallel('jit'),
+                         image_shape=(32, 32, 3))
+  with checkpoints.Checkpointer(
+      os.path.join(workdir, 'checkpoints'),
+      metadata=exp.checkpoint_metadata(training=False)) as checkpointer:
+    state = jax.device_get(checkpointer.restore(exp.abstract_state()))
+  return state, summary
+
+
+def _arrays(state):
+  return (state.step, state.params, state.batch_stats, state.opt_state)
+
+
+def _same(got, want):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
+                                                       atol=1e-7), got, want)
+
+
+def test_k_steps_per_call_train_the_run_of_one_step_per_call(tmp_path):
+  one, one_summary = _train(tmp_path / 'k1')
+  five, five_summary = _train(tmp_path / 'k5', steps_per_call=5)
+
+  _same(_arrays(five), _arrays(one))
+  drop = NOT_REPRODUCIBLE + ('steps_per_call',)
+  assert five_summary.keys() == one_summary.keys()
+  for key in five_summary.keys() - set(drop):
+    got, want = five_summary[key], one_summary[key]
+    if key == 'runs':
+      got, want = got[0], want[0]
+    assert got == (pytest.approx(want, rel=1e-5)
+                   if isinstance(want, (float, dict)) else want), key
+  # Logged at the same steps, with the same values.
+  logged = lambda workdir: {key: value for key, value in scalars(
+      workdir).items() if key[0] != 'steps_per_second'}
+  assert logged(tmp_path / 'k5') == pytest.approx(logged(tmp_path / 'k1'),
+                                                  rel=1e-5)
+  assert sorted(os.listdir(tmp_path / 'k5' / 'checkpoints')) == ['12', '8']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('parallelism', ['pmap', 'jit', 'shard_map'])
+def test_run_i_of_r_runs_is_the_run_of_seed_plus_i(tmp_path, parallelism):
+  together, summary = _train(tmp_path / 'runs', num_runs=3, steps_per_call=5,
+                             parallelism=parallelism, num_train_steps=6)
+  alone, alone_summary = _train(tmp_path / 'seed2', seed=2,
+                                parallelism=parallelism, num_train_steps=6)
+
+  _same(_arrays(runs.take(together, 2)), _arrays(runs.take(alone, 0)))
+  assert summary['runs'][2] == pytest.approx(alone_summary['runs'][0])
+  assert alone_summary['runs'][0] == {'seed': 2, **{k: alone_summary[k] for k in (
+      'final_val_accuracy', 'final_val_loss', 'test_accuracy', 'test_loss')}}
+  accuracies = [run['test_accuracy'] for run in summary['runs']]
+  assert summary['test_accuracy'] == pytest.approx(np.mean(accuracies))
+  assert summary['test_accuracy_std'] == pytest.approx(
+      np.std(accuracies, ddof=1))
+  assert summary['num_runs'] == 3
+  # Each run's curves in its own folder, for TensorBoard.
+  for i in range(3):
+    assert scalars(tmp_path / 'runs' / f'run_{i}')
+  assert not (tmp_path / 'seed2' / 'run_0').exists()
+
+
+@pytest.mark.slow
+def test_vmapped_runs_match_their_single_runs_to_float32_rounding(tmp_path):
+  # One step: XLA computes the vmapped convolutions as grouped ones, in
+  # another order, so they differ by rounding (2e-6 relative after a step).
+  # Training amplifies any difference: the smoke run, 16 images a step,
+  # takes rounding-level differences (jit against pmap) to 2e-3 in the
+  # momentum at step 2 and 4e-2 at step 12; one step keeps it at rounding.
+  together, _ = _train(tmp_path / 'runs', num_runs=2, vectorize_runs=True,
+                       num_train_steps=1)
+  alone, _ = _train(tmp_path / 'seed1', seed=1, num_train_steps=1)
+  other_seed = runs.take(together, 0)
+
+  def max_relative(a, b):
+    return max(float(np.max(np.abs(x - y)) / np.max(np.abs(y)))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+               if np.max(np.abs(y)) > 0)
+
+  got, want = _arrays(runs.take(together, 1)), _arrays(runs.take(alone, 0))
+  assert max_relative(got[1:], want[1:]) < 1e-4
+  assert max_relative(_arrays(other_seed)[1:], want[1:]) > 0.1
+
+
+def test_each_run_has_its_own_initialisation(tmp_path):
+  exp = experiment.build(_config(num_runs=2), dp=parallel.DataParallel('jit'),
+                         image_shape=(32, 32, 3))
+  state = exp.init_state()
+  single = experiment.build(_config(seed=1), dp=parallel.DataParallel('jit'),
+                            image_shape=(32, 32, 3)).init_state()
+  jax.tree.map(np.testing.assert_array_equal, runs.take(state.params, 1),
+               runs.take(single.params, 0))
+  assert not np.array_equal(
+      runs.take(state.params, 0)['stem_conv']['kernel'],
+      runs.take(state.params, 1)['stem_conv']['kernel'])
