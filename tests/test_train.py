@@ -215,9 +215,9 @@ def test_sigterm_saves_the_step_reached_and_a_rerun_resumes_there(
   assert_same_outcome(outcome(tmp_path), outcome(uninterrupted))
 
 
-# Two runs, five steps per call: calls end at the logs, evaluations and
+# Two runs, two steps per call: calls end at the logs, evaluations and
 # checkpoints, and a signal stops the loop at the end of a call.
-RUNS_FLAGS = ('--config.num_runs=2', '--config.steps_per_call=5')
+RUNS_FLAGS = ('--config.num_runs=2', '--config.steps_per_call=2')
 
 
 @pytest.fixture(scope='module')
