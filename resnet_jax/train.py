@@ -13,7 +13,8 @@ to one never interrupted: same parameters, same logged metrics, same summary.
 
 The loop runs config.steps_per_call steps per jitted call, a call ending
 early where a log, evaluation, checkpoint or profile is due, so these land on
-the same steps whatever the number: the result does not depend on it. It
+the same steps whatever the number: the result does not depend on it (to
+float32 rounding on a CPU: see experiment.py). It
 trains config.num_runs runs at once (runs.py); metrics, evaluations and the
 summary are per run, with the runs' mean.
 
