@@ -1,78 +1,68 @@
 #!/bin/bash
-# One session on a lent GPU, within a wall-time budget (Table 6 on the JPEG
-# copy of CIFAR-10, then the GPU benchmark rows of issue 13):
+# One session on a lent GPU: Table 6 of He et al. on the JPEG copy of
+# CIFAR-10, job after job, within a wall-time budget:
 #
-#   bash experiments/gpu_session.sh SECONDS OUT_DIR DATA_DIR [DEPTH] [RUNS] \
-#     [RESUME.tgz]
+#   bash experiments/gpu_session.sh SECONDS OUT_DIR DATA_DIR RESUME_DIR \
+#     JOB [JOB ...]
 #
-# DATA_DIR holds train/<class>/*.jpg (the unzipped JPEG copy). Steps:
-# 1. a smoke run of the image-folder path with 2 runs (fails fast);
-# 2. the paper's full recipe for ResNet-DEPTH (default 20), RUNS (default 3)
-#    seeds as runs of one program (looped, config.vectorize_runs=False), float32 under JAX's default precision
-#    (TF32 on the GPU), 45k/5k split. If it would overrun the budget it gets
-#    SIGTERM, saves a checkpoint and stops: OUT_DIR/<workdir>.tgz then
-#    resumes in a later session, given as RESUME.tgz (bit-identical, see
-#    train.py);
-# 3. benchmark rows (experiments/benchmark.py) in the time left.
-# The first benchmark row (RUNS runs) tells whether RUNS fit the budget;
-# else 3 runs are trained. First used on 2026-11-30 (README, "Several steps
-# per call, several runs per program"), when runs were still vmapped.
+# DATA_DIR holds train/<class>/*.jpg (the unzipped JPEG copy). A JOB is
+# DEPTH:FIRST_SEED:NUM_SEEDS, with :vmap after it for vectorized runs
+# (config.vectorize_runs; looped runs otherwise): one
+# experiments/reproduce_table6.py sweep, the paper's full recipe in float32
+# under JAX's default precision (TF32 on the GPU), 45k/5k split, $K steps per
+# call (default 100; say K=1 on a CPU), into
+# runs/table6/resnet<DEPTH>-seeds<FIRST>-<LAST>. A workdir that an
+# earlier session packed, RESUME_DIR/<that name>.tgz, is unpacked first: the
+# job resumes it, bit-identically (train.py). The job that would overrun the
+# budget gets SIGTERM, saves a checkpoint and stops; no job starts after it.
+# Each job's workdir comes back as OUT_DIR/<name>.tgz (checkpoints, config,
+# summary, events and trainer.log, the logs of all its sessions): finished,
+# it gives the table and the released weights; unfinished, it goes into
+# RESUME_DIR for the next session. The device gives back files of 16 MiB at
+# most: a workdir's two checkpoints (newest and best) must fit, so a job
+# trains at most as many runs as fit (ResNet-20: 3, ResNet-56: 1).
 set -u
-budget=$1 out=$2 data=$3 depth=${4:-20} runs=${5:-3} resume=${6:-}
+budget=$1 out=$2 data=$3 resume_dir=$4
+shift 4
 start=$(date +%s)
 left() { echo $((budget - ($(date +%s) - start))); }
+reserve=30  # Seconds kept for packing the workdir of the last job.
+root=runs/table6
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 python3 -c 'import jax, flax, optax, orbax.checkpoint as ocp; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "orbax", ocp.__version__, jax.devices(), "default matmul precision:", jax.config.jax_default_matmul_precision)'
-
-data_flags=(--config.data.name=image_folder --config.data.data_dir="$data"
-            --config.data.test_split= --config.parallelism=jit)
-echo "== smoke ($(left) s left)"
-timeout 180 python3 -m resnet_jax.main --config=configs/smoke.py \
-  --workdir=/tmp/smoke "${data_flags[@]}" --config.num_runs=2 \
-  --config.steps_per_call=2 || { echo "smoke failed"; exit 1; }
-
-bench() {
-  [ "$(left)" -gt 40 ] || { echo "no time left for: $*"; return; }
-  echo "== benchmark $* ($(left) s left)"
-  timeout 60 python3 -m experiments.benchmark --config=configs/resnet20.py \
-    --config.parallelism=jit --timed_steps=96 --loop_steps=320 "$@" \
-    2>&1 | tail -1 | tee -a "$out/benchmarks.jsonl"
+mkdir -p "$root"
+pack() {  # The workdir $1, its log appended, into $out.
+  local log=$root/$1/trainer.log
+  [ -f "$root/logs/$1.log" ] && cat "$root/logs/$1.log" >> "$log"
+  grep -E "Resuming|Training steps|val_accuracy|preempted|error:" "$log" |
+    tail -4 | cut -c 1-300
+  cat "$root/$1/summary.json" 2>/dev/null && echo
+  tar czf "$out/$1.tgz" -C "$root" "$1"
+  local size=$(stat -c %s "$out/$1.tgz")
+  echo "$out/$1.tgz: $size bytes"
+  [ "$size" -le $((16 << 20)) ] || echo "warning: over 16 MiB: will not come back"
 }
-# The step time of $runs runs decides how many fit the budget (at least 3,
-# the fewest a Table 6 row is averaged over).
-bench --config.model.depth=$depth --config.steps_per_call=32 \
-  --config.num_runs=$runs
-rate=$(tail -1 "$out/benchmarks.jsonl" | python3 -c \
-  'import json, sys; print(json.load(sys.stdin)["loop_images_per_second_aggregate"])' 2>/dev/null)
-reserve=60  # Seconds kept for packing and a last benchmark row.
-if [ -n "$rate" ]; then
-  # Images per second of all runs -> seconds for 64k steps, plus 60 s of
-  # compiling, loading and evaluating.
-  need=$(python3 -c "print(int(64000 * 128 * $runs / $rate * 1.05 + 60))")
-  echo "ResNet-$depth x $runs runs needs about $need s; $(left) s left"
-  if [ "$need" -gt $(($(left) - reserve)) ] && [ "$runs" -gt 3 ]; then
-    runs=3
+for job in "$@"; do
+  IFS=: read -r depth first num layout <<< "$job"
+  case $layout in ''|vmap) ;; *) echo "error: bad job $job"; exit 1;; esac
+  name=resnet$depth-seeds$first-$((first + num - 1))
+  if [ -f "$resume_dir/$name.tgz" ]; then
+    tar xzf "$resume_dir/$name.tgz" -C "$root" || exit 1
   fi
-fi
-workdir=runs/resnet${depth}_jpeg_r${runs}
-mkdir -p runs
-[ -n "$resume" ] && tar xzf "$resume" -C runs
-echo "== ResNet-$depth x $runs runs, full recipe ($(left) s left)"
-timeout --signal=TERM --kill-after=60 $(($(left) - reserve)) \
-  python3 -m resnet_jax.main --config=configs/resnet${depth}.py \
-  --workdir=$workdir "${data_flags[@]}" --config.num_runs=$runs \
-  --config.steps_per_call=100 --config.keep_checkpoints=1
-echo "trainer exit status $? ($(left) s left)"
-cat $workdir/summary.json 2>/dev/null
-tar czf "$out/$(basename $workdir).tgz" -C runs "$(basename $workdir)"
-ls -la "$out"
-for args in "--config.steps_per_call=1" "--config.steps_per_call=32" \
-    "--config.steps_per_call=32 --config.num_runs=8" \
-    "--config.steps_per_call=8" "--config.steps_per_call=32 --config.num_runs=16" \
-    "--config.steps_per_call=32 --config.num_runs=2" \
-    "--config.steps_per_call=1 --config.model.dtype=bfloat16" \
-    "--config.steps_per_call=32 --config.model.dtype=bfloat16"; do
-  bench $args
+  [ "$(left)" -gt $((reserve + 60)) ] || { echo "no time left for $job"; break; }
+  echo "== $job: $name ($(left) s left)"
+  timeout --signal=TERM --kill-after=30 $(($(left) - reserve)) \
+    python3 -m experiments.reproduce_table6 --depths="$depth" \
+    --first_seed="$first" --num_seeds="$num" --root="$root" \
+    --config.data.name=image_folder --config.data.data_dir="$data" \
+    --config.data.test_split= --config.parallelism=jit \
+    --config.steps_per_call="${K:-100}" --config.keep_checkpoints=1 \
+    ${layout:+--config.vectorize_runs=True} > /dev/null
+  status=$?
+  echo "exit status $status ($(left) s left)"
+  [ -d "$root/$name" ] && pack "$name"
+  [ "$status" -eq 0 ] || break  # Stopped or failed: the next job waits.
 done
+cp "$root/table6.md" "$root/table6.csv" "$out/" 2>/dev/null
 echo "== done ($(left) s left)"

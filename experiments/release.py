@@ -14,8 +14,14 @@ writes into --out (absent or empty):
   project's Checkpointer (metadata with the class names, marked
   inference.WEIGHTS_ONLY; a fingerprint checked on every restore).
 - README.md: model, data, recipe, the run's validation accuracy (from the
-  workdir's summary.json), the commands that trained and released it, and
-  the sha256 of every other file.
+  workdir's summary.json), the commands that trained and released it, the
+  sha256 of every other file, and the CPU check: how many images of
+  --check_split (default the run's validation split; empty: none) the
+  release classifies correctly on this machine, the exact count that
+  tests/test_pretrained.py requires of every release in pretrained/.
+
+--data_dir, when given, is where the run's dataset is here; the released
+config.json names it, so that `evaluate` finds it there.
 
 `python -m resnet_jax.evaluate --workdir=<out>` and `resnet_jax.predict`
 load it as they load any workdir (inference.load). Refused, with one line
@@ -38,6 +44,8 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax import checkpoints
+from resnet_jax import datasets
+from resnet_jax import evaluate
 from resnet_jax import experiment
 from resnet_jax import inference
 from resnet_jax import parallel
@@ -134,10 +142,42 @@ def _accuracy(summary: dict | None, run: int, step: int) -> str:
   return text + f" (the workdir's summary.json, runs[{run}])"
 
 
+def count_correct(workdir: str, split: str,
+                  data_dir: str | None = None) -> dict:
+  """How many images of `split` run 0 of `workdir` classifies correctly.
+
+  On this machine's default devices, with the dataset in `data_dir` or else
+  where the workdir's config.json says: {'correct', 'examples', 'split' (as
+  loaded), 'device', 'jax'}.
+  """
+  config = inference.read_config(workdir)
+  if data_dir:
+    config.data.data_dir = data_dir
+  tfds_split = evaluate.resolve_split(config, split)
+  loaded = inference.load(workdir)
+  ds = datasets.load_split(config.data, tfds_split)
+  summary, _ = evaluate.evaluate_images(
+      loaded.apply, ds.images, ds.labels, batch_size=config.eval_batch_size)
+  return {'correct': sum(c['correct'] for c in summary['per_class']),
+          'examples': summary['num_examples'], 'split': tfds_split,
+          'device': jax.devices()[0].device_kind, 'jax': jax.__version__}
+
+
+def check_line(split: str, check: dict | None) -> str:
+  """The README's record of the CPU check (parsed by the tests)."""
+  if check is None:
+    return 'CPU check: not made (--check_split was empty).'
+  return (f'CPU check: {check["correct"]:,} of {check["examples"]:,} images '
+          f'of `{split}` (`{check["split"]}`) classified correctly '
+          f'({check["correct"] / check["examples"]:.2%}) on '
+          f'{check["device"]}, JAX {check["jax"]}: tests/test_pretrained.py '
+          'requires this count exactly.')
+
+
 def readme(*, config, loaded, run: int, workdir: str, checkpoint,
            num_params: int, train_data: str | None, data_note: str,
            summary: dict | None, trained_by: str | None, released_by: str,
-           out: str, hashes: dict) -> str:
+           out: str, hashes: dict, check: str) -> str:
   model, data = config.model, config.data
   name = f'ResNet-{model.depth}'
   shape = 'x'.join(map(str, loaded.image_shape))
@@ -171,8 +211,10 @@ def readme(*, config, loaded, run: int, workdir: str, checkpoint,
       f'{loaded.step:,} (`--checkpoint={checkpoint}`): its parameters and '
       'batch-norm statistics only, no optimizer state: for inference, not '
       'for resuming training.', '', '| | |', '| --- | --- |',
-      *(f'| {k} | {v} |' for k, v in rows.items()), '', 'Use:', '',
-      f'    python -m resnet_jax.evaluate --workdir={out} --split=test',
+      *(f'| {k} | {v} |' for k, v in rows.items()), '', check, '', 'Use:',
+      '',
+      f'    python -m resnet_jax.evaluate --workdir={out} --split='
+      f'{"test" if data.test_split else "validation"}',
       f'    python -m resnet_jax.predict --workdir={out} image.png', '',
       '## Files', '',
       f'{sum(size for size, _ in hashes.values()):,} bytes in all, '
@@ -183,10 +225,13 @@ def readme(*, config, loaded, run: int, workdir: str, checkpoint,
 
 
 def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
-            data_note: str = '', released_by: str = '') -> dict:
+            data_note: str = '', released_by: str = '',
+            check_split: str = 'validation',
+            data_dir: str | None = None) -> dict:
   """Writes run `run` of `workdir`'s checkpoint into `out` (module doc).
 
-  Returns {'step', 'seed', 'files': {path: (bytes, sha256)}}.
+  Returns {'step', 'seed', 'files': {path: (bytes, sha256)}, 'check':
+  count_correct's dict or None}.
 
   Raises:
     ValueError: `out` is not empty; no such workdir, run or checkpoint.
@@ -201,6 +246,8 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
   config = inference.read_config(workdir)
   num_runs = config.num_runs
   config.num_runs, config.seed = 1, loaded.seed
+  if data_dir:
+    config.data.data_dir = data_dir
   if config.data.normalization == 'measured':
     # The release must not need the training split to be used.
     config.data.normalization = 'constants'
@@ -234,6 +281,7 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
                                   metadata=metadata) as writer:
       writer.save(loaded.step, state)
     hashes = file_hashes(out)
+    check = count_correct(out, check_split) if check_split else None
     original = json.loads((epath.Path(workdir) / inference.CONFIG_FILE
                            ).read_text())
     text = readme(
@@ -247,8 +295,11 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
         released_by=released_by or shlex.join([
             'python', '-m', 'experiments.release', f'--workdir={workdir}',
             f'--run={run}', f'--checkpoint={checkpoint}', f'--out={out}',
-            *([f'--data_note={data_note}'] if data_note else [])]),
-        out=out, hashes=hashes)
+            *([f'--data_note={data_note}'] if data_note else []),
+            *([f'--check_split={check_split}']
+              if check_split != 'validation' else []),
+            *([f'--data_dir={data_dir}'] if data_dir else [])]),
+        out=out, hashes=hashes, check=check_line(check_split, check))
     (pathlib.Path(out) / README).write_text(text)
   except BaseException:
     # `out` was empty: all in it is this release's, half written.
@@ -256,7 +307,8 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
     if not created:
       os.makedirs(out, exist_ok=True)
     raise
-  return {'step': loaded.step, 'seed': loaded.seed, 'files': hashes}
+  return {'step': loaded.step, 'seed': loaded.seed, 'files': hashes,
+          'check': check}
 
 
 def main(argv):
@@ -265,12 +317,15 @@ def main(argv):
   tools.quiet_start(logging.WARNING)
   result = release(FLAGS.workdir, FLAGS.out, run=FLAGS.run,
                    checkpoint=FLAGS.checkpoint, data_note=FLAGS.data_note,
+                   check_split=FLAGS.check_split, data_dir=FLAGS.data_dir,
                    released_by=shlex.join(['python', '-m',
                                            'experiments.release', *sys.argv[1:]]))
   size = sum(size for size, _ in result['files'].values())
   print(f'released run {FLAGS.run} (seed {result["seed"]}), step '
         f'{result["step"]}, of {FLAGS.workdir} into {FLAGS.out}: '
         f'{len(result["files"])} files, {size / 1e6:.2f} MB, and {README}')
+  if result['check']:
+    print(check_line(FLAGS.check_split, result['check']))
 
 
 def define_flags():
@@ -283,6 +338,11 @@ def define_flags():
                       'pretrained/resnet20.')
   flags.DEFINE_string('data_note', '', "A sentence on the data for the "
                       "README, e.g. 'the JPEG copy of CIFAR-10'.")
+  flags.DEFINE_string('check_split', 'validation', "The split the README's "
+                      "CPU check classifies ('validation', 'test' or TFDS "
+                      'syntax); empty: no check.')
+  flags.DEFINE_string('data_dir', None, "Where the run's dataset is here; "
+                      "written into the release's config.json.")
   flags.mark_flags_as_required(['workdir', 'out'])
 
 

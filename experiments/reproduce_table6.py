@@ -11,20 +11,23 @@ it), started from the repository root: `python -m resnet_jax.main
 --config=configs/resnet<depth>.py --workdir=<root>/resnet<depth>-seeds<first>-
 <last> --config.seed=<first> --config.num_runs=<num_seeds>` and the
 --config.FIELD=VALUE given (typed by configs/default.py; --num_epochs is
---config.num_epochs; --config.steps_per_call=k changes the speed, not the
-result), its output appended to <log_dir>/<workdir's name>.log. A depth is
-done when its workdir holds summary.json and a config.json equal to the
-config its command gives (steps_per_call aside): rerunning skips it. Any
-other depth goes to the trainer, which resumes it (a finished one is only
-evaluated again) or refuses a workdir of another recipe (`error: checkpoints
-in ... come from a different run`).
+--config.num_epochs; LAYOUT_FIELDS, --config.steps_per_call and
+--config.vectorize_runs, change the speed, not the result), its output
+appended to <log_dir>/<workdir's name>.log. A depth is done when its workdir
+holds summary.json and a config.json equal to the config its command gives
+(LAYOUT_FIELDS aside): rerunning skips it. Any other depth goes to the
+trainer, which resumes it (a finished one is only evaluated again) or refuses
+a workdir of another recipe (`error: checkpoints in ... come from a different
+run`).
 
 <root>/table6.md and table6.csv give per depth the mean ± sample std over
 seeds of the final test error (validation error when a run has no test split;
-each seed's from summary.json's 'runs') next to the paper's and akamaster's,
-headed with what was run (from each summary.json, where the trainer records
-devices and JAX version), marked when the schedule is shorter than the
-paper's 64k steps at batch 128.
+each seed's from summary.json's 'runs'), over every workdir of the depth in
+<root> done with this recipe whatever its seeds (sweeps of other seeds add
+to a row), and each program's wall time per run, next to the paper's and
+akamaster's, headed with what was run (from each summary.json, where the
+trainer records devices and JAX version), marked when the schedule is shorter
+than the paper's 64k steps at batch 128.
 
 Exit status: 0 when every depth is done; 1 with one line `error: ...` for bad
 flags or a depth not done (the tables hold the others); 143 when SIGTERM
@@ -36,6 +39,7 @@ import importlib
 import json
 import os
 import pathlib
+import re
 import shlex
 import signal
 import statistics
@@ -55,6 +59,9 @@ FLAGS = flags.FLAGS
 PAPER = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
 AKAMASTER = {20: 8.27, 32: 7.37, 44: 6.90, 56: 6.61, 110: 6.32}
 PAPER_EXAMPLES = 64_000 * 128  # The paper's 64k iterations at batch 128.
+# How runs are laid out, not what they compute (the same to float32 rounding,
+# tests/test_runs.py): runs done with other values of these are done.
+LAYOUT_FIELDS = ('steps_per_call', 'vectorize_runs')
 
 
 class _IntList(flags.ListParser):
@@ -127,10 +134,26 @@ def done_summary(root: str, depth: int, seeds: range, overrides: dict):
   summary, config = path / 'summary.json', path / 'config.json'
   if not (summary.exists() and config.exists()):
     return None
-  # steps_per_call changes the speed only: runs done with another are done.
-  done, wanted = (dict(c, steps_per_call=None) for c in (
-      json.loads(config.read_text()), run_config(depth, seeds, overrides)))
+  done, wanted = ({k: v for k, v in c.items() if k not in LAYOUT_FIELDS}
+                  for c in (json.loads(config.read_text()),
+                            run_config(depth, seeds, overrides)))
   return json.loads(summary.read_text()) if done == wanted else None
+
+
+def finished(root: str, depth: int, overrides: dict) -> list[dict]:
+  """Summaries of the depth's workdirs in root done with this recipe.
+
+  Any seeds: the runs of several sweeps (say one seed per GPU session) make
+  one row of the table.
+  """
+  summaries = []
+  for path in sorted(epath.Path(root).glob(f'resnet{depth}-seeds*')):
+    match = re.fullmatch(rf'resnet{depth}-seeds(\d+)-(\d+)', path.name)
+    seeds = match and range(int(match[1]), int(match[2]) + 1)
+    summary = seeds and done_summary(root, depth, seeds, overrides)
+    if summary:
+      summaries.append(summary)
+  return summaries
 
 
 def mean_std(values: list[float]) -> str:
@@ -177,10 +200,16 @@ def _header(done: list[dict], command: list[str], metric: str) -> list[str]:
           '| --- | --- |', *(f'| {k} | {v} |' for k, v in rows.items())]
 
 
-def write_tables(summaries: dict, seeds: range, root: str,
+def _wall_minutes_per_run(summary: dict) -> float:
+  # The runs of one program share its wall time (every session of it).
+  seconds = summary.get('total_wall_seconds', summary['wall_seconds'])
+  return seconds / summary.get('num_runs', 1) / 60
+
+
+def write_tables(found: dict, seeds: range, root: str,
                  overrides: dict) -> str:
-  """<root>/table6.md and table6.csv of {depth: summary or None}."""
-  done = [s for s in summaries.values() if s]
+  """<root>/table6.md and table6.csv of {depth: summaries (`finished`)}."""
+  done = [s for summaries in found.values() for s in summaries]
   metric = ('test' if all('test_accuracy' in s for s in done)
             else 'validation')
   key = 'test_accuracy' if metric == 'test' else 'final_val_accuracy'
@@ -189,31 +218,39 @@ def write_tables(summaries: dict, seeds: range, root: str,
            *_header(done, build_command('DEPTH', seeds, root, overrides),
                     metric), '',
            f'| model | runs | final {metric} error (%), mean ± sample std '
-           '(n - 1) | per seed | He et al. 2015 | akamaster (PyTorch) |',
-           '| --- | --- | --- | --- | --- | --- |']
+           '(n - 1) | per seed | wall minutes per run | He et al. 2015 | '
+           'akamaster (PyTorch) |',
+           '| --- | --- | --- | --- | --- | --- | --- |']
   rows = ['depth,metric,runs,seeds,errors_pct,mean_error_pct,std_error_pct,'
-          'paper_error_pct,akamaster_error_pct,shortened_schedule']
-  for depth, summary in summaries.items():
-    errors = {run['seed']: 100 * (1 - run[key])
-              for run in (summary['runs'] if summary else [])}
+          'wall_minutes_per_run,paper_error_pct,akamaster_error_pct,'
+          'shortened_schedule']
+  for depth, summaries in found.items():
+    errors = {}  # By seed, each once.
+    for summary in summaries:
+      for run in summary['runs']:
+        errors.setdefault(run['seed'], 100 * (1 - run[key]))
+    errors = dict(sorted(errors.items()))
     values = list(errors.values())
+    minutes = [_wall_minutes_per_run(s) for s in summaries]
     paper, ref = (f'{t[depth]:.2f}' if depth in t else ''
                   for t in (PAPER, AKAMASTER))
     lines.append(' | '.join([
-        f'| ResNet-{depth}', f'{len(values)} of {len(seeds)}',
-        mean_std(values),
+        f'| ResNet-{depth}', str(len(values)), mean_std(values),
         ', '.join(f'{e:.2f} (seed {seed})' for seed, e in errors.items())
-        or '—', (paper or '—') + ' (best of 5; 6.61 ± 0.16)' * (depth == 110),
+        or '—', ' / '.join(f'{m:.1f}' for m in minutes) or '—',
+        (paper or '—') + ' (best of 5; 6.61 ± 0.16)' * (depth == 110),
         f'{ref or "—"} |']))
     rows.append(','.join(map(str, [
         depth, metric, len(values), ';'.join(map(str, errors)),
         ';'.join(f'{e:.4f}' for e in values),
         f'{statistics.mean(values):.4f}' if values else '',
-        f'{statistics.stdev(values):.4f}' if values[1:] else '', paper, ref,
-        short])))
-  markdown = '\n'.join(lines + ['', 'References: test error (%) of He et al. '
-                                '2015, Table 6, and of github.com/akamaster/'
-                                'pytorch_resnet_cifar10 (README).', ''])
+        f'{statistics.stdev(values):.4f}' if values[1:] else '',
+        ';'.join(f'{m:.2f}' for m in minutes), paper, ref, short])))
+  markdown = '\n'.join(lines + [
+      '', 'Runs trained together in one program share its wall time (every '
+      'session of it, from summary.json). References: test error (%) of He '
+      'et al. 2015, Table 6, and of github.com/akamaster/'
+      'pytorch_resnet_cifar10 (README).', ''])
   epath.Path(root).mkdir(parents=True, exist_ok=True)
   (epath.Path(root) / 'table6.csv').write_text('\n'.join(rows) + '\n')
   (epath.Path(root) / 'table6.md').write_text(markdown)
@@ -298,7 +335,8 @@ def main(argv) -> int:
     signal.signal(signal.SIGTERM, trainer)
     summaries, failures = sweep(depths, seeds, root, FLAGS.log_dir or
                                 f'{root}/logs', overrides, trainer)
-  print(write_tables(summaries, seeds, root, overrides))
+  print(write_tables({d: finished(root, d, overrides) for d in depths},
+                     seeds, root, overrides))
   if trainer.terminated:
     print('error: stopped by SIGTERM; rerun the same command to go on',
           file=sys.stderr)

@@ -90,35 +90,6 @@ def train_batch(ds: datasets.InMemoryDataset, *, seed: int, step: int,
   return {'image': ds.images[rows], 'label': ds.labels[rows]}
 
 
-def train_batches(ds: datasets.InMemoryDataset, *, seed: int, start_step: int,
-                  global_batch_size: int, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """`train_batch` for start_step, start_step + 1, ... without end."""
-  step = start_step
-  while True:
-    yield train_batch(ds, seed=seed, step=step,
-                      global_batch_size=global_batch_size,
-                      process_index=process_index, process_count=process_count)
-    step += 1
-
-
-def row_batches(num_examples: int, *, seed: int, start_step: int,
-                global_batch_size: int, process_index: int = 0,
-                process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """{'rows': this process's example indices} for start_step, start_step + 1...
-
-  What the trainer feeds when the split is on the devices (device_data.py):
-  the rows `train_batch` would copy, as int32.
-  """
-  step = start_step
-  while True:
-    rows = train_rows(num_examples, seed=seed, step=step,
-                      global_batch_size=global_batch_size,
-                      process_index=process_index, process_count=process_count)
-    yield {'rows': rows.astype(np.int32)}
-    step += 1
-
-
 def eval_batches(ds: datasets.InMemoryDataset, *, global_batch_size: int,
                  process_index: int = 0,
                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:

@@ -2,7 +2,7 @@
 
 A CIFAR training split (45,000 x 32x32x3 uint8, 138 MB) fits in any
 accelerator's memory. Placed there once, each step receives only the indices
-of its examples (from `batching.row_batches`: the rows the host batches would
+of its examples (from `batching.train_rows`: the rows the host batches would
 copy, so the batches are exactly the same) and gathers the images inside the
 jitted step. No image crosses the host-device link during training, and the
 host's work per step is slicing a few hundred integers.

@@ -134,11 +134,12 @@ def _check_writable(workdir: str):
 
 def run(workdir: str, split: str = 'test', checkpoint='latest',
         tta: bool = False, num_misclassified: int = 24, *, run: int = 0,
-        ensemble: bool = False) -> dict:
+        ensemble: bool = False, data_dir: str | None = None) -> dict:
   """Evaluates a checkpoint of `workdir` on `split`; writes, returns the JSON.
 
   `run` picks one of the workdir's runs; `ensemble` all of them (see
-  inference.load).
+  inference.load). `data_dir`, when given, is where the run's dataset is
+  (another machine's path than its config.json's, say).
 
   Raises:
     ValueError: a one-line reason (workdir, checkpoint, split or data).
@@ -147,6 +148,8 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
     raise ValueError(f'--num_misclassified must be >= 0, got '
                      f'{num_misclassified}')
   config = inference.read_config(workdir)
+  if data_dir:
+    config.data.data_dir = data_dir
   inference.check_run(config, workdir, run, ensemble)  # Before any data.
   tfds_split = resolve_split(config, split)
   tag = file_tag(split, run, ensemble)
@@ -248,7 +251,8 @@ def main(argv):
   tools.quiet_start(logging.WARNING)
   result = run(FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
                tta=FLAGS.tta, num_misclassified=FLAGS.num_misclassified,
-               run=FLAGS.run, ensemble=FLAGS.ensemble)
+               run=FLAGS.run, ensemble=FLAGS.ensemble,
+               data_dir=FLAGS.data_dir)
   print(format_summary(result))
 
 
@@ -268,6 +272,9 @@ def define_flags():
                     'figures beside.')
   flags.DEFINE_integer('num_misclassified', 24, 'How many of the most '
                        'confident mistakes to show.')
+  flags.DEFINE_string('data_dir', None, "Where the run's dataset is, when "
+                      'not at its config.data.data_dir (an image folder or '
+                      'TFDS data moved, another machine).')
   flags.mark_flag_as_required('workdir')
 
 

@@ -107,16 +107,19 @@ class Loaded:
     return runs.take(self.all_variables, self.run)
 
   @functools.cached_property
+  def _over_runs(self):
+    # Every run's logits of one batch in one program: (runs, N, classes).
+    return jax.vmap(self.logits_fn, in_axes=(0, None))
+
+  @functools.cached_property
   def _runs_fn(self):
-    # Every run's logits of one batch in one program, as (N, runs, classes):
-    # examples first, so that `batched_logits` can pad and slice them.
-    over_runs = jax.vmap(self.logits_fn, in_axes=(0, None))
-    return jax.jit(lambda v, images: jnp.moveaxis(over_runs(v, images), 0, 1))
+    # Examples first, so that `batched_logits` can pad and slice them.
+    return jax.jit(lambda v, images: jnp.moveaxis(
+        self._over_runs(v, images), 0, 1))
 
   @functools.cached_property
   def _ensemble_fn(self):
-    over_runs = jax.vmap(self.logits_fn, in_axes=(0, None))
-    return jax.jit(lambda v, images: over_runs(v, images).mean(0))
+    return jax.jit(lambda v, images: self._over_runs(v, images).mean(0))
 
   def apply(self, images):
     """Logits of one batch of uint8 images: the run's, or the runs' mean."""

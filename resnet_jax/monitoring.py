@@ -15,8 +15,10 @@ class Stopwatch:
   so the rates are those of training alone.
   """
 
-  def __init__(self):
+  def __init__(self, earlier_seconds: float = 0.0):
+    # earlier_seconds: wall time of the processes this run resumes from.
     self._start = time.monotonic()
+    self._earlier = earlier_seconds
     self._first_step_done = None  # (step, time) once the first step ran.
     self._paused = 0.0  # Seconds paused since the first step.
     self._mark = None  # (step, training seconds) at the last `rate` call.
@@ -61,6 +63,11 @@ class Stopwatch:
   def wall_seconds(self) -> float:
     """Seconds since the stopwatch was made, everything included."""
     return time.monotonic() - self._start
+
+  @property
+  def total_wall_seconds(self) -> float:
+    """wall_seconds plus the earlier processes' (to their last checkpoint)."""
+    return self._earlier + self.wall_seconds
 
 
 class Profile:

@@ -61,6 +61,9 @@ class LoopState:
   best_step: int | None = None
   best_accuracy: float | None = None
   eval_pending: bool = False  # Preempted before this step's validation.
+  # Wall time of every process of this run up to this checkpoint: what a
+  # resumed run cost in all (summary.json's total_wall_seconds).
+  wall_seconds: float = 0.0
 
   def add(self, sums: dict) -> None:
     """Adds one step's sums, leaves (runs,)."""
@@ -197,6 +200,7 @@ def summarize(exp, config_name: str, splits, results: dict, loop: LoopState,
       'steps_per_call': config.steps_per_call,
       'steps_this_run': exp.total_steps - start_step,
       'wall_seconds': round(clock.wall_seconds, 2),
+      'total_wall_seconds': round(clock.total_wall_seconds, 2),
       'train_images_per_second': images_per_second and round(
           images_per_second, 1),
       'devices': len(devices),
@@ -288,7 +292,7 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       loop.eval_pending = False
       validate(start_step, state)  # Preempted before this step's evaluation.
 
-    clock = monitoring.Stopwatch()
+    clock = monitoring.Stopwatch(loop.wall_seconds)
     profile = cleanup.enter_context(contextlib.closing(monitoring.Profile(
         workdir, config.profile.first_step, config.profile.num_steps)))
     watcher = cleanup.enter_context(preemption.PreemptionWatcher())
@@ -309,6 +313,10 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       with jax.profiler.StepTraceAnnotation('train', step_num=first):
         state, sums = exp.train_steps(state, next(batches), first)
       window.append(sums)
+      if len(window) > 1:
+        # One call queued behind the running one keeps the devices busy; a
+        # longer queue would only delay the save that a signal asks for.
+        jax.block_until_ready(window[-2])
       done = first + length
       clock.step_done(done, sums)
       preempted = watcher.reached(done)
@@ -319,6 +327,9 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
                   done == last_step or preempted)
       if not (log_due or eval_due or save_due):
         continue
+      # The calls run on the devices after the host has moved on: their time
+      # is training time, so it ends before the pause does.
+      jax.block_until_ready(window)
       with clock.pause():
         checkpointer.check_for_errors()  # A save failing in the background.
         window = _checked_sums(window, window_start + 1, checkpointer)
@@ -334,6 +345,7 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
         loop.eval_pending = eval_due and preempted
         accuracy = validate(done, state) if eval_due and not preempted else None
         if save_due:
+          loop.wall_seconds = clock.total_wall_seconds
           _save(checkpointer, exp, done, state, loop, accuracy)
         if preempted:
           checkpointer.wait_until_finished()

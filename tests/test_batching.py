@@ -50,16 +50,6 @@ def test_train_batch_is_a_pure_function_of_seed_and_step():
   assert not np.array_equal(ids(batch(1, 3)), ids(first))
 
 
-def test_restored_run_sees_the_batches_of_an_uninterrupted_run():
-  ds = indexed_dataset(50)
-  common = dict(seed=7, global_batch_size=8)  # 6 steps per epoch.
-  uninterrupted = list(itertools.islice(
-      bt.train_batches(ds, start_step=0, **common), 20))
-  restored = itertools.islice(bt.train_batches(ds, start_step=9, **common), 11)
-  for expected, actual in zip(uninterrupted[9:], restored, strict=True):
-    np.testing.assert_array_equal(ids(actual), ids(expected))
-
-
 def test_each_epoch_is_a_permutation_of_the_examples():
   ds = indexed_dataset(24)
   epochs = [
@@ -102,21 +92,18 @@ def test_batch_not_divisible_by_processes_is_rejected():
                          process_count=3))
 
 
-def test_row_batches_pick_the_train_batch_rows_for_every_process():
+def test_train_rows_pick_the_train_batch_for_every_process():
   dataset = indexed_dataset(50)
   # 50 examples, batch 16: 3 steps an epoch; steps 0..7 cross two epochs.
   for process_index in range(2):
-    rows = bt.row_batches(
-        dataset.num_examples, seed=3, start_step=0, global_batch_size=16,
-        process_index=process_index, process_count=2)
     for step in range(8):
-      batch = bt.train_batch(
-          dataset, seed=3, step=step, global_batch_size=16,
-          process_index=process_index, process_count=2)
-      got = next(rows)['rows']
-      assert got.dtype == np.int32 and got.shape == (8,)
-      np.testing.assert_array_equal(dataset.images[got], batch['image'])
-      np.testing.assert_array_equal(dataset.labels[got], batch['label'])
+      source = dict(seed=3, step=step, global_batch_size=16,
+                    process_index=process_index, process_count=2)
+      batch = bt.train_batch(dataset, **source)
+      rows = bt.train_rows(dataset.num_examples, **source)
+      assert rows.shape == (8,)
+      np.testing.assert_array_equal(dataset.images[rows], batch['image'])
+      np.testing.assert_array_equal(dataset.labels[rows], batch['label'])
 
 
 # ----------------------------------------------------------------------------

@@ -34,18 +34,19 @@ def _train(mode, dataset, on_device, num_steps=4):
       steps.train_step, learning_rate_fn=lambda step: 0.1,
       augment_fn=functools.partial(augment.augment, mean=(120.,) * 3,
                                    std=(60.,) * 3, padding=2, flip=True))
-  source = dict(seed=1, start_step=0, global_batch_size=GLOBAL_BATCH)
   if on_device:
     data = (device_data.place(dataset, dp),)
     train_step = dp.train_step(device_data.gathering(step_fn), with_data=True)
-    batches = batching.row_batches(dataset.num_examples, **source)
+    batch = lambda **source: {'rows': batching.train_rows(
+        dataset.num_examples, **source).astype(np.int32)}
   else:
     data = ()
     train_step = dp.train_step(step_fn)
-    batches = batching.train_batches(dataset, **source)
+    batch = functools.partial(batching.train_batch, dataset)
   history = []
   for step in range(num_steps):
-    state, metrics = train_step(state, dp.put_batch(next(batches)),
+    batch_of_step = batch(seed=1, step=step, global_batch_size=GLOBAL_BATCH)
+    state, metrics = train_step(state, dp.put_batch(batch_of_step),
                                 jax.random.key(step), *data)
     history.append(metrics)
   state = dp.get_state(state)

@@ -222,6 +222,20 @@ def test_bad_workdirs_checkpoints_and_splits_are_one_line_errors(
   assert not list(no_checkpoints.glob('eval_*'))
 
 
+@pytest.mark.slow
+def test_the_dataset_may_be_elsewhere_than_the_config_says(run_dir,
+                                                           tmp_path):
+  moved = shutil.copytree(run_dir, tmp_path / 'run')
+  config = json.loads((moved / 'config.json').read_text())
+  config['data']['data_dir'] = str(tmp_path / 'elsewhere')
+  (moved / 'config.json').write_text(json.dumps(config))
+  with pytest.raises(ValueError, match='elsewhere'):
+    evaluate.run(str(moved), split='validation', num_misclassified=0)
+  result = evaluate.run(str(moved), split='validation', num_misclassified=0,
+                        data_dir=fake_cifar.data_dir())
+  assert result['num_examples'] == 10
+
+
 def test_the_command_line_evaluates_the_test_split(run_dir):
   result = run_module('resnet_jax.evaluate', f'--workdir={run_dir}',
                       '--split=test', '--tta')

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -11,6 +12,7 @@ from experiments import release
 from resnet_jax import evaluate
 from resnet_jax import inference
 from test_evaluate import run_module, train_smoke_run
+from test_pretrained import check_release, recorded
 
 
 @pytest.fixture(name='run_dir', scope='module')
@@ -61,6 +63,28 @@ def test_a_release_holds_one_runs_config_weights_and_a_readme(released):
   assert '--config=configs/smoke.py' in text  # The training command.
   assert '--config.num_runs=2' in text
   assert 'python -m experiments.release' in text
+
+
+@pytest.mark.slow
+def test_the_readme_records_what_the_release_gives_and_a_test_checks_it(
+    released, tmp_path):
+  figures = recorded(released)
+  assert (figures['examples'], figures['split']) == (10, 'validation')
+  result = evaluate.run(str(shutil.copytree(released, tmp_path / 'copy')),
+                        split='validation', num_misclassified=0)
+  assert figures['correct'] == round(result['accuracy'] * 10)
+  check_release(released)
+  # A README that records one image more, a file changed: the check fails.
+  for path, old, new in (
+      ('README.md', f'CPU check: {figures["correct"]} of',
+       f'CPU check: {figures["correct"] + 1} of'),
+      ('config.json', '"eval_batch_size": 40', '"eval_batch_size": 20')):
+    tampered = shutil.copytree(released, tmp_path / f'tampered_{path}')
+    text = (tampered / path).read_text()
+    assert old in text
+    (tampered / path).write_text(text.replace(old, new))
+    with pytest.raises(AssertionError):
+      check_release(tampered)
 
 
 @pytest.mark.slow

@@ -207,9 +207,9 @@ def test_mean_and_sample_std_by_hand():
 def test_the_table_of_finished_runs(tmp_path):
   root, overrides = str(tmp_path), {**TYPED, 'num_epochs': 2.0}
   # Validation errors of seeds 0, 1: ResNet-20 10% and 8%; ResNet-32 7%, 5%.
-  summaries = {20: _summary([0.90, 0.92], **DEVICES),
-               32: _summary([0.93, 0.95]), 44: None}
-  markdown = table6.write_tables(summaries, range(2), root, overrides)
+  found = {20: [_summary([0.90, 0.92], **DEVICES)],
+           32: [_summary([0.93, 0.95])], 44: []}
+  markdown = table6.write_tables(found, range(2), root, overrides)
 
   assert ("**NOT the paper's 64k-iteration schedule**: 702 steps (2 epochs) "
           'at batch 128') in markdown
@@ -227,10 +227,11 @@ def test_the_table_of_finished_runs(tmp_path):
           '--config.data.test_split= --config.num_epochs=2.0` |') in markdown
   assert ('| Devices | 1 cpu (cpu) in 1 process(es), JAX 0.10.2 / not in '
           'summary.json (differs between runs) |') in markdown
-  assert ('| ResNet-20 | 2 of 2 | 9.00 ± 1.41 | 10.00 (seed 0), 8.00 (seed 1) '
-          '| 8.75 | 8.27 |') in markdown
-  assert '| ResNet-32 | 2 of 2 | 6.00 ± 1.41 |' in markdown
-  assert '| ResNet-44 | 0 of 2 | — | — | 7.17 | 6.90 |' in markdown
+  # 500 s of wall time for the program's 2 runs: 4.2 minutes each.
+  assert ('| ResNet-20 | 2 | 9.00 ± 1.41 | 10.00 (seed 0), 8.00 (seed 1) '
+          '| 4.2 | 8.75 | 8.27 |') in markdown
+  assert '| ResNet-32 | 2 | 6.00 ± 1.41 |' in markdown
+  assert '| ResNet-44 | 0 | — | — | — | 7.17 | 6.90 |' in markdown
   assert (tmp_path / 'table6.md').read_text() == markdown
 
   rows = list(csv.DictReader(io.StringIO(
@@ -239,26 +240,51 @@ def test_the_table_of_finished_runs(tmp_path):
   assert rows[0] == {
       'depth': '20', 'metric': 'validation', 'runs': '2', 'seeds': '0;1',
       'mean_error_pct': '9.0000', 'std_error_pct': '1.4142',
-      'errors_pct': '10.0000;8.0000', 'paper_error_pct': '8.75',
+      'errors_pct': '10.0000;8.0000', 'wall_minutes_per_run': '4.17',
+      'paper_error_pct': '8.75',
       'akamaster_error_pct': '8.27', 'shortened_schedule': 'True'}
   assert rows[2]['mean_error_pct'] == '' and rows[2]['runs'] == '0'
 
 
+def test_a_row_gathers_every_workdir_of_the_recipe(tmp_path):
+  root, overrides = str(tmp_path), {**TYPED, 'num_epochs': 2.0}
+  # Seeds 0-2 as vectorized runs of one program, resumed once; seed 3 alone
+  # with more steps per call; seed 2 again; another recipe; a stray folder.
+  _write_run(root, 20, range(3), {**overrides, 'vectorize_runs': True},
+             _summary([0.90, 0.92, 0.91], total_wall_seconds=900.0))
+  _write_run(root, 20, range(3, 4), {**overrides, 'steps_per_call': 100},
+             _summary([0.89], first_seed=3))
+  _write_run(root, 20, range(2, 3), overrides, _summary([0.5], first_seed=2))
+  _write_run(root, 20, range(4, 5), {**overrides, 'num_epochs': 3.0},
+             _summary([0.5], first_seed=4))
+  os.makedirs(f'{root}/resnet20-seeds5-x')
+  _write_run(root, 32, range(1), overrides, _summary([0.5]))
+
+  found = table6.finished(root, 20, overrides)
+  assert [[run['seed'] for run in s['runs']] for s in found] == [
+      [0, 1, 2], [2], [3]]
+  markdown = table6.write_tables({20: found}, range(1), root, overrides)
+  # Errors 10, 8, 9 and 11 (seed 2 once); 900 s for 3 runs, 500 s for 1.
+  assert ('| ResNet-20 | 4 | 9.50 ± 1.29 | 10.00 (seed 0), 8.00 (seed 1), '
+          '9.00 (seed 2), 11.00 (seed 3) | 5.0 / 8.3 / 8.3 | 8.75 |'
+          ) in markdown
+
+
 def test_test_error_when_every_run_has_one(tmp_path):
-  summaries = {110: _summary([0.95], test_accuracies=[0.9357], first_seed=3,
-                             steps=64_000, dataset='cifar10')}
-  markdown = table6.write_tables(summaries, range(3, 4), str(tmp_path), {})
+  found = {110: [_summary([0.95], test_accuracies=[0.9357], first_seed=3,
+                          steps=64_000, dataset='cifar10')]}
+  markdown = table6.write_tables(found, range(3, 4), str(tmp_path), {})
   assert 'NOT the paper' not in markdown and 'Validation error' not in markdown
   assert 'Not the TFDS' not in markdown
   assert ('| Data | `cifar10`: 45,000 training, 5,000 validation and 10,000 '
           'test images |') in markdown
   assert '| final test error (%), mean ± sample std (n - 1) |' in markdown
-  assert '| ResNet-110 | 1 of 1 | 6.43 | 6.43 (seed 3) | 6.43 (best of 5' \
+  assert '| ResNet-110 | 1 | 6.43 | 6.43 (seed 3) | 8.3 | 6.43 (best of 5' \
       in markdown
   # One depth without a test split: all are compared on validation.
-  summaries[56] = _summary([0.90])
-  markdown = table6.write_tables(summaries, range(3, 4), str(tmp_path), {})
-  assert '| ResNet-110 | 1 of 1 | 5.00 | 5.00 (seed 3) |' in markdown
+  found[56] = [_summary([0.90])]
+  markdown = table6.write_tables(found, range(3, 4), str(tmp_path), {})
+  assert '| ResNet-110 | 1 | 5.00 | 5.00 (seed 3) |' in markdown
 
 
 def test_a_sweep_skips_done_depths_and_reports_failures(tmp_path):
@@ -375,8 +401,8 @@ def test_main_exits_with_one_line_and_keeps_the_table(monkeypatch, tmp_path,
       'training loss is nan at step 5; ...; '
       f'{tmp_path}/logs/resnet32-seeds0-1.log']
   table = (tmp_path / 'table6.md').read_text()
-  assert '| ResNet-20 | 2 of 2 | 11.00 ± 1.41 |' in table
-  assert '| ResNet-32 | 0 of 2 | — |' in table
+  assert '| ResNet-20 | 2 | 11.00 ± 1.41 |' in table
+  assert '| ResNet-32 | 0 | — |' in table
   # --report_only trains nothing, and says which depths are not done.
   _flags(monkeypatch, f'--root={tmp_path}', '--depths=20,32', '--num_seeds=2',
          '--num_epochs=2', '--report_only', *OVERRIDES)

@@ -21,8 +21,8 @@ from cli import cli_command, error_line, run_cli
 import fake_cifar
 import jpeg_copy
 from configs import smoke
-from resnet_jax import checkpoints, experiment, parallel, schedules, train
-from resnet_jax import workdir
+from resnet_jax import checkpoints, experiment, parallel, schedules, steps
+from resnet_jax import train, workdir
 from resnet_jax.metric_writer import scalars
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -55,21 +55,54 @@ def restore_params(workdir, config):
                          state.opt_state))
 
 
-@pytest.mark.slow
-def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
+def test_two_calls_at_most_in_flight_and_their_time_counted(
+    tmp_path, monkeypatch):
+  # Each step also multiplies matrices for `hold` seconds on the device,
+  # which the host does not wait for.
+  def busy(loss):
+    x = jnp.full((600, 600), loss, jnp.float32)
+    x = jax.lax.fori_loop(0, 200, lambda _, x: jnp.tanh(x @ x * 1e-3), x)
+    return loss + 0 * jnp.sum(x)
+
+  def slow_step(state, batch, rng, **kwargs):
+    state, metrics = train_step(state, batch, rng, **kwargs)
+    return state, dict(metrics, loss=busy(metrics['loss']))
+
+  sums, behind = [], []  # Each call's metric sums; calls that found more.
+
+  def watched_steps(self, state, batches, first_step):
+    # Before this call: the one before last must have finished, so that a
+    # preempted run saves within two calls.
+    if len(sums) > 1 and not all(
+        x.is_ready() for x in jax.tree.leaves(sums[-2])):
+      behind.append(first_step)
+    state, metrics = experiment_train_steps(self, state, batches, first_step)
+    sums.append(metrics)
+    return state, metrics
+
+  compiled = jax.jit(busy).lower(1.0).compile()
+  hold = min(_seconds(lambda: jax.block_until_ready(compiled(1.0)))
+             for _ in range(3))
+  train_step = steps.train_step
+  experiment_train_steps = experiment.Experiment.train_steps
+  monkeypatch.setattr(steps, 'train_step', slow_step)
+  monkeypatch.setattr(experiment.Experiment, 'train_steps', watched_steps)
   config = smoke.get_config()
-  config.num_train_steps = 8
-  config.checkpoint_every_steps = 100  # Only the interruption saves.
-  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   config.data.data_dir = fake_cifar.data_dir()
-  train.train_and_evaluate(config, straight)
-  assert train.train_and_evaluate(config, resumed, stop_at_step=3) is None
-  assert os.listdir(os.path.join(resumed, 'checkpoints')) == ['3']
-  summary = train.train_and_evaluate(config, resumed)
-  assert summary['steps_this_run'] == 5
-  want, got = restore_params(straight, config), restore_params(resumed, config)
-  assert int(got[0]) == 8
-  jax.tree.map(np.testing.assert_array_equal, got, want)
+  config.update(parallelism='jit', num_train_steps=9, log_every_steps=4,
+                eval_every_steps=8, checkpoint_every_steps=8)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert len(sums) == 9 and not behind
+  # 8 steps after the first (compilation), each `hold` seconds at least (to
+  # timing noise): the rates count the time the devices took.
+  assert summary['train_images_per_second'] < 1.2 * config.batch_size / hold
+  assert 0 < scalars(str(tmp_path))['steps_per_second', 8] < 1.2 / hold
+
+
+def _seconds(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
 
 
 def test_an_unprepared_dataset_fails_fast_with_instructions(tmp_path):
@@ -112,7 +145,8 @@ RECOVERY_FLAGS = ('--config=configs/smoke.py', '--config.num_train_steps=12',
                   '--config.log_every_steps=3', '--config.eval_every_steps=6',
                   '--config.checkpoint_every_steps=4')
 # Timings and the like, which differ between any two runs.
-NOT_REPRODUCIBLE = ('wall_seconds', 'train_images_per_second', 'steps_this_run')
+NOT_REPRODUCIBLE = ('wall_seconds', 'total_wall_seconds',
+                    'train_images_per_second', 'steps_this_run')
 SCALAR_TAGS = ('train_loss', 'train_accuracy', 'learning_rate', 'val_loss',
                'val_accuracy', 'test_loss', 'test_accuracy')
 # Every (tag, step) the recovery run logs: a resumed run must log them all.
@@ -163,9 +197,9 @@ def uninterrupted(tmp_path_factory, compilation_cache):
 @pytest.mark.slow
 @pytest.mark.parametrize('fault, latest_before_resume', [
     ('kill@batch:3', None),  # Before the first checkpoint.
-    ('kill@batch:8', 4),  # Mid-way between checkpoints, after a log and an
-                          # evaluation.
-    ('kill@save:8', 4),  # Checkpoint 8 fully written but not yet complete.
+    # Checkpoint 8 fully written but not yet complete: resumed from 4, after
+    # logs and an evaluation of later steps.
+    ('kill@save:8', 4),
     ('kill@eval:2', 8),  # In the last evaluation, before the last save.
     ('kill@summary', 12),  # After the last checkpoint.
 ])
@@ -189,8 +223,9 @@ def test_kill_9_anywhere_then_rerun_ends_bit_identical(
 
 @pytest.mark.slow
 @pytest.mark.parametrize('fault, reached', [
-    ('term@batch:5', 5),  # Between checkpoints and evaluations.
-    ('term@batch:6', 6),  # At an evaluation step: evaluated after resuming.
+    # At an evaluation step: evaluated after resuming. (Between checkpoints
+    # and evaluations: test_runs_and_steps_per_call_resume_bit_identical.)
+    ('term@batch:6', 6),
 ])
 def test_sigterm_saves_the_step_reached_and_a_rerun_resumes_there(
     tmp_path, uninterrupted, compilation_cache, fault, reached):
@@ -213,6 +248,9 @@ def test_sigterm_saves_the_step_reached_and_a_rerun_resumes_there(
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'Resuming from the checkpoint of step {reached}.' in resumed.stderr
   assert_same_outcome(outcome(tmp_path), outcome(uninterrupted))
+  # The wall time of the run counts the preempted process's too.
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['total_wall_seconds'] > summary['wall_seconds'] > 0
 
 
 # Two runs, two steps per call: calls end at the logs, evaluations and
@@ -229,17 +267,15 @@ def uninterrupted_runs(tmp_path_factory, compilation_cache):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('fault', ['kill@batch:8', 'term@batch:5'])
 def test_runs_and_steps_per_call_resume_bit_identical(
-    tmp_path, uninterrupted_runs, compilation_cache, fault):
+    tmp_path, uninterrupted_runs, compilation_cache):
+  # SIGTERM between checkpoints and evaluations, in a call of two steps.
   stopped = recovery_run(tmp_path, compilation_cache, *RUNS_FLAGS,
-                         fault=fault)
-  assert stopped.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM), (
-      stopped.stderr[-3000:])
-  if fault.startswith('term'):
-    reached = checkpoints.Checkpointer(
-        tmp_path / 'checkpoints', keep=2, metadata={}).latest_step()
-    assert reached and reached < 12
+                         fault='term@batch:5')
+  assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+  reached = checkpoints.Checkpointer(
+      tmp_path / 'checkpoints', keep=2, metadata={}).latest_step()
+  assert reached and reached < 12
 
   resumed = recovery_run(tmp_path, compilation_cache, *RUNS_FLAGS)
 
