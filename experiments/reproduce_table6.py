@@ -11,11 +11,12 @@ it), started from the repository root: `python -m resnet_jax.main
 --config=configs/resnet<depth>.py --workdir=<root>/resnet<depth>-seeds<first>-
 <last> --config.seed=<first> --config.num_runs=<num_seeds>` and the
 --config.FIELD=VALUE given (typed by configs/default.py; --num_epochs is
---config.num_epochs; LAYOUT_FIELDS, --config.steps_per_call and
---config.vectorize_runs, change the speed, not the result), its output
-appended to <log_dir>/<workdir's name>.log. A depth is done when its workdir
-holds summary.json and a config.json equal to the config its command gives
-(LAYOUT_FIELDS aside): rerunning skips it. Any other depth goes to the
+--config.num_epochs), its output appended to <log_dir>/<workdir's
+name>.log. A depth is done when its workdir holds summary.json and a
+config.json of the same recipe as the config its command gives (NOT_RECIPE
+aside: the fields a run resumes under, such as steps_per_call, logging or
+data_dir, and vectorize_runs, which changes the result by float32 rounding
+only): rerunning skips it. Any other depth goes to the
 trainer, which resumes it (a finished one is only evaluated again) or refuses
 a workdir of another recipe (`error: checkpoints in ... come from a different
 run`).
@@ -50,6 +51,7 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
+from resnet_jax import experiment
 from resnet_jax import tools
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -59,9 +61,10 @@ FLAGS = flags.FLAGS
 PAPER = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
 AKAMASTER = {20: 8.27, 32: 7.37, 44: 6.90, 56: 6.61, 110: 6.32}
 PAPER_EXAMPLES = 64_000 * 128  # The paper's 64k iterations at batch 128.
-# How runs are laid out, not what they compute (the same to float32 rounding,
-# tests/test_runs.py): runs done with other values of these are done.
-LAYOUT_FIELDS = ('steps_per_call', 'vectorize_runs')
+# Fields that do not change what runs compute: those a run may resume under
+# (speed, logging, where the data is), and vectorize_runs (float32 rounding,
+# tests/test_runs.py). Runs done with other values of these are done.
+NOT_RECIPE = experiment.RESUMABLE_FIELDS + ('vectorize_runs',)
 
 
 class _IntList(flags.ListParser):
@@ -134,10 +137,14 @@ def done_summary(root: str, depth: int, seeds: range, overrides: dict):
   summary, config = path / 'summary.json', path / 'config.json'
   if not (summary.exists() and config.exists()):
     return None
-  done, wanted = ({k: v for k, v in c.items() if k not in LAYOUT_FIELDS}
-                  for c in (json.loads(config.read_text()),
-                            run_config(depth, seeds, overrides)))
+  done, wanted = (_recipe(c) for c in (json.loads(config.read_text()),
+                                        run_config(depth, seeds, overrides)))
   return json.loads(summary.read_text()) if done == wanted else None
+
+
+def _recipe(config: dict) -> dict:
+  return {k: v for k, v in experiment.flatten(config).items()
+          if not any(k == f or k.startswith(f + '.') for f in NOT_RECIPE)}
 
 
 def finished(root: str, depth: int, overrides: dict) -> list[dict]:

@@ -327,17 +327,15 @@ def test_a_finished_depth_of_another_config_goes_to_the_trainer(tmp_path):
   assert failures[0].startswith('resnet20-seeds0-0: exit 1: error: '
                                 f'checkpoints in {root}/resnet20-seeds0-0/'
                                 'checkpoints come from a different run')
-  # Only the logging differs: the trainer resumes it, and it is done.
-  overrides = {**TYPED, 'num_epochs': 2.0, 'log_every_steps': 50}
-  summaries, failures = table6.sweep([20], seeds, root, logs, overrides,
-                                     trainer)
-  assert len(trainer.calls) == 2 and not failures
-  assert summaries[20]['final_val_accuracy'] == 0.5
-  assert table6.done_summary(root, 20, seeds, overrides) == summaries[20]
-  # Another steps_per_call gives the same result: done, nothing to run.
-  summaries, failures = table6.sweep(
-      [20], seeds, root, logs, {**overrides, 'steps_per_call': 4}, trainer)
-  assert len(trainer.calls) == 2 and summaries[20] and not failures
+  # Only the logging, the speed, the data's place or the runs' layout
+  # differ: the same recipe, done; nothing runs.
+  for changed in ({'log_every_steps': 50}, {'steps_per_call': 4},
+                  {'data.data_dir': '/elsewhere'}, {'vectorize_runs': True}):
+    overrides = {**TYPED, 'num_epochs': 2.0, **changed}
+    summaries, failures = table6.sweep([20], seeds, root, logs, overrides,
+                                       trainer)
+    assert len(trainer.calls) == 1 and not failures, changed
+    assert summaries[20]['final_val_accuracy'] == 0.90
   # Other seeds are another workdir.
   assert table6.done_summary(root, 20, range(1, 2), overrides) is None
 
