@@ -13,13 +13,12 @@ it), started from the repository root: `python -m resnet_jax.main
 --config.FIELD=VALUE given (typed by configs/default.py; --num_epochs is
 --config.num_epochs), its output appended to <log_dir>/<workdir's
 name>.log. A depth is done when its workdir holds summary.json and a
-config.json of the same recipe as the config its command gives (NOT_RECIPE
-aside: the fields a run resumes under, such as steps_per_call, logging or
-data_dir, and vectorize_runs, which changes the result by float32 rounding
-only): rerunning skips it. Any other depth goes to the
-trainer, which resumes it (a finished one is only evaluated again) or refuses
-a workdir of another recipe (`error: checkpoints in ... come from a different
-run`).
+config.json of the same recipe as the config its command gives (`_recipe`:
+the fields a run resumes under, such as steps_per_call, logging or data_dir,
+aside, and vectorize_runs, which changes the result by float32 rounding
+only): rerunning skips it. Any other depth goes to the trainer, which resumes
+it (a finished one is only evaluated again) or refuses a workdir of another
+recipe (`error: checkpoints in ... come from a different run`).
 
 <root>/table6.md and table6.csv give per depth the mean ± sample std over
 seeds of the final test error (validation error when a run has no test split;
@@ -61,10 +60,6 @@ FLAGS = flags.FLAGS
 PAPER = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
 AKAMASTER = {20: 8.27, 32: 7.37, 44: 6.90, 56: 6.61, 110: 6.32}
 PAPER_EXAMPLES = 64_000 * 128  # The paper's 64k iterations at batch 128.
-# Fields that do not change what runs compute: those a run may resume under
-# (speed, logging, where the data is), and vectorize_runs (float32 rounding,
-# tests/test_runs.py). Runs done with other values of these are done.
-NOT_RECIPE = experiment.RESUMABLE_FIELDS + ('vectorize_runs',)
 
 
 class _IntList(flags.ListParser):
@@ -143,8 +138,11 @@ def done_summary(root: str, depth: int, seeds: range, overrides: dict):
 
 
 def _recipe(config: dict) -> dict:
+  # What decides the runs' results: not the fields a run may resume under
+  # (speed, logging, where the data is), nor vectorize_runs (float32
+  # rounding, tests/test_runs.py). Runs done with other values are done.
   return {k: v for k, v in experiment.flatten(config).items()
-          if not any(k == f or k.startswith(f + '.') for f in NOT_RECIPE)}
+          if not experiment.resumable(k) and k != 'vectorize_runs'}
 
 
 def finished(root: str, depth: int, overrides: dict) -> list[dict]:

@@ -59,10 +59,13 @@ def flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
   return flat
 
 
+def resumable(field: str) -> bool:
+  """Whether a run may resume under another value of 'dotted.field'."""
+  return any(field == r or field.startswith(r + '.') for r in RESUMABLE_FIELDS)
+
+
 def recipe(config) -> dict[str, Any]:
   """The config as {'dotted.field': value}, less RESUMABLE_FIELDS."""
-  resumable = lambda field: any(field == r or field.startswith(r + '.')
-                                for r in RESUMABLE_FIELDS)
   return {field: value for field, value in flatten(config.to_dict()).items()
           if not resumable(field)}
 

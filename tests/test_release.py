@@ -1,7 +1,6 @@
 """Releasing one run's weights (experiments/release.py) and loading them."""
 
 import json
-import re
 import shutil
 
 import numpy as np
@@ -32,12 +31,6 @@ def fixture_released(run_dir, tmp_path_factory):
   return out
 
 
-def readme_hashes(out) -> dict[str, str]:
-  rows = re.findall(r'^\| `(.+)` \| [\d,]+ \| `([0-9a-f]{64})` \|$',
-                    (out / release.README).read_text(), re.MULTILINE)
-  return dict(rows)
-
-
 @pytest.mark.slow
 def test_a_release_holds_one_runs_config_weights_and_a_readme(released):
   config = json.loads((released / 'config.json').read_text())
@@ -52,7 +45,7 @@ def test_a_release_holds_one_runs_config_weights_and_a_readme(released):
   # Every file but the README, with its sha256 in the README's table.
   files = {p.relative_to(released).as_posix(): p
            for p in released.rglob('*') if p.is_file()}
-  table = readme_hashes(released)
+  table = recorded(released)['hashes']
   assert set(table) == set(files) - {'README.md'}
   assert 'config.json' in table
   for path, digest in table.items():
