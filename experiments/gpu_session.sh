@@ -1,6 +1,7 @@
 #!/bin/bash
-# One session on a lent GPU: Table 6 of He et al. on the JPEG copy of
-# CIFAR-10, job after job, within a wall-time budget:
+# Table 6 of He et al. on the JPEG copy of CIFAR-10, job after job, within a
+# wall-time budget: for a machine you hold for a limited time (a notebook
+# session, a preemptible or rented GPU VM).
 #
 #   bash experiments/gpu_session.sh SECONDS OUT_DIR DATA_DIR RESUME_DIR \
 #     JOB [JOB ...]
@@ -11,16 +12,14 @@
 # experiments/reproduce_table6.py sweep, the paper's full recipe in float32
 # under JAX's default precision (TF32 on the GPU), 45k/5k split, $K steps per
 # call (default 100; say K=1 on a CPU), into
-# runs/table6/resnet<DEPTH>-seeds<FIRST>-<LAST>. A workdir that an
-# earlier session packed, RESUME_DIR/<that name>.tgz, is unpacked first: the
-# job resumes it, bit-identically (train.py). The job that would overrun the
+# runs/table6/resnet<DEPTH>-seeds<FIRST>-<LAST>. A workdir packed by an
+# earlier time slot, RESUME_DIR/<that name>.tgz, is unpacked first: the job
+# resumes it, bit-identically (train.py). The job that would overrun the
 # budget gets SIGTERM, saves a checkpoint and stops; no job starts after it.
-# Each job's workdir comes back as OUT_DIR/<name>.tgz (checkpoints, config,
+# Each job's workdir is packed as OUT_DIR/<name>.tgz (checkpoints, config,
 # summary, events and trainer.log, the logs of all its sessions): finished,
 # it gives the table and the released weights; unfinished, it goes into
-# RESUME_DIR for the next session. The device gives back files of 16 MiB at
-# most: a workdir's two checkpoints (newest and best) must fit, so a job
-# trains at most as many runs as fit (ResNet-20: 3, ResNet-56: 1).
+# RESUME_DIR on the next machine.
 set -u
 budget=$1 out=$2 data=$3 resume_dir=$4
 shift 4
@@ -41,7 +40,6 @@ pack() {  # The workdir $1, its log appended, into $out.
   tar czf "$out/$1.tgz" -C "$root" "$1"
   local size=$(stat -c %s "$out/$1.tgz")
   echo "$out/$1.tgz: $size bytes"
-  [ "$size" -le $((16 << 20)) ] || echo "warning: over 16 MiB: will not come back"
 }
 for job in "$@"; do
   IFS=: read -r depth first num layout <<< "$job"

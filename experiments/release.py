@@ -9,16 +9,16 @@ writes into --out (absent or empty):
   num_runs=1 and seed = the run's seed (config.seed + run). A run that
   measured its normalisation on the training split gets the measured mean
   and std written in as constants, so that the release needs no data.
-- checkpoints/<step>/: the run's step, parameters and batch-norm statistics
-  only (no optimizer state), their run axis kept with size 1, written by the
-  project's Checkpointer (metadata with the class names, marked
-  inference.WEIGHTS_ONLY; a fingerprint checked on every restore).
-- README.md: model, data, recipe, the run's validation accuracy (from the
-  workdir's summary.json), the commands that trained and released it, the
-  sha256 of every other file, and the CPU check: how many images of
-  --check_split (default the run's validation split; empty: none) the
-  release classifies correctly on this machine, the exact count that
-  tests/test_pretrained.py requires of every release in pretrained/.
+- weights.msgpack and release.json (resnet_jax/releases.py): the run's
+  parameters and batch-norm statistics in one file (no optimizer state), and
+  what they are: step, seed, class names, normalisation, the weights'
+  sha256, the run's validation accuracy (the workdir's summary.json) and the
+  CPU check: how many images of --check_split (default the run's validation
+  split; empty: none) the release classifies correctly on this machine, the
+  exact count that tests/test_pretrained.py requires of every release in
+  pretrained/.
+- README.md: model, data, recipe, accuracy, the commands that trained and
+  released it, the sha256 of every other file.
 
 --data_dir, when given, is where the run's dataset is here; the released
 config.json names it, so that `evaluate` finds it there.
@@ -28,7 +28,6 @@ load it as they load any workdir (inference.load). Refused, with one line
 `error: ...`, when --out is not empty, the run or checkpoint does not exist.
 """
 
-import hashlib
 import importlib
 import json
 import os
@@ -41,14 +40,13 @@ from absl import flags
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 
 from resnet_jax import checkpoints
 from resnet_jax import datasets
 from resnet_jax import evaluate
 from resnet_jax import experiment
 from resnet_jax import inference
-from resnet_jax import parallel
+from resnet_jax import releases
 from resnet_jax import tools
 from resnet_jax import workdir as workdir_lib
 
@@ -58,11 +56,7 @@ FLAGS = flags.FLAGS
 
 
 def sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
+  return releases.sha256(pathlib.Path(path).read_bytes())
 
 
 def file_hashes(out: str) -> dict[str, tuple[int, str]]:
@@ -142,6 +136,18 @@ def _accuracy(summary: dict | None, run: int, step: int) -> str:
   return text + f" (the workdir's summary.json, runs[{run}])"
 
 
+def _validation(summary: dict | None, run: int, step: int) -> dict | None:
+  """The run's final validation figures, if summary.json has this step's."""
+  if summary is None or summary['steps'] != step:
+    return None
+  figures = summary['runs'][run]
+  if 'final_val_accuracy' not in figures:
+    return None
+  return {'accuracy': figures['final_val_accuracy'],
+          'loss': figures['final_val_loss'],
+          'examples': summary['eval_examples']}
+
+
 def count_correct(workdir: str, split: str,
                   data_dir: str | None = None) -> dict:
   """How many images of `split` run 0 of `workdir` classifies correctly.
@@ -150,14 +156,14 @@ def count_correct(workdir: str, split: str,
   where the workdir's config.json says: {'correct', 'examples', 'split' (as
   loaded), 'device', 'jax'}.
   """
-  config = inference.read_config(workdir)
-  if data_dir:
-    config.data.data_dir = data_dir
-  tfds_split = evaluate.resolve_split(config, split)
-  loaded = inference.load(workdir)
-  ds = datasets.load_split(config.data, tfds_split)
+  loaded = inference.load(workdir, data_dir=data_dir)
+  tfds_split = evaluate.resolve_split(loaded.config, split)
+  ds = datasets.load_split(loaded.config.data, tfds_split)
+  # Refuses training data changed since the run (a reshuffled folder).
+  inference.examples_trained_on(loaded, ds)
   summary, _ = evaluate.evaluate_images(
-      loaded.apply, ds.images, ds.labels, batch_size=config.eval_batch_size)
+      loaded.apply, ds.images, ds.labels,
+      batch_size=loaded.config.eval_batch_size)
   return {'correct': sum(c['correct'] for c in summary['per_class']),
           'examples': summary['num_examples'], 'split': tfds_split,
           'device': jax.devices()[0].device_kind, 'jax': jax.__version__}
@@ -172,6 +178,12 @@ def check_line(split: str, check: dict | None) -> str:
           f'({check["correct"] / check["examples"]:.2%}) on '
           f'{check["device"]}, JAX {check["jax"]}: tests/test_pretrained.py '
           'requires this count exactly.')
+
+
+def _name(out: str) -> str:
+  """What resnet_jax.pretrained takes for `out`: its name in pretrained/."""
+  path = pathlib.Path(out).resolve()
+  return path.name if path.parent == releases.PRETRAINED else out
 
 
 def readme(*, config, loaded, run: int, workdir: str, checkpoint,
@@ -193,7 +205,8 @@ def readme(*, config, loaded, run: int, workdir: str, checkpoint,
           f'`{data.name}`{f" ({train_data})" if train_data else ""}: trained '
           f'on `{data.train_split}`, validated on `{data.eval_split or "-"}`, '
           f'tested on `{data.test_split or "-"}`'
-          + (f'. {data_note}' if data_note else '')),
+          + (f'. {data_note[:1].upper()}{data_note[1:]}' if data_note
+             else '')),
       'Recipe': _recipe(config, summary),
       'Validation accuracy': _accuracy(summary, run, loaded.step),
       'Trained by': (
@@ -216,6 +229,11 @@ def readme(*, config, loaded, run: int, workdir: str, checkpoint,
       f'    python -m resnet_jax.evaluate --workdir={out} --split='
       f'{"test" if data.test_split else "validation"}',
       f'    python -m resnet_jax.predict --workdir={out} image.png', '',
+      'or in Python, on uint8 images (N, H, W, C):', '',
+      '    import resnet_jax',
+      f'    model = resnet_jax.pretrained({_name(out)!r})',
+      '    model.predict(images)  # class names; also probabilities, logits',
+      '',
       '## Files', '',
       f'{sum(size for size, _ in hashes.values()):,} bytes in all, '
       f'{README} aside.', '', '| file | bytes | sha256 |', '| --- | ---: | --- |',
@@ -253,21 +271,25 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
     config.data.normalization = 'constants'
     config.data.mean = [float(x) for x in loaded.mean]
     config.data.std = [float(x) for x in loaded.std]
-  exp = experiment.build(config, dp=parallel.DataParallel('jit'),
-                         image_shape=loaded.image_shape)
-  state = {
-      'step': jnp.full((1,), loaded.step, exp.abstract_state().step.dtype),
-      # The run axis kept (size 1): the layout inference restores.
-      **jax.tree.map(lambda x: x[run:run + 1], loaded.all_variables)}
-  metadata = exp.checkpoint_metadata(training=False) | {
-      inference.WEIGHTS_ONLY: True,
-      'released_from': {'run': run, 'seed': loaded.seed, 'num_runs': num_runs,
-                        'step': loaded.step}}
-  if loaded.class_names is not None:
-    metadata['class_names'] = list(loaded.class_names)
+  variables = jax.tree.map(lambda x: x[run], loaded.all_variables)
+  record = {
+      'model': f'resnet{config.model.depth}', 'dataset': config.data.name,
+      'data_note': data_note, 'step': loaded.step, 'seed': loaded.seed,
+      'released_from': {'workdir': workdir, 'run': run, 'num_runs': num_runs,
+                        'checkpoint': str(checkpoint)},
+      'class_names': (None if loaded.class_names is None
+                      else list(loaded.class_names)),
+      'image_shape': list(loaded.image_shape),
+      # What inference normalises with, as a checkpoint records it.
+      checkpoints.RECORDED: {'normalization': {
+          'mean': [float(x) for x in loaded.mean],
+          'std': [float(x) for x in loaded.std]}},
+      'num_params': sum(x.size for x in jax.tree.leaves(variables['params']))}
   source = os.path.join(os.path.abspath(workdir), 'checkpoints')
   with checkpoints.Checkpointer(source, metadata={}, read_only=True) as reader:
     stored = reader.stored_metadata(loaded.step) or {}
+  # The training data's fingerprint: readers refuse a changed folder.
+  record['training'] = {'train_data': loaded.train_data}
   summary_path = epath.Path(workdir) / 'summary.json'
   summary = (json.loads(summary_path.read_text()) if summary_path.exists()
              else None)
@@ -276,18 +298,17 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
     os.makedirs(out, exist_ok=True)
     workdir_lib.write_json(epath.Path(out) / inference.CONFIG_FILE,
                            json.loads(config.to_json_best_effort()))
-    with checkpoints.Checkpointer(os.path.join(os.path.abspath(out),
-                                               'checkpoints'),
-                                  metadata=metadata) as writer:
-      writer.save(loaded.step, state)
-    hashes = file_hashes(out)
+    record |= {'validation': _validation(summary, run, loaded.step)}
+    record = releases.write(out, variables, record)
     check = count_correct(out, check_split) if check_split else None
+    record = releases.write(out, variables, record | {'cpu_check': check})
+    hashes = file_hashes(out)
     original = json.loads((epath.Path(workdir) / inference.CONFIG_FILE
                            ).read_text())
     text = readme(
         config=config, loaded=loaded, run=run, workdir=workdir,
         checkpoint=checkpoint,
-        num_params=sum(x.size for x in jax.tree.leaves(state['params'])),
+        num_params=record['num_params'],
         train_data=stored.get('training', {}).get('train_data'),
         data_note=data_note, summary=summary,
         trained_by=training_command(original, (summary or {}).get('config'),

@@ -10,7 +10,7 @@ first_seed + i, so the seeds are --first_seed and the --num_seeds - 1 after
 it), started from the repository root: `python -m resnet_jax.main
 --config=configs/resnet<depth>.py --workdir=<root>/resnet<depth>-seeds<first>-
 <last> --config.seed=<first> --config.num_runs=<num_seeds>` and the
---config.FIELD=VALUE given (typed by configs/default.py; --num_epochs is
+--config.FIELD=VALUE given (typed by resnet_jax/defaults.py; --num_epochs is
 --config.num_epochs), its output appended to <log_dir>/<workdir's
 name>.log. A depth is done when its workdir holds summary.json and a
 config.json of the same recipe as the config its command gives (`_recipe`:
@@ -30,9 +30,10 @@ trainer records devices and JAX version), marked when the schedule is shorter
 than the paper's 64k steps at batch 128.
 
 Exit status: 0 when every depth is done; 1 with one line `error: ...` for bad
-flags or a depth not done (the tables hold the others); 143 when SIGTERM
-stopped the sweep (forwarded to the running trainer, which saves a checkpoint
-first).
+flags or a depth not done (the tables hold the others); 143 when SIGTERM, 130
+when Ctrl-C (SIGINT) stopped the sweep: forwarded to the running trainer, the
+sweep exits once it has saved its checkpoint, so the same command can resume
+at once.
 """
 
 import importlib
@@ -205,6 +206,12 @@ def _header(done: list[dict], command: list[str], metric: str) -> list[str]:
           '| --- | --- |', *(f'| {k} | {v} |' for k, v in rows.items())]
 
 
+def _shown(root: str) -> str:
+  """`root` as typed from the repository root, when it is under it."""
+  inside = not os.path.relpath(root, REPO).startswith('..')
+  return os.path.relpath(root, REPO) if '://' not in root and inside else root
+
+
 def _wall_minutes_per_run(summary: dict) -> float:
   # The runs of one program share its wall time (every session of it).
   seconds = summary.get('total_wall_seconds', summary['wall_seconds'])
@@ -220,8 +227,8 @@ def write_tables(found: dict, seeds: range, root: str,
   key = 'test_accuracy' if metric == 'test' else 'final_val_accuracy'
   short = any(s['steps'] * s['batch_size'] < PAPER_EXAMPLES for s in done)
   lines = ['# Table 6 of He et al. 2015 (CIFAR-10 ResNets), reproduced', '',
-           *_header(done, build_command('DEPTH', seeds, root, overrides),
-                    metric), '',
+           *_header(done, build_command('DEPTH', seeds, _shown(root),
+                                        overrides), metric), '',
            f'| model | runs | final {metric} error (%), mean ± sample std '
            '(n - 1) | per seed | wall minutes per run | He et al. 2015 | '
            'akamaster (PyTorch) |',
@@ -263,12 +270,14 @@ def write_tables(found: dict, seeds: range, root: str,
 
 
 class Trainer:
-  """Runs trainers one at a time; SIGTERM is passed on to the running one."""
+  """Runs trainers one at a time; SIGTERM or SIGINT (Ctrl-C) is passed on to
+  the running one, which saves its checkpoint before the sweep exits."""
   process = None
-  terminated = False  # After SIGTERM no other trainer starts.
+  terminated = False  # After a signal no other trainer starts.
+  signum = signal.SIGTERM  # The signal that stopped the sweep.
 
-  def __call__(self, signum, frame):  # The SIGTERM handler.
-    self.terminated = True
+  def __call__(self, signum, frame):  # The SIGTERM and SIGINT handler.
+    self.terminated, self.signum = True, signum
     if self.process is not None and self.process.poll() is None:
       self.process.send_signal(signum)
 
@@ -277,8 +286,11 @@ class Trainer:
     with open(log_path, 'a') as log:
       log.write(f'\n=== {shlex.join(command)}\n')
       log.flush()
+      # Its own session: a terminal's Ctrl-C reaches the sweep alone, which
+      # passes it on once (a second signal would stop the trainer unsaved).
       self.process = subprocess.Popen(command, cwd=REPO, stdout=log,
-                                      stderr=subprocess.STDOUT)
+                                      stderr=subprocess.STDOUT,
+                                      start_new_session=True)
       if self.terminated:  # SIGTERM came before the process existed.
         self.process.terminate()
       try:
@@ -299,11 +311,17 @@ def sweep(depths, seeds: range, root: str, log_dir: str, overrides: dict,
       name = os.path.basename(path)
       log = os.path.join(log_dir, f'{name}.log')
       print(f'{path}: training, log {log}', flush=True)
+      start = os.path.getsize(log) if os.path.exists(log) else 0
       code = trainer.run(build_command(depth, seeds, root, overrides), log)
       summary = code == 0 and done_summary(root, depth, seeds, overrides)
       if not summary:
-        lines = pathlib.Path(log).read_text().splitlines()
-        why = 'stopped by SIGTERM' if code == 143 else ([  # Its last words.
+        lines = []  # This attempt's.
+        if os.path.exists(log):
+          with open(log, 'rb') as f:
+            f.seek(start)
+            lines = f.read().decode(errors='replace').splitlines()
+        stopped = {143: 'stopped by SIGTERM', 130: 'stopped by Ctrl-C'}
+        why = stopped.get(code) or ([  # Its last words.
             l for l in lines if l.startswith('error: ')] or lines or [''])[-1]
         failures.append(f'{name}: exit {code}: {why}; {log}')
         print(failures[-1], flush=True)
@@ -338,14 +356,16 @@ def main(argv) -> int:
     if not FLAGS.log_dir and '://' in root:
       raise ValueError('--root is not local: give a local --log_dir')
     signal.signal(signal.SIGTERM, trainer)
+    signal.signal(signal.SIGINT, trainer)
     summaries, failures = sweep(depths, seeds, root, FLAGS.log_dir or
                                 f'{root}/logs', overrides, trainer)
   print(write_tables({d: finished(root, d, overrides) for d in depths},
                      seeds, root, overrides))
   if trainer.terminated:
-    print('error: stopped by SIGTERM; rerun the same command to go on',
+    name = 'SIGTERM' if trainer.signum == signal.SIGTERM else 'Ctrl-C'
+    print(f'error: stopped by {name}; rerun the same command to go on',
           file=sys.stderr)
-    return 128 + signal.SIGTERM
+    return 128 + trainer.signum
   not_done = failures or [f'{workdir(root, d, seeds)}: no summary.json of '
                           'this config' for d, s in summaries.items() if not s]
   if not_done:

@@ -3,15 +3,14 @@
 import json
 import shutil
 
+import flax.serialization
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from experiments import release
 from resnet_jax import evaluate
 from resnet_jax import inference
 from test_evaluate import run_module, train_smoke_run
-from test_pretrained import check_release, recorded
 
 
 @pytest.fixture(name='run_dir', scope='module')
@@ -35,42 +34,45 @@ def fixture_released(run_dir, tmp_path_factory):
 def test_a_release_holds_one_runs_config_weights_and_a_readme(released):
   config = json.loads((released / 'config.json').read_text())
   assert (config['num_runs'], config['seed']) == (1, 1)
-  step_dir = released / 'checkpoints' / '4'
-  assert [p.name for p in (released / 'checkpoints').iterdir()] == ['4']
-  tree = ocp.StandardCheckpointer().metadata(step_dir / 'state').item_metadata
-  assert set(tree) == {'step', 'params', 'batch_stats'}  # No opt_state.
-  metadata = json.loads((step_dir / 'metadata' / 'metadata').read_text())
-  assert metadata[inference.WEIGHTS_ONLY] is True
-  assert metadata['class_names'][0] == 'airplane'
-  # Every file but the README, with its sha256 in the README's table.
-  files = {p.relative_to(released).as_posix(): p
-           for p in released.rglob('*') if p.is_file()}
-  table = recorded(released)['hashes']
-  assert set(table) == set(files) - {'README.md'}
-  assert 'config.json' in table
-  for path, digest in table.items():
-    assert release.sha256(files[path]) == digest
+  assert sorted(p.name for p in released.iterdir()) == [
+      'README.md', 'config.json', 'release.json', 'weights.msgpack']
+  record = json.loads((released / 'release.json').read_text())
+  assert (record['step'], record['seed'], record['class_names'][0]) == (
+      4, 1, 'airplane')
+  assert record['released_from']['run'] == 1
+  # One run's weights, no optimizer state, readable by Flax alone.
+  weights = flax.serialization.msgpack_restore(
+      (released / 'weights.msgpack').read_bytes())
+  assert set(weights) == {'params', 'batch_stats'}
+  assert weights['params']['head']['kernel'].shape == (64, 10)
+  assert record['weights']['sha256'] == release.sha256(
+      released / 'weights.msgpack')
   text = (released / 'README.md').read_text()
   assert 'ResNet-8' in text and 'seed 1' in text
   assert 'Fake CIFAR-10 of the tests.' in text
   assert '--config=configs/smoke.py' in text  # The training command.
   assert '--config.num_runs=2' in text
   assert 'python -m experiments.release' in text
+  assert f"resnet_jax.pretrained('{released}')" in text
 
 
 @pytest.mark.slow
-def test_the_readme_records_what_the_release_gives_and_a_test_checks_it(
-    released, tmp_path):
-  figures = recorded(released)
-  assert (figures['examples'], figures['split']) == (10, 'validation')
+def test_the_check_holds_and_fails_on_any_file_changed(
+    released, tmp_path, check_release):
+  record = json.loads((released / 'release.json').read_text())
+  assert (record['cpu_check']['examples'],
+          record['cpu_check']['split']) == (10, 'train[90%:]')
+  # Counted by evaluate, independently of the release's own count.
   result = evaluate.run(str(shutil.copytree(released, tmp_path / 'copy')),
                         split='validation', num_misclassified=0)
-  assert figures['correct'] == round(result['accuracy'] * 10)
+  assert record['cpu_check']['correct'] == round(result['accuracy'] * 10)
   check_release(released)
-  # A README that records one image more, a file changed: the check fails.
+  # Evaluating a release leaves its results beside it; the check still holds.
+  check_release(tmp_path / 'copy')
+  correct = record['cpu_check']['correct']
   for path, old, new in (
-      ('README.md', f'CPU check: {figures["correct"]} of',
-       f'CPU check: {figures["correct"] + 1} of'),
+      ('README.md', f'CPU check: {correct} of', f'CPU check: {correct + 1} of'),
+      ('release.json', f'"correct": {correct},', f'"correct": {correct + 1},'),
       ('config.json', '"eval_batch_size": 40', '"eval_batch_size": 20')):
     tampered = shutil.copytree(released, tmp_path / f'tampered_{path}')
     text = (tampered / path).read_text()
@@ -78,6 +80,28 @@ def test_the_readme_records_what_the_release_gives_and_a_test_checks_it(
     (tampered / path).write_text(text.replace(old, new))
     with pytest.raises(AssertionError):
       check_release(tampered)
+
+
+@pytest.mark.slow
+def test_changed_or_missing_weights_are_refused_in_one_line(released,
+                                                            tmp_path):
+  changed = shutil.copytree(released, tmp_path / 'changed')
+  data = bytearray((changed / 'weights.msgpack').read_bytes())
+  data[-1] ^= 1
+  (changed / 'weights.msgpack').write_bytes(bytes(data))
+  with pytest.raises(ValueError, match='weights.msgpack has sha256 .* not the '
+                     '.* that release.json records'):
+    inference.load(str(changed))
+  for name, match in (('weights.msgpack', 'cannot read the weights'),
+                      ('release.json', 'no checkpoint in')):
+    missing = shutil.copytree(released, tmp_path / f'no_{name}')
+    (missing / name).unlink()
+    with pytest.raises(ValueError, match=match):
+      inference.load(str(missing))
+  result = run_module('resnet_jax.predict', f'--workdir={changed}',
+                      str(tmp_path / 'x.png'))
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert 'that release.json records' in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow

@@ -440,5 +440,71 @@ def test_main_stops_on_sigterm_with_143(monkeypatch, tmp_path, capsys):
   assert (tmp_path / 'table6.md').exists()
 
 
+def test_ctrl_c_is_passed_on_and_the_sweep_waits_for_the_save(tmp_path):
+  log = tmp_path / 'run.log'
+  command = [sys.executable, '-c',
+             'import signal, sys, time\n'
+             'def save(*_):\n'
+             '  time.sleep(0.5)\n'  # Saving a checkpoint.
+             '  print("saved", flush=True)\n'
+             '  sys.exit(130)\n'
+             'signal.signal(signal.SIGINT, save)\n'
+             'print("ready", flush=True)\n'
+             'time.sleep(20)']
+  trainer = table6.Trainer()
+
+  def interrupt_when_ready():
+    while 'ready' not in (log.read_text().splitlines() if log.exists()
+                          else []):
+      time.sleep(0.01)
+    trainer(signal.SIGINT, None)  # As the sweep's handler is called.
+
+  threading.Thread(target=interrupt_when_ready, daemon=True).start()
+  assert trainer.run(command, str(log)) == 130
+  assert trainer.terminated and trainer.signum == signal.SIGINT
+  assert log.read_text().splitlines()[-1] == 'saved'  # Waited for it.
+
+
+def test_a_failure_is_explained_by_its_own_attempt(tmp_path):
+
+  class Crashes(FakeTrainer):
+
+    def run(self, command, log_path):
+      self.calls.append(command)
+      with open(log_path, 'a') as log:
+        log.write('Killed\n')
+      return 137
+
+  logs = tmp_path / 'logs'
+  logs.mkdir()
+  (logs / 'resnet20-seeds0-0.log').write_text(
+      'error: an earlier attempt failed\n')
+  _, failures = table6.sweep([20], range(1), str(tmp_path / 'runs'),
+                             str(logs), {}, Crashes({}))
+  assert failures == [
+      f'resnet20-seeds0-0: exit 137: Killed; {logs}/resnet20-seeds0-0.log']
+
+
+def test_main_stops_on_ctrl_c_with_130(monkeypatch, tmp_path, capsys):
+
+  class Interrupted(FakeTrainer):
+
+    def run(self, command, log_path):
+      self.calls.append(command)
+      os.kill(os.getpid(), signal.SIGINT)  # Reaches main's handler.
+      return 130
+
+  monkeypatch.setattr(table6, 'Trainer', lambda: Interrupted({}))
+  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20,32', '--num_seeds=1')
+  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    assert table6.main(['reproduce_table6']) == 130
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  assert capsys.readouterr().err.splitlines() == [
+      'error: stopped by Ctrl-C; rerun the same command to go on']
+
+
 if __name__ == '__main__':
   sys.exit(pytest.main([__file__, '-q']))
