@@ -86,6 +86,11 @@ class _ExpectedWarnings(logging_lib.Filter):
 logging_lib.getLogger('absl').addFilter(_ExpectedWarnings())
 
 
+# The metadata under this key is written for readers and never compared: it
+# follows from what is (the measured normalisation from the training data).
+RECORDED = 'recorded'
+
+
 class IncompatibleCheckpointError(ValueError):
   """The directory holds checkpoints of a run with different settings."""
 
@@ -119,6 +124,8 @@ def _differences(stored: dict[str, Any], ours: dict[str, Any]) -> list[str]:
   stored, ours = _flatten(stored), _flatten(ours)
   diffs = []
   for key in sorted(ours):
+    if key.startswith(RECORDED + '.'):
+      continue
     saved, now = stored.get(key, _ABSENT), ours.get(key, _ABSENT)
     if saved != now:
       show = lambda v: v if v is _ABSENT else json.dumps(v)
@@ -215,7 +222,11 @@ class Checkpointer:
 
   def _open(self) -> ocp.CheckpointManager:
     policies = ocp.checkpoint_managers
-    best_accuracy = lambda metrics: metrics['val_accuracy']
+    # The best is the first step to reach the highest accuracy, as the
+    # trainer's summary.json counts it: of tied steps the earliest (saved
+    # with its step; checkpoints from before rank ties by step as Orbax does).
+    best_accuracy = lambda metrics: (metrics['val_accuracy'],
+                                     -metrics.get('step', 0))
     options = ocp.CheckpointManagerOptions(
         best_fn=best_accuracy,
         best_mode='max',
@@ -268,15 +279,38 @@ class Checkpointer:
     back (`restore` skips, with a warning, one whose metadata does not);
     None if there is none.
     """
-    candidates = [step] if step is not None else reversed(self.all_steps())
-    for candidate in candidates:
+    candidates = [step] if step is not None else list(
+        reversed(self.all_steps()))
+    tried = []
+    while candidates:
+      candidate = candidates.pop(0)
+      tried.append(candidate)
       try:
         return self._read_json(candidate, 'metadata')
       except Exception as e:  # pylint: disable=broad-except
+        if step is None and self._vanished(candidate, tried):
+          candidates = self._listed_again(tried)
+          continue
         # Not a warning: `restore` skips the step and warns, in one line.
         logging.info('Checkpoint %d: cannot read its run metadata (%s).',
                      candidate, _one_line(e))
     return None
+
+  # How often a reader lists the steps again when listed ones vanish: a
+  # trainer that saves every few steps deletes one per save.
+  _MAX_RELISTS = 20
+
+  def _vanished(self, step: int, tried: list[int]) -> bool:
+    """Whether listed `step` is gone (deleted by a trainer keeping the newest
+    few) and the steps may be listed again."""
+    return (len(tried) <= self._MAX_RELISTS and
+            not (self.directory / str(step)).exists())
+
+  def _listed_again(self, tried: list[int]) -> list[int]:
+    """The steps as they are now, newest first, less those `tried`."""
+    self._manager.reload()
+    return [c for c in reversed(self.all_steps())
+            if c not in tried and c not in self._damaged_metrics]
 
   def check_compatible(self) -> None:
     """Raises IncompatibleCheckpointError if the checkpoints are another run's.
@@ -288,6 +322,12 @@ class Checkpointer:
       return
     stored = self.stored_metadata()
     diffs = [] if stored is None else _differences(stored, self._metadata)
+    if diffs and self._read_only:
+      # A reader's metadata comes from the config.json beside them.
+      raise IncompatibleCheckpointError(
+          f'the checkpoints in {self.directory} do not match the workdir\'s '
+          f'config.json ({"; ".join(diffs)}): config.json was edited or is '
+          "another run's; restore the one the trainer wrote")
     if diffs:
       raise IncompatibleCheckpointError(
           f'checkpoints in {self.directory} come from a different run '
@@ -363,10 +403,21 @@ class Checkpointer:
       logging.info('No checkpoint in %s; starting from scratch.',
                    self.directory)
       return (target_state, {}) if with_progress else target_state
-    for candidate in candidates:
+    tried = []
+    while candidates:
+      candidate = candidates.pop(0)
+      tried.append(candidate)
       try:
         restored = self._read_step(candidate, target_state, with_progress)
       except Exception as e:  # pylint: disable=broad-except
+        if self._vanished(candidate, tried):
+          if step is None:  # Deleted since it was listed: list again.
+            candidates = self._listed_again(tried)
+            continue
+          raise UnreadableCheckpointError(
+              f'checkpoint {step} in {self.directory} was deleted while it '
+              'was read (a trainer writing there keeps only the newest and '
+              'the best); read the latest, or another step') from None
         failures.append(f'step {candidate}: {_one_line(e)}')
         if candidate not in self.unreadable_steps:
           self.unreadable_steps.append(candidate)
@@ -436,7 +487,7 @@ class Checkpointer:
       self._manager.save(
           step, force=True,
           metrics=None if val_accuracy is None else {
-              'val_accuracy': float(val_accuracy)},
+              'val_accuracy': float(val_accuracy), 'step': int(step)},
           args=ocp.args.Composite(
               state=ocp.args.StandardSave(state),
               metadata=ocp.args.JsonSave(self._metadata),

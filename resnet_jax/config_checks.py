@@ -1,9 +1,9 @@
 """Rejects an invalid config before anything is written, with a one-line reason.
 
-`validate` checks every field of configs/default.py: its type is the default
+`validate` checks every field of resnet_jax/defaults.py: its type is the default
 value's (an int also does for a float, a bool never does for an int), every
 number is finite and lies in the range the code supports, and the fields
-agree with each other. A field that default.py lacks (added by a user) may
+agree with each other. A field that defaults.py lacks (added by a user) may
 hold any JSON value. `validate_with_split` checks what needs the training
 split: its size and its images' side.
 
@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 
-from configs import default
+from resnet_jax import defaults
 from resnet_jax import datasets, models, optimizer, parallel, schedules
 
 DATASETS = datasets.TFDS_DATASETS + (datasets.IMAGE_FOLDER,)
@@ -78,7 +78,7 @@ _SEED = _Range(0, MAX_SEED, note='seeds are 32-bit')
 _FRACTION = _Range(0, 1, high_open=True)  # [0, 1)
 _LEARNING_RATE = _Range(0, 100, low_open=True)
 
-# The range of every numeric field (of default.py) that has one; floats must
+# The range of every numeric field (of defaults.py) that has one; floats must
 # also be finite.
 RANGES = {
     'seed': _SEED,
@@ -190,7 +190,7 @@ def _check_type(field: str, value, default_value) -> None:
     _check(isinstance(value, (tuple, list)) and all(map(_is_number, value)),
            field, value, 'must be a list of finite numbers')
   else:
-    raise TypeError(f'configs/default.py: no check for the type of '
+    raise TypeError(f'resnet_jax/defaults.py: no check for the type of '
                     f'config.{field}={default_value!r}')
 
 
@@ -209,7 +209,7 @@ def _check_types(config, defaults, prefix: str = '') -> None:
   for key in defaults.keys():
     field, default_value = prefix + key, defaults[key]
     if key not in config:
-      raise ValueError(f'config.{field} is missing (configs/default.py has '
+      raise ValueError(f'config.{field} is missing (resnet_jax/defaults.py has '
                        'it)')
     value = config[key]
     if hasattr(default_value, 'keys'):
@@ -247,16 +247,16 @@ def _check_schedule(config, total_steps: int, field: str, value) -> None:
 
 def validate(config) -> None:
   """Raises ValueError naming the first invalid field of `config`."""
-  defaults = default.get_config()
-  _check_types(config, defaults)
-  for field in _flat_fields(defaults):
+  default = defaults.get_config()
+  _check_types(config, default)
+  for field in _flat_fields(default):
     value = _get(config, field)
     if field in CHOICES:
       _check(value in CHOICES[field], field, value,
              f'must be one of {CHOICES[field]}')
     if field in RANGES:
       _check(value in RANGES[field], field, value,
-             RANGES[field].requirement(_is_int(_get(defaults, field))))
+             RANGES[field].requirement(_is_int(_get(default, field))))
 
   model = config.model
   try:

@@ -60,6 +60,9 @@ class InMemoryDataset:
   # read other data: the split and a description of its source that changes
   # when the source does (see load_split).
   source: str = ''
+  # Which rows of its base split these are, (base, start, stop), in the
+  # order the base is sliced in: two splits overlap where their ranges do.
+  rows: tuple[str, int, int] | None = None
 
   def __post_init__(self):
     if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -77,6 +80,13 @@ class InMemoryDataset:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  def shared_examples(self, other: 'InMemoryDataset') -> int:
+    """How many examples this split and `other` share (slices of one base)."""
+    if self.rows is None or other.rows is None or self.rows[0] != other.rows[0]:
+      return 0
+    return max(0, min(self.rows[2], other.rows[2]) -
+               max(self.rows[1], other.rows[1]))
 
 
 # ----------------------------------------------------------------------------
@@ -209,13 +219,32 @@ def _image_files(class_dir: str) -> list[str]:
           if name.lower().endswith(IMAGE_EXTENSIONS)]
 
 
+# What a run's workdir holds (checkpoints.py's folder, workdir.py's holder
+# file): a folder with one is a run put inside the image folder, never a
+# split or a class.
+WORKDIR_MARKERS = ('checkpoints', '.trainer')
+
+
+def _check_not_a_run(directory: str, root: str) -> None:
+  for marker in WORKDIR_MARKERS:
+    if os.path.lexists(os.path.join(directory, marker)):
+      raise DatasetUnavailableError(
+          f'{directory} holds a run (its {marker}): a --workdir inside the '
+          f'image folder {root} is read as a split or class of it; move the '
+          f'run out of {root}')
+
+
 def _image_folder_classes(root: str) -> tuple[str, ...]:
   # The labels are indices into the sorted class folders of all the splits
   # together (as tfds.ImageFolder numbered them), so that a class missing
   # from one split moves no label in another.
-  return tuple(sorted({name for split in _visible(root, want_dir=True)
-                       for name in _visible(os.path.join(root, split),
-                                            want_dir=True)}))
+  names = set()
+  for split in _visible(root, want_dir=True):
+    _check_not_a_run(os.path.join(root, split), root)
+    for name in _visible(os.path.join(root, split), want_dir=True):
+      _check_not_a_run(os.path.join(root, split, name), root)
+      names.add(name)
+  return tuple(sorted(names))
 
 
 def _image_folder_root(config) -> str:
@@ -256,26 +285,36 @@ def _check_image_folder_classes(split_dir: str) -> list[str]:
   return classes
 
 
-def _decode_image(path: str) -> np.ndarray | str:
-  """uint8 RGB pixels (H, W, 3) of a JPEG or PNG, else why it cannot be read.
+def decode_image(path: str, formats=('JPEG', 'PNG')) -> np.ndarray | str:
+  """uint8 RGB pixels (H, W, 3) of an image file, else why it cannot be read.
 
+  The one decoder of the project: the image folders' (JPEG and PNG) and
+  predict's (any of Pillow's `formats` with None), so that predict on a
+  dataset's file classifies exactly the pixels training and evaluate used.
   Pillow's libjpeg uses the accurate integer IDCT, as TF's decode_jpeg with
   dct_method='INTEGER_ACCURATE' (TF's default, fast IDCT shifts the CIFAR-10
   JPEGs' red and blue means by over 1/255). Grey, palette and alpha images
-  become RGB as in TF's decode_png(channels=3): grey repeated, the palette
-  looked up, alpha dropped.
+  become RGB as in TF's decode_png(channels=3): grey repeated (16-bit grey
+  cut to its high byte), the palette looked up, alpha dropped (not
+  composited); like TF, the EXIF orientation is not applied.
   """
   try:
-    with Image.open(path, formats=('JPEG', 'PNG')) as image:
+    with Image.open(path, formats=formats) as image:
       if image.mode == 'I;16':  # 16-bit grey, which TF cuts to its high byte.
         grey = (np.asarray(image) >> 8).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
       return np.asarray(image if image.mode == 'RGB' else image.convert('RGB'))
   except Image.UnidentifiedImageError:
-    return 'not a JPEG or PNG image'
+    return ('not a JPEG or PNG image' if formats == ('JPEG', 'PNG') else
+            'not an image (Pillow does not recognise it)')
   except Exception as e:  # pylint: disable=broad-except
     # Damage shows as OSError, SyntaxError, ValueError... depending on where.
     return getattr(e, 'strerror', None) or str(e) or type(e).__name__
+
+
+# The loader's name for it, which tests/test_datasets.py patches to count
+# decodes.
+_decode_image = decode_image
 
 
 def _folder_state(split_dir: str) -> tuple:
@@ -378,17 +417,20 @@ def load_split(config, split: str) -> InMemoryDataset:
         _folder_state(os.path.join(root, base)))
     order = np.random.default_rng(config.split_shuffle_seed).permutation(
         len(labels))
-    rows = order[split_slice.resolve(len(labels))]
   else:
     images, labels, class_names, source = _cached_base(
         _load_tfds_base, config.name, _local_dir(config.data_dir), base,
         bool(config.download))
-    rows = split_slice.resolve(len(labels))
+    order = None
+  positions = split_slice.resolve(len(labels))
+  rows = positions if order is None else order[positions]
+  start, stop, _ = positions.indices(len(labels))
   images, labels = images[rows], labels[rows]
   if not len(labels):
     raise ValueError(f'split {split!r} is empty')
   return InMemoryDataset(images, labels, class_names,
-                         source=f'{split} of {source}')
+                         source=f'{split} of {source}',
+                         rows=(base, start, max(start, stop)))
 
 
 def class_names(config, num_classes: int) -> tuple[str, ...] | None:
@@ -462,11 +504,13 @@ def _unavailable_error(name: str, builder,
   return DatasetUnavailableError(
       f'{name} is not prepared in data_dir {root} and cannot be downloaded '
       f'({reason}). To provide it: run `tfds build {name} --data_dir=DIR` on a '
-      'machine with internet, copy DIR here and set config.data.data_dir=DIR; '
+      'machine with internet, copy DIR here and add --config.data.data_dir=DIR; '
       f'or put {files} in {root}/downloads/manual/ (the TFDS manual download '
-      'dir) and set config.data.download=True; or use an image folder: '
-      "config.data.name='image_folder', config.data.data_dir=<root> holding "
-      '<root>/<split>/<class>/*.jpg|png.')
+      'dir) and add --config.data.download=True; or train on a folder of '
+      'images <root>/<split>/<class>/*.jpg|png by adding '
+      '--config.data.name=image_folder --config.data.data_dir=<root> '
+      '--config.data.test_split= (leave the last out if <root> has a test '
+      'split folder).')
 
 
 def check_available(config) -> None:

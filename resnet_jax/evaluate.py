@@ -26,12 +26,12 @@ eval_test.json for run 0, eval_test_run1.json, eval_test_ensemble.json.
   own accuracy and loss on the split.
 - confusion_<tag>.png: the confusion matrix as a labelled heat map.
 - misclassified_<tag>.png: the --num_misclassified mistakes made with the
-  highest confidence, with their true and predicted classes.
+  highest confidence (at most report.MAX_PICTURED), with their true and
+  predicted classes.
 
 The pictures show the plain predictions, not the augmented ones.
 """
 
-import json
 import os
 
 from absl import app
@@ -39,9 +39,11 @@ from absl import flags
 from absl import logging
 
 from resnet_jax import datasets
+from resnet_jax import experiment
 from resnet_jax import inference
 from resnet_jax import report
 from resnet_jax import tools
+from resnet_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 SPLIT_ALIASES = {'validation': 'eval_split', 'test': 'test_split'}
@@ -88,9 +90,17 @@ def resolve_split(config, split: str) -> str:
     field = SPLIT_ALIASES[split]
     resolved = config.data.get(field)
     if not resolved:
-      raise ValueError(
-          f'this run has no {split} split (config.data.{field} is empty); '
-          "pass the split to evaluate, e.g. --split='train[45000:]'")
+      # What does work on this run: its other held-out split, if any.
+      others = [alias for alias, other in SPLIT_ALIASES.items()
+                if alias != split and config.data.get(other)]
+      hint = (f'--split={others[0]} (its '
+              f'{config.data.get(SPLIT_ALIASES[others[0]])!r}) evaluates '
+              'held-out images' if others else
+              f'it has no held-out split: pass a split of {config.data.name} '
+              f'it did not train on (it trained on '
+              f'{config.data.train_split!r})')
+      raise ValueError(f'this run has no {split} split '
+                       f'(config.data.{field} is empty); {hint}')
     return resolved
   datasets.parse_split(split)  # A malformed name fails here, in words.
   if not datasets.has_split(config.data, split):
@@ -147,23 +157,19 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
   if num_misclassified < 0:
     raise ValueError(f'--num_misclassified must be >= 0, got '
                      f'{num_misclassified}')
-  config = inference.read_config(workdir)
-  if data_dir:
-    config.data.data_dir = data_dir
+  config = inference.read_config(workdir, data_dir)
   inference.check_run(config, workdir, run, ensemble)  # Before any data.
   tfds_split = resolve_split(config, split)
   tag = file_tag(split, run, ensemble)
   _check_writable(workdir)
-  loaded = inference.load(workdir, checkpoint, run=run, ensemble=ensemble)
+  loaded = inference.load(workdir, checkpoint, run=run, ensemble=ensemble,
+                          data_dir=data_dir)
   datasets.check_available(config.data)
   ds = datasets.load_split(config.data, tfds_split)
-  if ds.num_classes != loaded.num_classes:
-    raise ValueError(f'split {tfds_split!r} has {ds.num_classes} classes, the '
-                     f'model {loaded.num_classes}')
-  if tuple(ds.images.shape[1:]) != loaded.image_shape:
-    raise ValueError(f'split {tfds_split!r} has images of '
-                     f'{ds.images.shape[1:]}, the model takes '
-                     f'{loaded.image_shape}')
+  experiment.check_split_fits(ds, loaded.image_shape, loaded.num_classes,
+                              f'split {tfds_split!r}')
+  # Refuses a slice of training data that changed; counts training images.
+  trained_on = inference.examples_trained_on(loaded, ds)
   class_names = loaded.class_names or ds.class_names
   summary, logits = evaluate_images(
       loaded.apply, ds.images, ds.labels, batch_size=config.eval_batch_size,
@@ -184,6 +190,9 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
                               'accuracy': figures['accuracy'],
                               'loss': figures['loss']})
 
+  probabilities = report.softmax(logits)
+  mistakes = report.most_confident_mistakes(
+      ds.labels, probabilities, min(num_misclassified, report.MAX_PICTURED))
   files = {
       'json': os.path.join(workdir, f'eval_{tag}.json'),
       'confusion': os.path.join(workdir, f'confusion_{tag}.png'),
@@ -197,24 +206,25 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
       'checkpoint': inference.parse_checkpoint(checkpoint),
       'checkpoint_step': loaded.step,
       **loaded.selection,
+      'training_examples': trained_on,
       'class_names': list(class_names),
       **summary,
+      # How many mistakes the picture shows: --num_misclassified, at most
+      # report.MAX_PICTURED, at most the mistakes made.
+      'misclassified_shown': len(mistakes),
+      'misclassified_asked': num_misclassified,
       'files': {kind: os.path.basename(path) for kind, path in files.items()},
   }
   what = (f'{config.data.name} {tfds_split}, step {loaded.step}, '
           f'{loaded.describe()}')
   report.confusion_png(summary['confusion_matrix'], class_names,
                        files['confusion'], title=what)
-  probabilities = report.softmax(logits)
-  mistakes = report.most_confident_mistakes(ds.labels, probabilities,
-                                            num_misclassified)
   report.misclassified_grid_png(
       ds.images[mistakes], ds.labels[mistakes],
       probabilities[mistakes].argmax(-1), probabilities[mistakes].max(-1),
       class_names, files['misclassified'],
       title=f'{len(mistakes)} most confident mistakes: {what}')
-  with open(files['json'], 'w') as f:
-    json.dump(result, f, indent=2)
+  workdir_lib.write_json(files['json'], result)
   return result
 
 
@@ -228,6 +238,11 @@ def format_summary(result: dict) -> str:
            f'({result["num_examples"]} examples), checkpoint step '
            f'{result["checkpoint_step"]}, {which}:',
            f'  accuracy {result["accuracy"]:.2%}, loss {result["loss"]:.4f}']
+  if result.get('training_examples'):
+    lines.insert(1, f'  warning: {result["training_examples"]} of these '
+                 f'{result["num_examples"]} examples are training examples '
+                 'of this run: these figures do not measure how it '
+                 'generalises')
   if 'tta' in result:
     lines.append(f'  with flip TTA: accuracy {result["tta"]["accuracy"]:.2%}, '
                  f'loss {result["tta"]["loss"]:.4f}')
@@ -241,6 +256,11 @@ def format_summary(result: dict) -> str:
     lines.append(f'  {c["name"]:<{width}}  {c["support"]:7d}    '
                  f'{show(c["accuracy"])}     {show(c["precision"])}  '
                  f'{show(c["f1"])}')
+  if result.get('misclassified_asked', 0) > report.MAX_PICTURED:
+    lines.append(f'  {result["files"]["misclassified"]} shows '
+                 f'{result["misclassified_shown"]} mistakes: one picture '
+                 f'shows at most {report.MAX_PICTURED} (--num_misclassified='
+                 f'{result["misclassified_asked"]})')
   lines.append('wrote ' + ', '.join(result['files'].values()))
   return '\n'.join(lines)
 
@@ -271,7 +291,8 @@ def define_flags():
                     'logits instead of one run, with each run\'s own '
                     'figures beside.')
   flags.DEFINE_integer('num_misclassified', 24, 'How many of the most '
-                       'confident mistakes to show.')
+                       'confident mistakes to show, at most '
+                       f'{report.MAX_PICTURED}.')
   flags.DEFINE_string('data_dir', None, "Where the run's dataset is, when "
                       'not at its config.data.data_dir (an image folder or '
                       'TFDS data moved, another machine).')

@@ -23,6 +23,7 @@ import numpy as np
 
 from resnet_jax import augment
 from resnet_jax import batching
+from resnet_jax import checkpoints
 from resnet_jax import config_checks
 from resnet_jax import datasets
 from resnet_jax import device_data
@@ -70,16 +71,57 @@ def recipe(config) -> dict[str, Any]:
           if not resumable(field)}
 
 
+def _shape(shape) -> str:
+  return 'x'.join(str(int(n)) for n in shape)
+
+
+def check_split_fits(ds: datasets.InMemoryDataset, image_shape, num_classes,
+                     name: str) -> None:
+  """Raises ValueError unless the model (`image_shape`, `num_classes`) fits
+  `ds`: the trainer for its validation and test splits, evaluate for any.
+
+  The network pools globally, so images of another size would run, and give
+  figures of a task the model was never trained on.
+  """
+  if ds.num_classes != num_classes:
+    raise ValueError(f'{name} has {ds.num_classes} classes, the model '
+                     f'{num_classes}')
+  if tuple(ds.images.shape[1:]) != tuple(image_shape):
+    raise ValueError(f'{name} has images of {_shape(ds.images.shape[1:])}, '
+                     f'the model takes {_shape(image_shape)} (the training '
+                     "split's)")
+
+
 def load_splits(config):
-  """(train, eval or None, test or None) splits of config.data, in memory."""
+  """(train, eval or None, test or None) splits of config.data, in memory.
+
+  Refused before any training: a model of the wrong number of classes, a
+  validation or test split of other images than the training split's size,
+  or two splits that share examples (validating on training images).
+  """
   data = config.data
-  splits = [datasets.load_split(data, split) if split else None
-            for split in (data.train_split, data.eval_split, data.test_split)]
-  if splits[0].num_classes != config.model.num_classes:
+  fields = [f for f in datasets.SPLIT_FIELDS if data[f]]
+  loaded = {f: datasets.load_split(data, data[f]) for f in fields}
+  train_ds = loaded['train_split']
+  if train_ds.num_classes != config.model.num_classes:
     raise ValueError(
         f'config.model.num_classes={config.model.num_classes} but '
-        f'{data.name} has {splits[0].num_classes} classes')
-  return splits
+        f'{data.name} has {train_ds.num_classes} classes')
+  for field in fields[1:]:
+    check_split_fits(loaded[field], train_ds.images.shape[1:],
+                     train_ds.num_classes,
+                     f'config.data.{field}={data[field]!r}')
+  for i, first in enumerate(fields):
+    for second in fields[i + 1:]:
+      shared = loaded[first].shared_examples(loaded[second])
+      if shared:
+        raise ValueError(
+            f'config.data.{first}={data[first]!r} and config.data.{second}='
+            f'{data[second]!r} share {shared} examples of '
+            f'{loaded[first].rows[0]!r}: the run would be evaluated on '
+            "images it trains on; give them disjoint slices, e.g. "
+            "'train[:90%]' and 'train[90%:]'")
+  return [loaded.get(f) for f in datasets.SPLIT_FIELDS]
 
 
 def compute_metrics(sums) -> dict[str, float]:
@@ -153,6 +195,12 @@ class Experiment:
     if self.train_ds is not None:
       # So that inference names the classes without the dataset (or TF).
       metadata['class_names'] = list(self.train_ds.class_names)
+    # The statistics the inputs are normalised with, for readers: measured
+    # ones come from the training data as it was (never compared on resume:
+    # the recipe and the training data, which decide them, are).
+    metadata[checkpoints.RECORDED] = {'normalization': {
+        'mean': [float(x) for x in self.mean],
+        'std': [float(x) for x in self.std]}}
     if training:
       metadata['training'] = recipe(self.config) | {
           'total_steps': self.total_steps,
@@ -316,7 +364,7 @@ def _check_batch_sizes(config, dp: parallel.DataParallel) -> None:
 
 def build(config, *, dp: parallel.DataParallel | None = None,
           train_ds: datasets.InMemoryDataset | None = None,
-          image_shape=None) -> Experiment:
+          image_shape=None, normalization: dict | None = None) -> Experiment:
   """Assembles the run `config` describes (see the module docstring).
 
   Args:
@@ -326,6 +374,8 @@ def build(config, *, dp: parallel.DataParallel | None = None,
       source, the length comes from config.num_train_steps, and
       `image_shape` must be given.
     image_shape: (H, W, C) of the images; by default the training split's.
+    normalization: {'mean', 'std'} recorded with a checkpoint (inference):
+      the statistics the run trained with, used as they are.
 
   Raises:
     ValueError: the batch sizes do not divide over the devices, a setting
@@ -343,7 +393,9 @@ def build(config, *, dp: parallel.DataParallel | None = None,
                    if config.num_epochs > 0 else config.num_train_steps)
   else:
     steps_per_epoch, total_steps = None, config.num_train_steps
-  if config.data.normalization == 'measured':
+  if normalization is not None:
+    mean, std = normalization['mean'], normalization['std']
+  elif config.data.normalization == 'measured':
     if train_ds is None:
       raise ValueError(
           "this run used config.data.normalization='measured': its mean and "

@@ -11,10 +11,9 @@ A checkpoint holds config.num_runs runs (runs.py), run i of seed
 config.seed + i. `load` picks one run (`run`, default 0), or with `ensemble`
 all of them: the ensemble's logits are the mean of the runs' logits.
 
-A released workdir (experiments/release.py: pretrained/<name>/) loads the
-same way: its config.json describes one run, and its checkpoint, marked
-WEIGHTS_ONLY in its metadata, holds that run's {step, params, batch_stats}
-(run axis of size 1) without the optimizer state, restored as exactly that.
+A release (experiments/release.py: pretrained/<name>/) loads the same way:
+its config.json describes one run, and one weights file holds that run's
+parameters and batch-norm statistics (releases.py).
 
 Loading writes nothing: the checkpoints are opened and restored, never tidied
 or saved, so a workdir can be inspected while its run is still training.
@@ -32,17 +31,16 @@ import ml_collections
 import numpy as np
 
 from resnet_jax import checkpoints
+from resnet_jax import config_checks
 from resnet_jax import datasets
 from resnet_jax import experiment
 from resnet_jax import models
 from resnet_jax import parallel
+from resnet_jax import releases
 from resnet_jax import runs
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_CHOICES = ('latest', 'best')
-# The checkpoint metadata key of a checkpoint that holds `weights(state)`
-# only (a released one), not the whole TrainState.
-WEIGHTS_ONLY = 'weights_only'
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -66,6 +64,9 @@ class Loaded:
   std: np.ndarray
   class_names: tuple[str, ...] | None
   logits_fn: Callable
+  # What the training split was when the run trained (its checkpoint's
+  # record, datasets.InMemoryDataset.source); None where none was recorded.
+  train_data: str | None = None
 
   @property
   def num_classes(self) -> int:
@@ -128,7 +129,15 @@ class Loaded:
     return self.logits_fn(self.variables, images)
 
   def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits of any number of images (see `batched_logits`)."""
+    """Logits of uint8 images (N, H, W, C), or of one image (H, W, C)."""
+    images = np.asarray(images)
+    if images.shape == self.image_shape:
+      images = images[None]
+    if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
+      raise ValueError(
+          f'images must be uint8 pixels of shape (N, '
+          f'{", ".join(map(str, self.image_shape))}), got {images.dtype} '
+          f'{images.shape}')
     return batched_logits(self.apply, images, batch_size)
 
   def per_run_logits(self, images: np.ndarray,
@@ -138,6 +147,16 @@ class Loaded:
         lambda batch: self._runs_fn(self.all_variables, batch), images,
         batch_size)
     return logits.transpose(1, 0, 2)
+
+  def probabilities(self, images: np.ndarray,
+                    batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (softmax of `logits`), (N, num_classes)."""
+    return np.asarray(jax.nn.softmax(self.logits(images, batch_size)))
+
+  def predict(self, images: np.ndarray, batch_size: int = 256) -> list[str]:
+    """The most probable class of each image: its name (or index)."""
+    names = self.class_names or tuple(map(str, range(self.num_classes)))
+    return [names[i] for i in self.logits(images, batch_size).argmax(-1)]
 
 
 def batched_logits(apply_fn, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -165,8 +184,14 @@ def batched_logits(apply_fn, images: np.ndarray, batch_size: int) -> np.ndarray:
   return logits
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config the run in `workdir` trained with, from its config.json."""
+def read_config(workdir: str,
+                data_dir: str | None = None) -> ml_collections.ConfigDict:
+  """The config the run in `workdir` trained with, from its config.json.
+
+  With `data_dir`, the dataset is there instead (it moved). The config is
+  validated as the trainer validates one (config_checks), so a hand-edited
+  config.json fails here in one line naming the field.
+  """
   if not os.path.isdir(workdir):
     raise ValueError(f'workdir {workdir} does not exist or is not a directory')
   path = os.path.join(workdir, CONFIG_FILE)
@@ -177,10 +202,54 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   try:
     with open(path) as f:
       # JSON has no tuples: tuple fields (mean, std, ...) come back as lists.
-      return ml_collections.ConfigDict(json.load(f))
-  except (json.JSONDecodeError, TypeError, AttributeError) as e:
-    raise ValueError(f'{path} is not a config written by the trainer: {e}'
-                     ) from None
+      config = ml_collections.ConfigDict(json.load(f))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError,
+          AttributeError, ValueError) as e:
+    raise ValueError(f'{path} is not a config written by the trainer: '
+                     f'{str(e) or type(e).__name__}') from None
+  if 'num_runs' not in config:
+    raise ValueError(
+        f'{path} has no num_runs: {workdir} was written before checkpoints '
+        'held several runs, and cannot be loaded by this version; train it '
+        'again')
+  if data_dir:
+    config.data.data_dir = data_dir
+  try:
+    config_checks.validate(config)
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    raise ValueError(f'{path} is not a valid config: {e}; restore it as the '
+                     'trainer wrote it') from None
+  return config
+
+
+def _check_train_data(recorded: str | None, train_ds, consequence: str):
+  """Raises if the training split is not the data the run recorded."""
+  if recorded and recorded != train_ds.source:
+    raise ValueError(
+        f'the training data changed since the run trained: it was '
+        f'{recorded}; it is now {train_ds.source}. {consequence}; restore '
+        'the data as it was, or point --data_dir at a copy of it')
+
+
+def examples_trained_on(loaded: 'Loaded', ds: datasets.InMemoryDataset
+                        ) -> int:
+  """How many examples of `ds` the run trained on (0 for held-out data).
+
+  Refuses a slice of the training data that changed since the run trained:
+  an image folder is shuffled before it is sliced, so after images were
+  added or removed `train[90%:]` holds other images, training ones among
+  them, and its figures would say nothing of the run.
+  """
+  data = loaded.config.data
+  if ds.rows is None or ds.rows[0] != datasets.parse_split(
+      data.train_split)[0]:
+    return 0
+  train_ds = datasets.load_split(data, data.train_split)  # Decoded already.
+  _check_train_data(
+      loaded.train_data, train_ds,
+      f'{ds.source.partition(" of ")[0]!r} is a slice of it, so it would not '
+      'hold the examples it held then (training ones may be among them)')
+  return ds.shared_examples(train_ds)
 
 
 def parse_checkpoint(value) -> str | int:
@@ -218,15 +287,6 @@ def _choose_step(reader, checkpoint) -> int | None:
   return checkpoint
 
 
-def weights(state) -> dict:
-  """{step, params, batch_stats} of a TrainState (or of such a dict): what
-  inference needs, and all that a released checkpoint holds."""
-  if isinstance(state, dict):
-    return {k: state[k] for k in ('step', 'params', 'batch_stats')}
-  return {'step': state.step, 'params': state.params,
-          'batch_stats': state.batch_stats}
-
-
 def _class_names(config, stored_metadata) -> tuple[str, ...] | None:
   names = stored_metadata.get('class_names')
   if names is None:  # Checkpoints written before they recorded them.
@@ -236,11 +296,6 @@ def _class_names(config, stored_metadata) -> tuple[str, ...] | None:
 
 def check_run(config, workdir: str, run: int, ensemble: bool) -> None:
   """Raises ValueError unless `run` (or `ensemble`) is a choice `config` has."""
-  if 'num_runs' not in config:
-    raise ValueError(
-        f'{os.path.join(workdir, CONFIG_FILE)} has no num_runs: {workdir} was '
-        'written before checkpoints held several runs, and cannot be loaded '
-        'by this version; train it again')
   if isinstance(run, bool) or not isinstance(run, int):
     raise ValueError(f'run {run!r} is not a run number')
   if ensemble and run != 0:
@@ -253,7 +308,7 @@ def check_run(config, workdir: str, run: int, ensemble: bool) -> None:
 
 
 def load(workdir: str, checkpoint='latest', run: int = 0,
-         ensemble: bool = False) -> Loaded:
+         ensemble: bool = False, data_dir: str | None = None) -> Loaded:
   """Loads a checkpoint of the runs in `workdir` for inference.
 
   Args:
@@ -265,6 +320,12 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
     run: which of the workdir's config.num_runs runs (seed config.seed +
       run) classifies.
     ensemble: instead of one run, all of them: the mean of their logits.
+    data_dir: where the run's dataset is, if not where config.json says.
+
+  The inputs are normalised with the statistics recorded in the checkpoint
+  (those the run trained with); only checkpoints from before they were
+  recorded measure them again, on training data that must be unchanged.
+  config.json must agree with the checkpoint's record of the recipe.
 
   Raises:
     ValueError: one-line reasons: no such workdir, no config.json (or one
@@ -272,35 +333,59 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
       model, data needed but missing.
   """
   checkpoint = parse_checkpoint(checkpoint)
-  config = read_config(workdir)
+  config = read_config(workdir, data_dir)
   check_run(config, workdir, run, ensemble)
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(directory):
-    raise ValueError(f'no checkpoint in {workdir}: {directory} does not exist')
-  with checkpoints.Checkpointer(directory, metadata={},
-                                read_only=True) as reader:
-    step = _choose_step(reader, checkpoint)
-    stored = reader.stored_metadata(step)
-  if stored is None:
-    raise ValueError(f'cannot read the run metadata of any checkpoint in '
-                     f'{directory}')
+  if releases.is_release(workdir):
+    # A release: one weights file, no checkpoints (releases.py).
+    released, stored = releases.read(workdir)
+    if checkpoint not in (*CHECKPOINT_CHOICES, stored['step']):
+      raise ValueError(f'{workdir} is a release of step {stored["step"]} '
+                       f'only; --checkpoint={checkpoint} is not in it')
+  else:
+    released = None
+    directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    if not os.path.isdir(directory):
+      raise ValueError(f'no checkpoint in {workdir}: {directory} does not '
+                       'exist')
+    with checkpoints.Checkpointer(directory, metadata={},
+                                  read_only=True) as reader:
+      step = _choose_step(reader, checkpoint)
+      stored = reader.stored_metadata(step)
+    if stored is None:
+      raise ValueError(f'cannot read the run metadata of any checkpoint in '
+                       f'{directory}')
+  training = stored.get('training') or {}
+  normalization = (stored.get(checkpoints.RECORDED) or {}).get(
+      'normalization')
   train_ds = None
-  if config.data.normalization == 'measured':
-    # Its mean and std are the training split's, measured again.
+  if normalization is None and config.data.normalization == 'measured':
+    # Recorded by no checkpoint before: measured again, on the same data.
     train_ds = datasets.load_split(config.data, config.data.train_split)
+    _check_train_data(training.get('train_data'), train_ds,
+                      'The run measured its normalisation on it, and that '
+                      'cannot be measured again')
   exp = experiment.build(
       config, dp=parallel.DataParallel('jit'), train_ds=train_ds,
-      image_shape=tuple(int(n) for n in stored['image_shape']))
-  # The checkpoints must be of the model config.json describes: the
-  # checkpointer compares its metadata before restoring anything.
-  with checkpoints.Checkpointer(
-      directory, metadata=exp.checkpoint_metadata(training=False),
-      read_only=True) as checkpointer:
+      image_shape=tuple(int(n) for n in stored['image_shape']),
+      normalization=normalization)
+  metadata = exp.checkpoint_metadata(training=False)
+  if training:
+    # config.json must describe the recipe the checkpoint was trained by.
+    metadata['training'] = experiment.recipe(config)
+  if released is not None:
     target = exp.abstract_state()
-    if stored.get(WEIGHTS_ONLY):
-      # Orbax restores a tree of the saved structure: without opt_state.
-      target = weights(target)
-    state = weights(checkpointer.restore(target, step=step))
+    releases.check_shapes(released, {'params': target.params,
+                                     'batch_stats': target.batch_stats},
+                          workdir)
+    state = released | {'step': np.array([stored['step']])}
+  else:
+    # The checkpoints must be of the model config.json describes: the
+    # checkpointer compares its metadata before restoring anything.
+    with checkpoints.Checkpointer(directory, metadata=metadata,
+                                  read_only=True) as checkpointer:
+      state = checkpointer.restore(exp.abstract_state(), step=step)
+      state = {'step': state.step, 'params': state.params,
+               'batch_stats': state.batch_stats}
   return Loaded(
       config=config, model=exp.model,
       all_variables={'params': state['params'],
@@ -308,4 +393,4 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
       run=None if ensemble else run,
       step=int(state['step'][0]), image_shape=exp.image_shape, mean=exp.mean,
       std=exp.std, class_names=_class_names(config, stored),
-      logits_fn=exp.logits_fn)
+      logits_fn=exp.logits_fn, train_data=training.get('train_data'))

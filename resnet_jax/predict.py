@@ -10,9 +10,12 @@ runs, --run=i (default 0) classifies, the run of seed config.seed + i; with
 --ensemble, the mean of all runs' logits. The JSON says which ("run" and
 "seed", or "ensemble": true).
 
-Images are read with Pillow (PNG, JPEG, and whatever else it reads), the EXIF
-orientation applied, and converted to the model's channels: grayscale to RGB
-by repeating the gray, transparency composited onto white. An image must have
+Images are read with Pillow (PNG, JPEG, and whatever else it reads) by the
+image folders' decoder (datasets.decode_image), so a file of a dataset is
+classified exactly as evaluate classified it: grayscale becomes RGB by
+repeating the gray, palettes are looked up, alpha is dropped (not
+composited), and the EXIF orientation is not applied (TensorFlow's decoders,
+which the image folders match, ignore it). An image must have
 the model's size (32x32 for CIFAR) unless --resize is given: it is then scaled,
 keeping its aspect ratio, until it covers that size, and the centre cut out
 (Pillow's ImageOps.fit, bicubic with antialiasing), so nothing is stretched and
@@ -36,8 +39,8 @@ from absl import logging
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
-from PIL import UnidentifiedImageError
 
+from resnet_jax import datasets
 from resnet_jax import inference
 from resnet_jax import report
 from resnet_jax import tools
@@ -61,19 +64,14 @@ def read_image(path: str, image_shape, resize: bool = False) -> np.ndarray:
     raise ImageError('no such file')
   if os.path.isdir(path):
     raise ImageError('is a directory')
-  try:
-    with Image.open(path) as image:
-      image = ImageOps.exif_transpose(image)  # Also loads the pixels.
-  except UnidentifiedImageError:
-    raise ImageError('not an image (Pillow does not recognise it)') from None
-  except (OSError, SyntaxError, ValueError) as e:
-    raise ImageError(f'cannot read the image ({e})') from None
-  if image.mode in ('RGBA', 'LA', 'PA') or (
-      image.mode == 'P' and 'transparency' in image.info):
-    rgba = image.convert('RGBA')
-    image = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
-    image.alpha_composite(rgba)
-  image = image.convert('RGB' if channels == 3 else 'L')
+  pixels = datasets.decode_image(path, formats=None)
+  if isinstance(pixels, str):
+    raise ImageError(pixels if pixels.startswith('not an image') else
+                     f'cannot read the image ({pixels})')
+  if channels != pixels.shape[-1]:
+    raise ImageError(f'has {pixels.shape[-1]} channels, the model takes '
+                     f'{channels}')
+  image = Image.fromarray(pixels)
   if image.size != (width, height):
     if not resize:
       raise ImageError(

@@ -18,21 +18,42 @@ import time
 
 from etils import epath
 
+from resnet_jax import datasets
+
 HOLDER_FILE = '.trainer'
+# The files the trainer writes into the workdir besides its folders.
+WRITTEN_FILES = ('config.json', 'summary.json', HOLDER_FILE)
 
 
 class WorkdirBusyError(ValueError):
   """Another trainer is running in the workdir."""
 
 
-def check(workdir: str) -> None:
-  """Fails if `workdir` could not be written; creates nothing."""
+def check(workdir: str, data=None) -> None:
+  """Fails if `workdir` could not be written; creates nothing.
+
+  With `data` (config.data), also if the workdir lies inside its image
+  folder: its files would be read as a split or class on the next run.
+  """
   if not workdir.strip():
     raise ValueError('--workdir is empty; name a directory for the run')
   if '://' in workdir:
     return  # An object store: Orbax and the event writer write there.
+  if (data is not None and data.get('name') == datasets.IMAGE_FOLDER and
+      data.get('data_dir') and '://' not in data.get('data_dir')):
+    root = os.path.realpath(os.path.expanduser(data.get('data_dir')))
+    if os.path.commonpath([root, os.path.realpath(workdir)]) == root:
+      raise ValueError(
+          f'--workdir={workdir} is inside the image folder {root} '
+          '(config.data.data_dir): its files would be read as a split or '
+          'class of it when the run resumes; put the run outside it')
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'--workdir={workdir} exists and is not a directory')
+  for name in WRITTEN_FILES:
+    path = os.path.join(workdir, name)
+    if os.path.lexists(path) and not os.path.isfile(path):
+      raise ValueError(f'--workdir={workdir} holds a {name} that is not a '
+                       'file, where the run writes its own; move it away')
   existing = os.path.abspath(workdir)
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
@@ -44,11 +65,32 @@ def check(workdir: str) -> None:
                      'read-only to this user)')
 
 
-def write_json(path: epath.Path, value) -> None:
-  """Writes `value` as JSON whole, then renames: never half a file."""
+def write_file(path, data: bytes | str) -> None:
+  """Writes `data` into a temporary file, then renames it to `path`.
+
+  So `path` is never half written: on a full disk, or with `path` a folder,
+  the old file (if any) stays as it was, the temporary one is removed, and
+  a ValueError says what failed in one line.
+  """
+  path = epath.Path(path)
   partial = path.parent / f'{path.name}.partial'
-  partial.write_text(json.dumps(value, indent=2))
-  partial.replace(path)
+  try:
+    if isinstance(data, str):
+      partial.write_text(data)
+    else:
+      partial.write_bytes(data)
+    partial.replace(path)
+  except OSError as e:
+    try:
+      partial.unlink()
+    except OSError:
+      pass
+    raise ValueError(f'cannot write {path}: {e.strerror or e}') from None
+
+
+def write_json(path, value) -> None:
+  """Writes `value` as JSON whole (`write_file`): never half a file."""
+  write_file(path, json.dumps(value, indent=2))
 
 
 class Lock:

@@ -57,7 +57,7 @@ def test_grayscale_becomes_rgb_with_equal_channels(tmp_path):
     np.testing.assert_array_equal(pixels[..., channel], np.asarray(image))
 
 
-def test_transparency_is_composited_onto_white(tmp_path):
+def test_alpha_is_dropped_as_in_training(tmp_path):
   rgba = np.zeros((32, 32, 4), np.uint8)
   rgba[..., 0] = 200  # Red everywhere ...
   rgba[:16, :, 3] = 255  # ... opaque in the top half, transparent below.
@@ -65,7 +65,9 @@ def test_transparency_is_composited_onto_white(tmp_path):
   pixels = predict.read_image(str(tmp_path / 'rgba.png'), SHAPE)
   np.testing.assert_array_equal(pixels[:16].reshape(-1, 3), [[200, 0, 0]] *
                                 (16 * 32))
-  np.testing.assert_array_equal(pixels[16:], 255)
+  # The trainer's decoder drops alpha: transparent pixels keep their colour.
+  np.testing.assert_array_equal(pixels[16:].reshape(-1, 3), [[200, 0, 0]] *
+                                (16 * 32))
 
 
 def test_an_image_of_another_size_is_refused_unless_resized(tmp_path):

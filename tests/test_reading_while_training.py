@@ -1,0 +1,63 @@
+"""A reader (evaluate, predict) opened while a trainer saves and deletes
+checkpoints: a listed step that vanishes before it is read makes the reader
+list the steps again, never fail."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from resnet_jax import checkpoints
+
+
+def saved(directory, steps):
+  with checkpoints.Checkpointer(directory, keep=len(steps),
+                                metadata={'run': 1}) as writer:
+    for step in steps:
+      writer.save(step, {'w': np.full(3, step, np.float32)})
+
+
+def trainer_moves_on(directory, monkeypatch, deleted, new,
+                     when='_read_json'):
+  """Before the reader's first read (of its metadata or of the whole step):
+  the trainer saves `new` (a copy of the newest here) and deletes `deleted`,
+  as keep_checkpoints=1 does."""
+  original, done = getattr(checkpoints.Checkpointer, when), []
+
+  def read(self, *args):
+    if not done:
+      done.append(1)
+      shutil.copytree(directory / str(max(deleted)), directory / str(new))
+      for step in deleted:
+        shutil.rmtree(directory / str(step))
+    return original(self, *args)
+
+  monkeypatch.setattr(checkpoints.Checkpointer, when, read)
+
+
+@pytest.mark.parametrize('when', ['_read_json', '_read_step'])
+def test_a_reader_lists_again_when_the_listed_steps_vanish(tmp_path,
+                                                          monkeypatch, when):
+  directory = tmp_path / 'checkpoints'
+  saved(directory, [4, 8])
+  with checkpoints.Checkpointer(directory, metadata={'run': 1},
+                                read_only=True) as reader:
+    assert reader.all_steps() == [4, 8]
+    trainer_moves_on(directory, monkeypatch, deleted=[4, 8], new=12,
+                     when=when)
+    state = reader.restore({'w': np.zeros(3, np.float32)})
+    assert reader.unreadable_steps == []  # Vanished is not damaged.
+  np.testing.assert_array_equal(state['w'], 8)  # What step 12 holds here.
+
+
+def test_a_step_asked_for_that_vanishes_is_named(tmp_path, monkeypatch):
+  directory = tmp_path / 'checkpoints'
+  saved(directory, [4, 8])
+  with checkpoints.Checkpointer(directory, metadata={},
+                                read_only=True) as reader:
+    trainer_moves_on(directory, monkeypatch, deleted=[4], new=12,
+                     when='_read_step')
+    with pytest.raises(checkpoints.UnreadableCheckpointError,
+                       match='checkpoint 4 in .* was deleted while it was '
+                       'read'):
+      reader.restore({'w': np.zeros(3, np.float32)}, step=4)
