@@ -36,8 +36,15 @@ import sys
 import time
 import traceback
 
-import torch
-from torch.nn import functional as F
+try:
+  import torch
+except ImportError:  # The optional extra: pip install -e '.[torch]'.
+  if __name__ != '__main__':
+    raise
+  print("error: PyTorch is not installed; install the comparison's extra "
+        "with pip install -e '.[torch]'", file=sys.stderr)
+  sys.exit(1)
+from torch.nn import functional as F  # pylint: disable=g-import-not-at-top
 
 from experiments import torch_resnet
 

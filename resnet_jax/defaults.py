@@ -1,7 +1,9 @@
 """Defaults for every run: the ResNet-20 recipe of He et al. 2015, section 4.2.
 
-Other configs start from this one and change what differs. Any field can be
-overridden on the command line, e.g. `--config.model.depth=56`.
+Every config field, documented here: the library validates configs against
+this schema (config_checks.py). The config files in configs/ start from it
+and change what differs. Any field can be overridden on the command line,
+e.g. `--config.model.depth=56`.
 """
 
 import ml_collections

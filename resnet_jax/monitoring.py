@@ -1,4 +1,4 @@
-"""Watching the training loop: where its time goes, and profiler traces."""
+"""Watching the training loop: where its time goes, how far it is, traces."""
 
 import contextlib
 import time
@@ -22,6 +22,12 @@ class Stopwatch:
     self._first_step_done = None  # (step, time) once the first step ran.
     self._paused = 0.0  # Seconds paused since the first step.
     self._mark = None  # (step, training seconds) at the last `rate` call.
+
+  def seconds_since_first_step(self) -> float:
+    """Wall seconds since the first step finished (0 before)."""
+    if self._first_step_done is None:
+      return 0.0
+    return time.monotonic() - self._first_step_done[1]
 
   def _training_seconds(self) -> float:
     return time.monotonic() - self._first_step_done[1] - self._paused
@@ -59,6 +65,17 @@ class Stopwatch:
     steps = step - self._first_step_done[0]
     return steps * batch_size / max(self._training_seconds(), 1e-9)
 
+  def wall_seconds_per_step(self, step: int) -> float | None:
+    """Wall seconds per step from after the first step to `step`.
+
+    Everything counts (evaluations and saves too): what the rest of the run
+    will take per step, for an estimate of when it ends.
+    """
+    if self._first_step_done is None or step <= self._first_step_done[0]:
+      return None
+    return ((time.monotonic() - self._first_step_done[1]) /
+            (step - self._first_step_done[0]))
+
   @property
   def wall_seconds(self) -> float:
     """Seconds since the stopwatch was made, everything included."""
@@ -68,6 +85,88 @@ class Stopwatch:
   def total_wall_seconds(self) -> float:
     """wall_seconds plus the earlier processes' (to their last checkpoint)."""
     return self._earlier + self.wall_seconds
+
+
+def duration(seconds: float) -> str:
+  """`seconds` for a reader: '42s', '3m05s', '1h02m'."""
+  seconds = round(seconds)
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+
+
+class Progress:
+  """Console lines that say how far training is and when it will end.
+
+  `line` at every log: steps done of the run, the percentage, steps/s and
+  the time left to the end and to the next validation (estimated from the
+  wall time per step since the first step, evaluations and saves included).
+  `heartbeat` prints one between logs when the console has been quiet for
+  FIRST_QUIET_S after the first step (QUIET_S later), so that a run with a
+  large log_every_steps still shows early that it trains. It takes the
+  number of steps the host already knows are done: it never waits for the
+  devices, so it changes nothing the run computes.
+  """
+  FIRST_QUIET_S = 30.0
+  QUIET_S = 300.0
+
+  def __init__(self, clock: Stopwatch, last_step: int, total_steps: int,
+               eval_every_steps: int | None):
+    # eval_every_steps: None without validation.
+    self._clock = clock
+    self._last, self._total = last_step, total_steps
+    self._eval_every = eval_every_steps
+    self._quiet_since = None  # When the last line was printed, if any.
+    self._quiet_s = self.FIRST_QUIET_S
+
+  def _next_eval(self, done: int) -> int | None:
+    if not self._eval_every or done >= self._total:
+      return None
+    step = min((done // self._eval_every + 1) * self._eval_every, self._total)
+    return step if step <= self._last else None
+
+  def line(self, done: int, steps_per_second: float | None = None) -> str:
+    """'step 300/64,000 (0.5%), 4.2 steps/s, 4h25m left; validation ...'.
+
+    `steps_per_second`: the rate to show (the logged one); by default the
+    wall-clock rate since the first step, which the times left use.
+    """
+    per_step = self._clock.wall_seconds_per_step(done)
+    if steps_per_second is None and per_step:
+      steps_per_second = 1 / per_step
+    text = f'step {done:,}/{self._total:,} ({done / self._total:.1%})'
+    if steps_per_second:
+      text += f', {steps_per_second:.3g} steps/s'
+    if per_step:
+      text += f', {duration((self._last - done) * per_step)} left'
+      if self._last < self._total:
+        text += f' (stopping at step {self._last:,})'
+      next_eval = self._next_eval(done)
+      if next_eval is not None:
+        text += (f'; validation at step {next_eval:,} in '
+                 f'{duration((next_eval - done) * per_step)}')
+    return text
+
+  def report(self, done: int, steps_per_second: float | None = None) -> None:
+    """Logs `line(done, steps_per_second)`."""
+    logging.info('%s', self.line(done, steps_per_second))
+    self._quiet_since = time.monotonic()
+    self._quiet_s = self.QUIET_S
+
+  def heartbeat(self, done: int) -> None:
+    """Logs `line(done)` if the console has been quiet too long.
+
+    `done`: steps the host knows have finished (it does not wait for more).
+    """
+    if self._clock.wall_seconds_per_step(done) is None:
+      return  # Not even a step after the first finished yet.
+    quiet = (self._clock.seconds_since_first_step()
+             if self._quiet_since is None else
+             time.monotonic() - self._quiet_since)
+    if quiet >= self._quiet_s:
+      self.report(done)
 
 
 class Profile:

@@ -23,10 +23,15 @@ notebook, say) is left alone.
 
 from collections.abc import Mapping, Sequence
 import functools
+import io
+import json
 import math
+import os
 
 from matplotlib import figure as mpl_figure
 import numpy as np
+
+from resnet_jax import workdir as workdir_lib
 
 # The trainer's TensorBoard tags (train.py) that the curves show.
 LOSS_TAGS = ('train_loss', 'val_loss', 'test_loss')
@@ -167,6 +172,11 @@ def classification_summary(labels, logits,
   }
 
 
+# The most images one picture shows: 8x8, drawn in a few seconds (400 took
+# 34 s, and are too small to see).
+MAX_PICTURED = 64
+
+
 def most_confident_mistakes(labels, probabilities, k: int) -> np.ndarray:
   """Indices of up to `k` wrong predictions, the most confident first.
 
@@ -186,7 +196,11 @@ def most_confident_mistakes(labels, probabilities, k: int) -> np.ndarray:
 
 
 def _save(fig: mpl_figure.Figure, path: str) -> str:
-  fig.savefig(path, format='png', bbox_inches='tight')
+  # Whole or not at all (workdir.write_file): a full disk leaves no
+  # truncated picture.
+  png = io.BytesIO()
+  fig.savefig(png, format='png', bbox_inches='tight')
+  workdir_lib.write_file(path, png.getvalue())
   return path
 
 
@@ -384,3 +398,95 @@ def curves_png(scalars: Scalars, path: str, title: str = '',
                transform=lr_ax.transAxes)
   return _save(fig, path)
 
+
+CURVES_FILE = 'curves.png'
+
+
+def write_curves(workdir: str) -> str:
+  """Writes <workdir>/curves.png from the workdir's events; returns its path.
+
+  Raises:
+    ValueError: the workdir does not exist or holds no scalar events.
+  """
+  if not os.path.isdir(workdir):
+    raise ValueError(f'workdir {workdir} does not exist or is not a directory')
+  scalars = read_scalars(workdir)
+  if not scalars:
+    raise ValueError(f'no TensorBoard scalars in {workdir} (no '
+                     'events.out.tfevents.* file with any): nothing to draw')
+  schedule = _schedule(workdir)
+  if schedule is not None:
+    scalars = dict(scalars, **{LEARNING_RATE_TAG: schedule})
+  return curves_png(scalars, os.path.join(workdir, CURVES_FILE),
+                           title=_title(workdir), runs=_runs(workdir))
+
+
+def _summary(workdir: str) -> dict:
+  """The workdir's summary.json; {} while training or if it is not one."""
+  try:
+    with open(os.path.join(workdir, 'summary.json')) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return summary if isinstance(summary, dict) else {}
+
+
+def _schedule(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
+  """(steps 1..T, the learning rate of each) from the run's config.
+
+  Step s is drawn with the rate it trained at, as the trainer logs it
+  (schedules are indexed by the steps done before it). None when the
+  config or the number of steps is unknown: an epoch-based run still
+  training (the steps depend on its split's size).
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from resnet_jax import inference
+  from resnet_jax import schedules
+  try:
+    config = inference.read_config(workdir)
+  except ValueError:
+    return None
+  total_steps = _summary(workdir).get('steps') or (
+      config.num_train_steps if config.num_epochs <= 0 else None)
+  if not isinstance(total_steps, int) or total_steps <= 0:
+    return None
+  try:
+    rate = schedules.create_learning_rate_fn(
+        config.schedule, config.batch_size, total_steps)
+  except ValueError:
+    return None
+  steps = np.arange(total_steps)
+  return steps + 1, np.asarray(jax.vmap(rate)(steps), np.float64)
+
+
+def _runs(workdir: str) -> list:
+  """Each run's scalars, from run_0/, run_1/, ... (none for a single run)."""
+  from resnet_jax import metric_writer  # pylint: disable=g-import-not-at-top
+  runs = []
+  while os.path.isdir(path := os.path.join(
+      workdir, metric_writer.run_dir(len(runs)))):
+    runs.append(read_scalars(path))
+  return [run for run in runs if run]  # A run just started has none yet.
+
+
+def _length(summary: dict) -> str | None:
+  """'64,000 steps (182 epochs)', '200 steps (0.57 epochs)'."""
+  steps, epochs = summary.get('steps'), summary.get('epochs')
+  if not isinstance(epochs, (int, float)):
+    return f'{steps:,} steps' if isinstance(steps, int) else None
+  # Two decimals below 10 epochs, one below 100, none above.
+  epochs = f'{epochs:.{2 if epochs < 10 else 1 if epochs < 100 else 0}f}'
+  if '.' in epochs:
+    epochs = epochs.rstrip('0').rstrip('.')
+  epochs = f'{epochs} epoch{"" if epochs == "1" else "s"}'
+  return f'{steps:,} steps ({epochs})' if isinstance(steps, int) else epochs
+
+
+def _title(workdir: str) -> str:
+  """The workdir's name, and what ran there when summary.json says."""
+  title = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
+  summary = _summary(workdir)  # {} while still training.
+  details = [summary.get('config'), summary.get('dataset'), _length(summary)]
+  details = ', '.join(str(d) for d in details if d)
+  return f'{title}: {details}' if details else title

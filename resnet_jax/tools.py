@@ -5,6 +5,7 @@ runs through `run`: a ValueError anywhere (a bad config value, a missing
 workdir or dataset, an unreadable checkpoint) ends it with one line
 `error: ...` on stderr and exit status 1, never a traceback. The project's
 modules raise ValueError (or a subclass) for everything a user can cause.
+--help succeeds (status 0).
 """
 
 import logging as python_logging
@@ -76,12 +77,40 @@ def guarded(main):
   return wrapped
 
 
+# absl's help flags print the help, then exit with status 1.
+_HELP_FLAGS = ('help', 'helpshort', 'helpfull', 'helpxml')
+
+
+def _help_succeeds() -> None:
+  """Makes --help (-?, --helpshort, --helpfull, --helpxml) exit with status 0.
+
+  Asking for help is no error; absl ends it with status 1, which scripts
+  and CI read as a failure.
+  """
+  app.define_help_flags()  # Idempotent; app.run would define them.
+  for name in _HELP_FLAGS:
+    flag = flags.FLAGS[name]
+    if getattr(flag, 'exits_zero', False):
+      continue
+
+    def parse(argument, parse=flag.parse):
+      try:
+        parse(argument)
+      except SystemExit:  # The help was printed.
+        sys.stdout.flush()
+        raise SystemExit(0) from None
+
+    flag.parse, flag.exits_zero = parse, True
+
+
 def run(main, **kwargs) -> None:
   """`absl.app.run(main)` through the project's one error path.
 
   A command that fails ends at once: background threads (Orbax's writers)
-  may wait forever on work that failed, and must not keep it alive.
+  may wait forever on work that failed, and must not keep it alive. --help
+  ends with status 0.
   """
+  _help_succeeds()
   try:
     app.run(guarded(main), **kwargs)
   except SystemExit as e:

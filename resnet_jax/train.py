@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 import contextlib
 import dataclasses
 import json
+import time
 
 from absl import logging
 from clu import parameter_overview
@@ -226,14 +227,13 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       step reached was saved.
   """
   config_checks.validate(config)
-  workdir_lib.check(workdir)
+  workdir_lib.check(workdir, config.data)
   # Pending checkpoint writes and logs are finished even when a step fails.
   with contextlib.ExitStack() as cleanup:
     # Process 0 holds the workdir for the run; at once if it exists.
     lock = (cleanup.enter_context(workdir_lib.Lock(workdir))
             if jax.process_index() == 0 else None)
-    datasets.check_available(config.data)
-    splits = experiment.load_splits(config)
+    splits = _load_data(config)
     train_ds, eval_ds, test_ds = splits
     exp = experiment.build(config, train_ds=train_ds)
     workdir_path = epath.Path(workdir)
@@ -242,8 +242,17 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
     checkpointer = cleanup.enter_context(checkpoints.Checkpointer(
         workdir_path.absolute() / 'checkpoints', keep=config.keep_checkpoints,
         metadata=exp.checkpoint_metadata()))
-    state, progress = checkpointer.restore(exp.init_state(),
-                                           with_progress=True)
+    if checkpointer.all_steps():
+      # A resume: the checkpoint gives every value, so the target is only
+      # shapes and dtypes (initialising takes seconds).
+      target = exp.abstract_state()
+    else:
+      logging.info('Initialising the model...')
+      start = time.monotonic()
+      target = exp.init_state()
+      logging.info('Initialised the model in %.1f s.',
+                   time.monotonic() - start)
+    state, progress = checkpointer.restore(target, with_progress=True)
     start_step = int(state.step[0])
     if start_step:
       logging.info('Resuming from the checkpoint of step %d.', start_step)
@@ -271,11 +280,19 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
         workdir, exp.num_runs, just_logging=jax.process_index() > 0))
     if start_step == 0:
       writer.write_hparams(_flat(config))
-    logging.info('Training steps %d..%d of %d (%d per epoch of %d examples) '
-                 'on %d device(s), %s, training split on the %s.',
-                 start_step + 1, last_step, total_steps, exp.steps_per_epoch,
-                 train_ds.num_examples, exp.dp.num_devices, config.parallelism,
-                 'devices' if config.data.on_device else 'host')
+    if start_step >= last_step:  # Nothing to train.
+      logging.info(
+          'The run is already finished (step %d of %d): nothing to train; '
+          'its summary.json is written again.' if start_step >= total_steps
+          else 'Already at step %d (of %d): nothing to train before the '
+          'stop.', start_step, total_steps)
+    else:
+      logging.info('Training steps %d..%d of %d (%d per epoch of %d '
+                   'examples) on %d device(s), %s, training split on the %s.',
+                   start_step + 1, last_step, total_steps,
+                   exp.steps_per_epoch, train_ds.num_examples,
+                   exp.dp.num_devices, config.parallelism,
+                   'devices' if config.data.on_device else 'host')
 
     results = {}
 
@@ -293,6 +310,9 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       validate(start_step, state)  # Preempted before this step's evaluation.
 
     clock = monitoring.Stopwatch(loop.wall_seconds)
+    progress = monitoring.Progress(
+        clock, last_step, total_steps,
+        config.eval_every_steps if eval_ds else None)
     profile = cleanup.enter_context(contextlib.closing(monitoring.Profile(
         workdir, config.profile.first_step, config.profile.num_steps)))
     watcher = cleanup.enter_context(preemption.PreemptionWatcher())
@@ -310,13 +330,21 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
     window, window_start = [], start_step
     for first, length in calls:
       profile.before_step(first, state)
+      compiling = first == start_step  # The call returns once compiled.
+      if compiling:
+        logging.info('Compiling the training step...')
+        compile_start = time.monotonic()
       with jax.profiler.StepTraceAnnotation('train', step_num=first):
         state, sums = exp.train_steps(state, next(batches), first)
+      if compiling:
+        logging.info('Compiled the training step in %.1f s; training.',
+                     time.monotonic() - compile_start)
       window.append(sums)
       if len(window) > 1:
         # One call queued behind the running one keeps the devices busy; a
         # longer queue would only delay the save that a signal asks for.
         jax.block_until_ready(window[-2])
+        progress.heartbeat(first)  # The steps the host knows are done.
       done = first + length
       clock.step_done(done, sums)
       preempted = watcher.reached(done)
@@ -336,9 +364,11 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
         for sums in window:
           loop.add(sums)
         if log_due:
+          steps_per_second = clock.steps_per_second(done)
           writer.write_scalars(done, loop.take_train_metrics(), {
               'learning_rate': float(window[-1]['learning_rate'][0]),
-              'steps_per_second': clock.steps_per_second(done) or 0.0})
+              'steps_per_second': steps_per_second or 0.0})
+          progress.report(done, steps_per_second)
         window, window_start = [], done
         # A preempted job has seconds left: it saves first, evaluates on
         # resume.
@@ -374,10 +404,32 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
     return summary
 
 
+def _load_data(config) -> list:
+  """The splits (experiment.load_splits), saying what loads and how long.
+
+  Decoding an image folder of CIFAR's size takes half a minute on a small
+  CPU: the user sees what the trainer is doing meanwhile.
+  """
+  data = config.data
+  named = [(data[field], what) for field, what in zip(
+      datasets.SPLIT_FIELDS, ('training', 'validation', 'testing'))
+           if data[field]]
+  logging.info('Loading the data: %s %s...', data.name,
+               ', '.join(f'{split} for {what}' for split, what in named))
+  start = time.monotonic()
+  datasets.check_available(data)
+  splits = experiment.load_splits(config)
+  logging.info('Loaded the data in %.1f s: %s.', time.monotonic() - start,
+               ', '.join(f'{ds.num_examples:,} {what}' for ds, what in zip(
+                   splits, ('training', 'validation', 'test')) if ds) +
+               ' examples')
+  return splits
+
+
 def _draw_curves(workdir: str) -> None:
-  from resnet_jax import curves  # pylint: disable=g-import-not-at-top
+  from resnet_jax import report  # pylint: disable=g-import-not-at-top
   try:
-    curves.write_curves(workdir)
+    report.write_curves(workdir)
   except Exception as e:  # pylint: disable=broad-except
     # A picture is not worth failing a finished run for.
     logging.warning('Could not draw the training curves: %s', e)

@@ -33,3 +33,53 @@ import fake_cifar  # pylint: disable=g-import-not-at-top,wrong-import-position
 def fixture_cifar10_dir() -> str:
   """A TFDS data_dir with a small CIFAR-10 prepared in it (fake_cifar.py)."""
   return fake_cifar.data_dir()
+
+
+@pytest.fixture(name='cifar100_dir', scope='session')
+def fixture_cifar100_dir() -> str:
+  """A TFDS data_dir with a small CIFAR-100 prepared in it (fake_cifar.py)."""
+  return fake_cifar.data_dir('cifar100')
+
+
+def _check_release(out: pathlib.Path, data_dir: str | None = None) -> None:
+  """Asserts that the release in `out` gives what it records.
+
+  Its README's sha256 of every file, release.json's parameter count and CPU
+  check: the public API classifies the check's split again, counted here
+  independently of the code that recorded it.
+  """
+  # Imported here: conftest must not start JAX before XLA_FLAGS is set.
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import resnet_jax  # pylint: disable=g-import-not-at-top
+  from resnet_jax import datasets  # pylint: disable=g-import-not-at-top
+  readme = (out / 'README.md').read_text()
+  table = dict(re.findall(r'^\| `(.+)` \| [\d,]+ \| `([0-9a-f]{64})` \|$',
+                          readme, re.MULTILINE))
+  assert set(table) == {'config.json', 'release.json', 'weights.msgpack'}
+  for name, digest in table.items():
+    assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, (
+        name)
+  record = json.loads((out / 'release.json').read_text())
+  model = resnet_jax.pretrained(str(out))
+  assert sum(x.size for x in jax.tree.leaves(model.variables['params'])) == (
+      record['num_params'])
+  check = record['cpu_check']
+  data = ml_collections.ConfigDict(model.config.data.to_dict())
+  if data_dir:
+    data.data_dir = data_dir
+  ds = datasets.load_split(data, check['split'])
+  predicted = model.predict(ds.images)
+  correct = sum(name == model.class_names[label]
+                for name, label in zip(predicted, ds.labels))
+  assert (correct, len(ds.labels)) == (check['correct'], check['examples'])
+  assert f'CPU check: {correct:,} of {len(ds.labels):,} images' in readme
+
+
+@pytest.fixture(name='check_release')
+def fixture_check_release():
+  """`check_release(out, data_dir=None)`: see _check_release."""
+  return _check_release

@@ -21,6 +21,11 @@ file inside the installed package, turns that off.)
 Image i of a split carries its id in its first two bytes (see `image_ids`),
 so that a test can match what it loads with what was written: TFDS stores
 the examples in its own shuffled order.
+
+`build(data_dir, 'cifar100')` and `data_dir('cifar100')` do the same for
+CIFAR-100 (its binary archive: cifar-100-binary/train.bin, test.bin, one
+coarse and one fine label byte per example, and the two label name files),
+with the fine labels of `examples(split, 100)`.
 """
 
 import atexit
@@ -35,15 +40,39 @@ import numpy as np
 NUM_EXAMPLES = {'train': 100, 'test': 100}
 CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
                'horse', 'ship', 'truck')
+# CIFAR-100's fine classes, as named here (the real names do not matter).
+CIFAR100_CLASS_NAMES = tuple(f'class_{i:02d}' for i in range(100))
 
 
-def examples(split: str) -> tuple[np.ndarray, np.ndarray]:
+def examples(split: str,
+             num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
   """The uint8 images (N, 32, 32, 3) and labels of a split, as written."""
   n = NUM_EXAMPLES[split]
   rng = np.random.default_rng(list(NUM_EXAMPLES).index(split))
   images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
   images[:, 0, 0, 0], images[:, 0, 0, 1] = np.divmod(np.arange(n), 256)
-  return images, rng.integers(0, 10, n).astype(np.int32)
+  return images, rng.integers(0, num_classes, n).astype(np.int32)
+
+
+def _records(images: np.ndarray, *labels: np.ndarray) -> np.ndarray:
+  """CIFAR's binary records: the label bytes, then the image channel-major."""
+  return np.concatenate(
+      [*(label.astype(np.uint8)[:, None] for label in labels),
+       images.transpose(0, 3, 1, 2).reshape(len(images), -1)], axis=1)
+
+
+def _write_cifar100_binary(folder: str) -> None:
+  files = os.path.join(folder, 'cifar-100-binary')
+  os.makedirs(files)
+  for name, names in (('fine_label_names.txt', CIFAR100_CLASS_NAMES),
+                      ('coarse_label_names.txt',
+                       [f'superclass_{i:02d}' for i in range(20)])):
+    with open(os.path.join(files, name), 'w') as f:
+      f.write('\n'.join(names) + '\n')
+  for split in NUM_EXAMPLES:
+    images, labels = examples(split, 100)
+    _records(images, labels // 5, labels).tofile(
+        os.path.join(files, f'{split}.bin'))
 
 
 def image_ids(images: np.ndarray) -> np.ndarray:
@@ -62,22 +91,20 @@ def _write_cifar_binary(folder: str) -> None:
                             np.array_split(train_labels, 5)))}
   files['test_batch.bin'] = examples('test')
   for name, (images, labels) in files.items():
-    records = np.concatenate(
-        [labels.astype(np.uint8)[:, None],
-         images.transpose(0, 3, 1, 2).reshape(len(images), -1)], axis=1)
-    records.tofile(os.path.join(batches, name))
+    _records(images, labels).tofile(os.path.join(batches, name))
 
 
-def build(data_dir: str) -> str:
-  """Prepares the small CIFAR-10 in `data_dir` (see the module doc)."""
+def build(data_dir: str, name: str = 'cifar10') -> str:
+  """Prepares the small CIFAR-10 (or 'cifar100') in `data_dir` (module doc)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # Pages of bars in a failing test's output.
   source = tempfile.mkdtemp(prefix='cifar-10-binary-')
   try:
-    _write_cifar_binary(source)
+    {'cifar10': _write_cifar_binary,
+     'cifar100': _write_cifar100_binary}[name](source)
     with mock.patch.object(tfds.download.DownloadManager,
                            'download_and_extract', return_value=source):
-      tfds.builder('cifar10', data_dir=data_dir).download_and_prepare(
+      tfds.builder(name, data_dir=data_dir).download_and_prepare(
           download_config=tfds.download.DownloadConfig(
               compute_stats=tfds.download.ComputeStatsMode.SKIP))
   finally:
@@ -86,8 +113,8 @@ def build(data_dir: str) -> str:
 
 
 @functools.cache
-def data_dir() -> str:
+def data_dir(name: str = 'cifar10') -> str:
   """One prepared data_dir per test process, removed when it exits."""
-  path = tempfile.mkdtemp(prefix='fake_cifar10_')
+  path = tempfile.mkdtemp(prefix=f'fake_{name}_')
   atexit.register(shutil.rmtree, path, ignore_errors=True)
-  return build(path)
+  return build(path, name)

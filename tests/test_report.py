@@ -1,4 +1,4 @@
-"""Evaluation numbers, pictures and training curves (report.py, curves.py)."""
+"""Evaluation numbers, pictures and training curves (report.py)."""
 
 import json
 import math
@@ -8,7 +8,6 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from resnet_jax import curves
 from resnet_jax import metric_writer
 from resnet_jax import report
 
@@ -223,16 +222,16 @@ def test_the_curves_picture_is_written_into_the_workdir(tmp_path):
   logged[8].update(val_loss=0.5, val_accuracy=0.8, test_loss=0.6,
                    test_accuracy=0.7)
   write_events(tmp_path, logged)
-  path = curves.write_curves(str(tmp_path))
+  path = report.write_curves(str(tmp_path))
   assert path == os.path.join(str(tmp_path), 'curves.png')
   assert_picture(path)
 
 
 def test_curves_of_a_workdir_without_events_is_a_one_line_error(tmp_path):
   with pytest.raises(ValueError, match='no TensorBoard scalars'):
-    curves.write_curves(str(tmp_path))
+    report.write_curves(str(tmp_path))
   with pytest.raises(ValueError, match='does not exist'):
-    curves.write_curves(str(tmp_path / 'missing'))
+    report.write_curves(str(tmp_path / 'missing'))
 
 
 def test_runs_are_drawn_as_their_mean_with_a_min_max_band(tmp_path):
@@ -250,7 +249,7 @@ def test_runs_are_drawn_as_their_mean_with_a_min_max_band(tmp_path):
         writer.write_scalars(step, values)
   write_events(tmp_path, {1: {'train_loss': 2.5, 'val_accuracy': 0.45},
                           2: {'train_loss': 0.9, 'val_accuracy': 0.8}})
-  runs = curves._runs(str(tmp_path))  # pylint: disable=protected-access
+  runs = report._runs(str(tmp_path))  # pylint: disable=protected-access
   assert len(runs) == 2
   # At the steps every run logged; float32 in the event files.
   steps, low, high = report.run_band(runs, 'train_loss')
@@ -263,7 +262,7 @@ def test_runs_are_drawn_as_their_mean_with_a_min_max_band(tmp_path):
   # A tag some run lacks gets no band, rather than one over fewer runs.
   assert report.run_band([runs[0], {}], 'train_loss') is None
   assert report.run_band([], 'train_loss') is None
-  assert_picture(curves.write_curves(str(tmp_path)))
+  assert_picture(report.write_curves(str(tmp_path)))
 
 
 def test_one_run_draws_the_same_curves_as_before(tmp_path):
@@ -276,4 +275,4 @@ def test_one_run_draws_the_same_curves_as_before(tmp_path):
     with Image.open(path) as image:
       pictures.append(np.asarray(image.convert('RGB')))
   np.testing.assert_array_equal(*pictures)
-  assert curves._runs(str(tmp_path)) == []  # pylint: disable=protected-access
+  assert report._runs(str(tmp_path)) == []  # pylint: disable=protected-access
