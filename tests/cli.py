@@ -11,7 +11,10 @@ from outside (in the middle of a checkpoint write, during an evaluation):
                      of the call before the one with step K);
   <signal>@save:K    while Orbax writes checkpoint K: every file is written,
                      the rename that completes it has not happened;
-  <signal>@eval:N    during the N-th evaluation (1-based);
+  <signal>@eval:N    during the N-th evaluation (1-based), once the
+                     checkpoints saved before it, which Orbax writes in
+                     the background, are complete: which ones a kill finds
+                     on disk does not depend on the machine's load;
   <signal>@summary   when summary.json is about to be written, after the
                      last checkpoint.
 
@@ -25,7 +28,10 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+
 import fake_cifar
+from resnet_jax import checkpoints, experiment, parallel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,13 +66,20 @@ def _install_fault(fault):
       return original(src, dst, *args, **kwargs)
     os.rename = rename
   elif point == 'eval':
-    from resnet_jax import experiment
+    from resnet_jax import checkpoints, experiment
     original, calls = experiment.Experiment.evaluate, []
+    original_save, savers = checkpoints.Checkpointer.save, []
+    def save(self, *args, **kwargs):
+      savers.append(self)
+      return original_save(self, *args, **kwargs)
     def evaluate(*args, **kwargs):
       calls.append(1)
       if len(calls) == int(arg):
+        for saver in savers:
+          saver.wait_until_finished()
         fire()
       return original(*args, **kwargs)
+    checkpoints.Checkpointer.save = save
     experiment.Experiment.evaluate = evaluate
   elif point == 'summary':
     from resnet_jax import workdir
@@ -130,3 +143,19 @@ def snapshot(directory) -> dict[str, tuple[int, int]] | None:
   return {str(p.relative_to(directory)): (p.stat().st_size,
                                           p.stat().st_mtime_ns)
           for p in paths}
+
+
+def restore_params(workdir, config):
+  """(step, params, batch_stats, opt_state) of a workdir's newest checkpoint.
+
+  On the host; `config` says what the model is (the smoke config's).
+  """
+  exp = experiment.build(config, dp=parallel.DataParallel('jit'),
+                         image_shape=(32, 32, 3))
+  with checkpoints.Checkpointer(
+      os.path.join(workdir, 'checkpoints'),
+      metadata=exp.checkpoint_metadata(training=False)) as checkpointer:
+    state = checkpointer.restore(exp.abstract_state())
+  # The step as one number: every run of a checkpoint is at the same one.
+  return jax.device_get((state.step[0], state.params, state.batch_stats,
+                         state.opt_state))

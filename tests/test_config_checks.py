@@ -124,6 +124,54 @@ def _smoke_with(field, value, schedule='paper'):
 _SCHEDULES = st.sampled_from(config_checks.CHOICES['schedule.name'])
 
 
+# The range of every numeric field, as its refusal states it, written out here
+# and not read from config_checks.RANGES, so that a range widened or narrowed
+# there is caught: (low, high, low_open, high_open).
+_MAX_STEPS = 2**31 - 1
+DOCUMENTED_RANGES = {
+    'seed': (0, 2**32 - 1, False, False),
+    'data.split_shuffle_seed': (0, 2**32 - 1, False, False),
+    'data.crop_padding': (0, math.inf, False, False),
+    'model.depth': (1, 2000, False, False),
+    'model.width': (1, 64, False, False),
+    'model.num_classes': (1, 100_000, False, False),
+    'model.bn_momentum': (0, 1, False, True),
+    'model.bn_epsilon': (1e-30, 1, False, False),
+    'optimizer.momentum': (0, 1, False, True),
+    'optimizer.weight_decay': (0, 1, False, False),
+    'label_smoothing': (0, 1, False, True),
+    'schedule.base_learning_rate': (0, 100, True, False),
+    'schedule.reference_batch_size': (1, 2**16, False, False),
+    'schedule.decay_factor': (0, 1, True, False),
+    'schedule.warmup_steps': (0, _MAX_STEPS, False, False),
+    'schedule.warmup_learning_rate': (0, 100, False, False),
+    'schedule.one_cycle_pct_start': (0, 1, True, True),
+    'schedule.one_cycle_div_factor': (1, 1e8, False, False),
+    'schedule.one_cycle_final_div_factor': (1, 1e8, False, False),
+    'num_runs': (1, 64, False, False),
+    'steps_per_call': (1, _MAX_STEPS, False, False),
+    'batch_size': (1, 2**16, False, False),
+    'eval_batch_size': (1, 2**16, False, False),
+    'num_train_steps': (1, _MAX_STEPS, False, False),
+    'num_epochs': (-math.inf, _MAX_STEPS, False, False),
+    'log_every_steps': (1, _MAX_STEPS, False, False),
+    'eval_every_steps': (1, _MAX_STEPS, False, False),
+    'checkpoint_every_steps': (1, _MAX_STEPS, False, False),
+    'keep_checkpoints': (1, _MAX_STEPS, False, False),
+    'distributed.num_processes': (0, 2**16, False, False),
+    'distributed.process_id': (-1, 2**16 - 1, False, False),
+    'cpu_devices': (0, 1024, False, False),
+    'profile.first_step': (0, _MAX_STEPS, False, False),
+    'profile.num_steps': (0, _MAX_STEPS, False, False),
+}
+
+
+def _in_documented_range(field, value) -> bool:
+  low, high, low_open, high_open = DOCUMENTED_RANGES[field]
+  return ((value > low if low_open else value >= low) and
+          (value < high if high_open else value <= high))
+
+
 def _assert_refused_naming(error: ValueError, field: str):
   message = str(error)
   assert '\n' not in message, message
@@ -142,6 +190,11 @@ def test_any_value_of_any_field_passes_or_is_refused_naming_it(field, data):
     config_checks.validate(config)
   except ValueError as e:
     _assert_refused_naming(e, field)
+    return
+  # Accepted: then in its documented range (a number, as the type checks).
+  value = _get(config, field)
+  if field in DOCUMENTED_RANGES:
+    assert _in_documented_range(field, value), (field, value)
 
 
 _SPLIT = datasets.InMemoryDataset(
@@ -205,6 +258,50 @@ def test_every_numeric_field_has_a_range():
              and not isinstance(_get(defaults, f), bool)]
   assert set(numeric) <= set(config_checks.RANGES), (
       set(numeric) - set(config_checks.RANGES))
+
+
+def test_every_range_is_documented_here():
+  assert set(DOCUMENTED_RANGES) == set(config_checks.RANGES)
+
+
+# In-range values that other fields rule out in the smoke config, replaced by
+# the nearest ones they allow: depths are 6n + 2, and the warm-up (in steps of
+# the reference batch) must be shorter than the run.
+_NEAREST_ALLOWED = {('model.depth', 1): 8, ('model.depth', 2000): 1994,
+                    ('schedule.warmup_steps', _MAX_STEPS): _MAX_STEPS - 1}
+
+
+@pytest.mark.parametrize('field', sorted(DOCUMENTED_RANGES))
+def test_each_range_accepts_its_bounds_and_refuses_beyond(field):
+  """Each closed bound (or, if open, the nearest number inside) is accepted;
+  the nearest beyond is refused naming the field: neither widened nor
+  narrowed."""
+  low, high, low_open, high_open = DOCUMENTED_RANGES[field]
+  integer = isinstance(_get(default.get_config(), field), int)
+
+  def beyond(bound, direction):  # The next number past `bound`.
+    return bound + direction if integer else math.nextafter(bound,
+                                                            direction * math.inf)
+
+  probes = []  # (value, accepted)
+  for bound, is_open, inward in ((low, low_open, 1), (high, high_open, -1)):
+    if math.isinf(bound):
+      continue
+    probes += [(bound, not is_open), (beyond(bound, -inward), False)]
+    if is_open:
+      probes.append((beyond(bound, inward), True))
+  for value, accepted in probes:
+    value = _NEAREST_ALLOWED.get((field, value), value)
+    config = _smoke_with(field, value)
+    if field == 'schedule.warmup_steps':
+      config.update(num_train_steps=_MAX_STEPS,
+                    batch_size=config.schedule.reference_batch_size)
+    if accepted:
+      config_checks.validate(config)
+    else:
+      with pytest.raises(ValueError) as error:
+        config_checks.validate(config)
+      _assert_refused_naming(error.value, field)
 
 
 @pytest.mark.parametrize('value, ok', [

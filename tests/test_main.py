@@ -1,4 +1,4 @@
-"""The command line refuses bad input: one line, non-zero exit, workdir as it was.
+"""The command line refuses bad input: one line, exit status 1, workdir as it was.
 
 Each case runs `python -m resnet_jax.main` in a subprocess against a workdir
 that already holds a finished run (or against a path that must stay absent),
@@ -51,7 +51,9 @@ def workdir(tmp_path, finished_run):
 
 
 def assert_refused(result, *expected):
-  assert result.returncode != 0
+  # The README's status for bad input: 1, not merely non-zero (a crash or a
+  # signal is non-zero too).
+  assert result.returncode == 1, result.stderr[-2000:]
   line = error_line(result)
   assert line.startswith('error: '), result.stderr[-2000:]
   for text in expected:

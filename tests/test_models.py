@@ -131,9 +131,11 @@ def test_invalid_architectures_are_rejected_with_a_clear_message(bad, message):
     init_variables(models.ResNet(**bad))
 
 
+# The batch statistics come back in both modes: in eval mode they must be the
+# ones given.
 _apply = jax.jit(
     lambda model, variables, images, train: model.apply(
-        variables, images, train=train, mutable=['batch_stats'] if train else []),
+        variables, images, train=train, mutable=['batch_stats']),
     static_argnums=(0, 3))
 
 architectures = st.one_of(
@@ -148,19 +150,25 @@ def _assert_equals_the_float64_reference(variant, batch, size, train, seed):
 
   model = models.ResNet(**variant, bn_momentum=0.9, bn_epsilon=1e-5)
   as32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-  out = _apply(model, {'params': as32(params), 'batch_stats': as32(stats)},
-               jnp.asarray(images, jnp.float32), train)
-  logits, new_stats = out if train else (out[0], stats)
+  # What eval mode must leave as it is, copied before either model runs.
+  stats_given = jax.tree.map(np.array, stats)
+  logits, new_stats = _apply(
+      model, {'params': as32(params), 'batch_stats': as32(stats)},
+      jnp.asarray(images, jnp.float32), train)
   ref_logits, ref_stats = reference.forward(
       params, stats, images, **variant, train=train, momentum=0.9,
       epsilon=1e-5)
 
   scale = np.abs(ref_logits).max() + 1.0
   np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=RTOL * scale)
-  if train:
-    new_stats = new_stats['batch_stats']
+  # Train mode: the model's updated statistics are the reference's. Eval
+  # mode: both leave the statistics given unchanged (the float64 draw, not a
+  # copy of what either returned).
+  want = ref_stats if train else stats_given
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
-      a, b, rtol=RTOL, atol=RTOL), dict(new_stats), ref_stats)
+      a, b, rtol=RTOL, atol=RTOL), dict(new_stats['batch_stats']), want)
+  if not train:
+    jax.tree.map(np.testing.assert_array_equal, ref_stats, stats_given)
 
 
 # Every variant, in both modes, at the smallest depth: Hypothesis's few draws

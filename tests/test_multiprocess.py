@@ -17,8 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from cli import REPO, cli_command, run_cli
-from test_train import restore_params
+from cli import REPO, cli_command, restore_params, run_cli
 from configs import smoke
 
 # Two processes, minutes on a small CPU: not in the edit loop's tier.
@@ -62,13 +61,35 @@ def _record_writes(workdir, record):
 _record_writes(os.environ['TEST_WORKDIR'], os.environ['TEST_WRITES_RECORD'])
 '''
 
+# Also prepended: with TEST_AWAIT_NOTICE_AFTER=K, the batches after step K
+# wait until JAX's coordination service holds the preemption notice. JAX
+# polls for SIGTERM once a second, so the step it picks to save otherwise
+# depends on how many steps a second the machine's load allows; waiting for
+# the notice puts it soon after K, however fast or slow the steps go.
+_AWAIT_PREEMPTION_NOTICE = '''
+def _await_notice(after):
+  from jax._src import distributed
+  from resnet_jax import batching
+  original, noticed = batching.train_rows, []
+  def train_rows(*args, step, **kwargs):
+    if step > after and not noticed:
+      distributed.global_state.client.blocking_key_value_get(
+          'RECEIVED_PREEMPTION_NOTICE', 120_000)
+      noticed.append(step)
+    return original(*args, step=step, **kwargs)
+  batching.train_rows = train_rows
+if os.environ.get('TEST_AWAIT_NOTICE_AFTER'):
+  _await_notice(int(os.environ['TEST_AWAIT_NOTICE_AFTER']))
+'''
 
-def _run_two_processes(workdir, *flags, faults=(None, None), timeout=300):
+
+def _run_two_processes(workdir, *flags, faults=(None, None), timeout=300,
+                       await_notice_after=None):
   """Runs a pair; returns each process's (exit status, stderr, files written).
 
-  `faults[i]` is process i's fault (see cli.py). The files written are the
-  paths, relative to `workdir`, that the process opened for writing, in this
-  run only.
+  `faults[i]` is process i's fault (see cli.py); with `await_notice_after`,
+  see _AWAIT_PREEMPTION_NOTICE. The files written are the paths, relative to
+  `workdir`, that the process opened for writing, in this run only.
   """
   workdir = os.path.abspath(workdir)
   address = f'127.0.0.1:{_free_port()}'
@@ -82,12 +103,13 @@ def _run_two_processes(workdir, *flags, faults=(None, None), timeout=300):
         f'--config.distributed.process_id={process_id}',
         fault=faults[process_id], own_devices=True)
     assert command[1] == '-c'
-    command[2] = _RECORD_WRITES + command[2]
+    command[2] = _RECORD_WRITES + _AWAIT_PREEMPTION_NOTICE + command[2]
     record = f'{workdir}.writes-{process_id}'
     if os.path.exists(record):
       os.remove(record)  # A rerun's record holds that run's writes only.
     records.append(record)
-    env.update(TEST_WORKDIR=workdir, TEST_WRITES_RECORD=record)
+    env.update(TEST_WORKDIR=workdir, TEST_WRITES_RECORD=record,
+               TEST_AWAIT_NOTICE_AFTER=str(await_notice_after or ''))
     processes.append(subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True))
@@ -157,10 +179,10 @@ def _saved_step(stderr) -> int:
 
 
 def test_two_processes_preempted_then_rerun_end_bit_identical(tmp_path):
-  # Long enough for JAX's preemption sync point, up to ~10 steps after the
-  # signal (seen: 5 to 13; with 10 steps in all, 1 run in 4 ended first),
-  # to fall inside the run.
-  steps = '--config.num_train_steps=30'
+  # The steps after the signal wait for JAX to have heard of it, so the
+  # sync point falls inside the run whatever the machine's load (without
+  # the wait it came up to ~10 steps after the signal: seen 5 to 13).
+  steps = '--config.num_train_steps=12'
   results = _run_two_processes(tmp_path / 'straight', steps)
   assert [code for code, _, _ in results] == [0, 0], results[0][1][-3000:]
   _assert_process_0_alone_wrote_the_run_files(results)
@@ -168,12 +190,13 @@ def test_two_processes_preempted_then_rerun_end_bit_identical(tmp_path):
   # through JAX's coordination service, yet both stop at the same step and
   # both save it, so neither waits forever for the other's collectives.
   results = _run_two_processes(tmp_path / 'preempted', steps,
-                               faults=(None, 'term@batch:4'))
+                               faults=(None, 'term@batch:4'),
+                               await_notice_after=4)
   assert [code for code, _, _ in results] == [143, 143], [
       err[-3000:] for _, err, _ in results]
   step = _saved_step(results[0][1])
   assert _saved_step(results[1][1]) == step
-  assert 4 <= step < 30
+  assert 4 <= step < 12
   assert max(int(p.name) for p in (tmp_path / 'preempted' / 'checkpoints')
              .iterdir() if p.name.isdigit()) == step
   _assert_process_0_alone_wrote_the_run_files(results, finished=False)

@@ -65,9 +65,67 @@ def _same(got, want):
                                                        atol=1e-7), got, want)
 
 
-def test_k_steps_per_call_train_the_run_of_one_step_per_call(tmp_path):
+def _watch_calls(monkeypatch, programs=True):
+  """Records every training call the trainer makes, as it makes it.
+
+  Each record: the call's first step, the shape (steps, runs) of the metric
+  sums the compiled call returned, and (with `programs`) for the first call
+  of each run built, the program it traces (a jaxpr): what proves that k
+  steps, r runs, vmap or the loops really ran, where the numbers alone would
+  match without them.
+  """
+  calls, seen = [], set()
+  original = experiment.Experiment.train_steps
+
+  def train_steps(exp, state, batches, first_step):
+    program = None
+    if programs and id(exp) not in seen:  # Before the call: it donates state.
+      seen.add(id(exp))
+      program = jax.make_jaxpr(exp._compiled_train_steps)(  # pylint: disable=protected-access
+          state, batches, exp._augment_keys, np.int32(first_step),  # pylint: disable=protected-access
+          *exp._train_data).jaxpr  # pylint: disable=protected-access
+    state, sums = original(exp, state, batches, first_step)
+    calls.append(dict(first=first_step, shape=sums['loss'].shape,
+                      program=program))
+    return state, sums
+
+  monkeypatch.setattr(experiment.Experiment, 'train_steps', train_steps)
+  return calls
+
+
+def _equations(jaxpr):
+  """(primitive name, params) of every equation of a jaxpr, nested included."""
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name, eqn.params
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, 'jaxpr', sub)  # A closed jaxpr's own.
+        if hasattr(sub, 'eqns'):
+          yield from _equations(sub)
+
+
+def _scan_lengths(jaxpr):
+  return [params['length'] for name, params in _equations(jaxpr)
+          if name == 'scan']
+
+
+def test_k_steps_per_call_train_the_run_of_one_step_per_call(tmp_path,
+                                                            monkeypatch):
+  calls = _watch_calls(monkeypatch, programs=False)
   one, one_summary = _train(tmp_path / 'k1')
+  one_calls = [call['shape'] for call in calls]
+  del calls[:]
   five, five_summary = _train(tmp_path / 'k5', steps_per_call=5)
+
+  # The calls really were up to 5 steps long, ending where something is due
+  # (logs every 3, evaluations every 6, checkpoints every 4, the end at 12):
+  # the numbers below would match with one step per call too.
+  due = sorted({s for s in range(1, 13) if s % 3 == 0 or s % 4 == 0} | {12})
+  ends = [0] + due
+  assert [call['shape'] for call in calls] == [
+      (b - a, 1) for a, b in zip(ends, ends[1:])]
+  assert [call['first'] for call in calls] == ends[:-1]
+  assert one_calls == [(1, 1)] * 12
 
   _same(_arrays(five), _arrays(one))
   drop = NOT_REPRODUCIBLE + ('steps_per_call',)
@@ -112,14 +170,25 @@ def test_run_i_of_r_runs_is_the_run_of_seed_plus_i(tmp_path, parallelism):
 
 
 @pytest.mark.slow
-def test_vmapped_runs_match_their_single_runs_to_float32_rounding(tmp_path):
+def test_vmapped_runs_match_their_single_runs_to_float32_rounding(
+    tmp_path, monkeypatch):
   # One step: XLA computes the vmapped convolutions as grouped ones, in
   # another order, so they differ by rounding (2e-6 relative after a step).
   # Training amplifies any difference: the smoke run, 16 images a step,
   # takes rounding-level differences (jit against pmap) to 2e-3 in the
   # momentum at step 2 and 4e-2 at step 12; one step keeps it at rounding.
+  calls = _watch_calls(monkeypatch)
   together, _ = _train(tmp_path / 'runs', num_runs=2, vectorize_runs=True,
                        num_train_steps=1)
+  # vmap ran: the runs' convolutions are one grouped convolution (a group
+  # per run), and no loop over the runs is left; the loop's program (the
+  # default) would give the same numbers to rounding.
+  call, = calls
+  assert call['shape'] == (1, 2)
+  groups = [params['feature_group_count'] for name, params in _equations(
+      call['program']) if name == 'conv_general_dilated']
+  assert 2 in groups, groups
+  assert not _scan_lengths(call['program'])
   alone, _ = _train(tmp_path / 'seed1', seed=1, num_train_steps=1)
   other_seed = runs.take(together, 0)
 
@@ -152,10 +221,19 @@ def test_the_scanned_and_mapped_loops_of_accelerators_train_the_same_run(
   small = dict(num_runs=2, steps_per_call=2, num_train_steps=2,
                log_every_steps=2, eval_every_steps=2, checkpoint_every_steps=2,
                parallelism='jit')
+  calls = _watch_calls(monkeypatch)
   written_out, summary = _train(tmp_path / 'written_out', **small)
   monkeypatch.setattr(experiment.Experiment, '_unroll_loops',
                       property(lambda self: False))
   looped, looped_summary = _train(tmp_path / 'looped', **small)
+
+  # One call of 2 steps and 2 runs each; the loops were written out in the
+  # first program and are a loop over the runs (length 2) around a scan over
+  # the steps (length 2) in the second: the numbers alone would match if
+  # the second wrote them out too.
+  assert [call['shape'] for call in calls] == [(2, 2), (2, 2)]
+  assert _scan_lengths(calls[0]['program']) == []
+  assert _scan_lengths(calls[1]['program']) == [2, 2]
 
   assert _max_relative(_arrays(looped)[1:], _arrays(written_out)[1:]) < 1e-2
   assert _max_relative(_arrays(runs.take(looped, 0))[1:],
