@@ -35,8 +35,10 @@ dense peak for the dtype (float32 matmuls run as TF32 there).
 The table goes to stdout; the last line is one JSON object.
 """
 
+import collections
 import itertools
 import json
+import pathlib
 import resource
 import statistics
 import time
@@ -47,7 +49,7 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-from resnet_jax import batching, datasets, experiment, parallel
+from resnet_jax import batching, datasets, experiment, parallel, tools
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/resnet20.py')
 _INPUT = flags.DEFINE_enum(
@@ -61,6 +63,10 @@ _LOOP_STEPS = flags.DEFINE_integer(
     '--num_examples images.')
 _EXAMPLES = flags.DEFINE_integer('num_examples', 50_000,
                                  'Random images in the in-memory split.')
+_TRACE = flags.DEFINE_string(
+    'trace', '', 'If set, a folder: trace --timed_steps more steps with '
+    "jax.profiler and print where a step's device time goes (kernels per "
+    'step, time per kind, idle gaps).')
 
 # Dense peak FLOP/s by device kind and dtype (NVIDIA's datasheets, SXM, no
 # sparsity); float32 convolutions and matmuls run as TF32 under XLA's default
@@ -108,6 +114,67 @@ def _train_step_flops(exp, state, batch) -> float | None:
     return float(cost['flops'])
   except Exception:  # pylint: disable=broad-except
     return None  # Not every backend reports costs.
+
+
+# Kernel kinds by name: cuDNN's convolution kernels name their pass (fprop,
+# dgrad, wgrad); XLA's own kernels are named after their fusion.
+KERNEL_KINDS = (
+    ('conv forward', ('fprop', 'fwd')),
+    ('conv data grad', ('dgrad', 'bwd_data')),
+    ('conv weight grad', ('wgrad', 'bwd_filter')),
+    ('layout transpose', ('nchwtonhwc', 'nhwctonchw', 'transpose')),
+    ('gemm / other cuDNN', ('gemm', 'cutlass', 'cudnn', 'xmma', 'conv')),
+    ('reduction (batch norm, loss)', ('reduce', 'reduction')),
+    ('copy / memset', ('memcpy', 'memset', 'copy')),
+    ('fusion (elementwise)', ('fusion', 'loop_')),
+)
+
+
+def kernel_kind(name: str) -> str:
+  name = name.lower()
+  for kind, keys in KERNEL_KINDS:
+    if any(key in name for key in keys):
+      return kind
+  return 'other'
+
+
+def trace_summary(trace_dir: str, steps: int) -> dict | None:
+  """Per-step kernel count and time by kind from a jax.profiler trace."""
+  paths = sorted(pathlib.Path(trace_dir).glob('**/*.xplane.pb'))
+  if not paths:
+    return None
+  data = jax.profiler.ProfileData.from_file(str(paths[-1]))
+  kernels = [(event.name, event.start_ns, event.duration_ns)
+             for plane in data.planes if plane.name.startswith('/device:GPU')
+             for line in plane.lines if line.name.startswith('Stream')
+             for event in line.events]
+  if not kernels:
+    print('trace planes and lines:', [(p.name, [l.name for l in p.lines][:6])
+                                      for p in data.planes])
+    return None
+  by_kind, by_name = collections.Counter(), collections.Counter()
+  counts = collections.Counter()
+  for name, _, duration in kernels:
+    by_kind[kernel_kind(name)] += duration
+    counts[kernel_kind(name)] += 1
+    by_name[name[:90]] += duration
+  # Busy time: the union of kernel intervals (streams may overlap).
+  busy, end = 0.0, -1.0
+  for _, start, duration in sorted((s, s, d) for _, s, d in kernels):
+    busy += max(0.0, start + duration - max(start, end))
+    end = max(end, start + duration)
+  span = max(s + d for _, s, d in kernels) - min(s for _, s, _ in kernels)
+  us = lambda ns: round(ns / steps / 1e3, 1)  # noqa: E731
+  return {
+      'kernels_per_step': round(len(kernels) / steps, 1),
+      'kernel_us_per_step': us(sum(d for _, _, d in kernels)),
+      'busy_us_per_step': us(busy),
+      'span_us_per_step': us(span),
+      'idle_fraction': round(1 - busy / span, 3),
+      'by_kind_us_per_step': {k: (us(v), round(counts[k] / steps, 1))
+                              for k, v in by_kind.most_common()},
+      'top_kernels_us_per_step': {k: us(v) for k, v in by_name.most_common(12)},
+  }
 
 
 def main(argv):
@@ -212,6 +279,19 @@ def main(argv):
       result |= {'train_step_gflops': round(flops / 1e9, 2),
                  'mfu': round(flops / train_s / peak_flops, 4)}
 
+  if _TRACE.value:
+    calls = max(1, -(-_STEPS.value // k))
+    jax.block_until_ready(holder[0])
+    with jax.profiler.trace(_TRACE.value):
+      jax.block_until_ready([train_once() for _ in range(calls)])
+    summary = trace_summary(_TRACE.value, calls * k)
+    if summary:
+      print(json.dumps(summary, indent=1))
+      result |= {key: summary[key] for key in (
+          'kernels_per_step', 'busy_us_per_step', 'idle_fraction')}
+    else:
+      print('trace: no GPU kernels found (a GPU trace is summarised only)')
+
   width = max(map(len, result))
   for name, value in result.items():
     print(f'{name:<{width}}  {value}')
@@ -219,4 +299,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  tools.run(main)  # --help and errors as in every command.
