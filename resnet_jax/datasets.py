@@ -312,11 +312,6 @@ def decode_image(path: str, formats=('JPEG', 'PNG')) -> np.ndarray | str:
     return getattr(e, 'strerror', None) or str(e) or type(e).__name__
 
 
-# The loader's name for it, which tests/test_datasets.py patches to count
-# decodes.
-_decode_image = decode_image
-
-
 def _folder_state(split_dir: str) -> tuple:
   """What a decoded split depends on: its files' names, sizes and times."""
   state = []
@@ -342,7 +337,7 @@ def _load_image_folder_base(root: str, base: str, folder_state: tuple):
   # One by one: threads made it slower. Pillow parses each file's headers in
   # Python, holding the GIL, which is most of the ~70 us a CIFAR JPEG takes;
   # 50,000 take about 4 s.
-  images = [_decode_image(path) for path in paths]
+  images = [decode_image(path) for path in paths]
   bad = [(p, why) for p, why in zip(paths, images) if isinstance(why, str)]
   if bad:
     (path, why), more = bad[0], len(bad) - 1

@@ -127,8 +127,8 @@ def test_image_folder_decodes_each_split_once_until_it_changes(
     folder, monkeypatch):
   config, _ = folder
   decoded = []
-  decode = datasets._decode_image  # pylint: disable=protected-access
-  monkeypatch.setattr(datasets, '_decode_image',
+  decode = datasets.decode_image
+  monkeypatch.setattr(datasets, 'decode_image',
                       lambda path: decoded.append(path) or decode(path))
   datasets.load_split(config, 'train[:5]')
   assert datasets.load_split(config, 'train[5:]').num_examples == 7
