@@ -164,8 +164,13 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
   _check_writable(workdir)
   loaded = inference.load(workdir, checkpoint, run=run, ensemble=ensemble,
                           data_dir=data_dir)
-  datasets.check_available(config.data)
-  ds = datasets.load_split(config.data, tfds_split)
+  try:
+    datasets.check_available(config.data)
+    ds = datasets.load_split(config.data, tfds_split)
+  except datasets.DatasetUnavailableError as e:
+    # The advice for a trainer's config does not fit here: say the flag.
+    raise ValueError(f'{e}; if the run\'s data is elsewhere on this machine, '
+                     'pass --data_dir=DIR') from None
   experiment.check_split_fits(ds, loaded.image_shape, loaded.num_classes,
                               f'split {tfds_split!r}')
   # Refuses a slice of training data that changed; counts training images.

@@ -111,6 +111,9 @@ def test_readers_normalise_with_the_statistics_the_run_trained_with(trained):
 def test_a_moved_dataset_is_read_from_data_dir(trained, tmp_path):
   workdir, root = trained
   moved = root.rename(tmp_path / 'moved')
+  with pytest.raises(ValueError, match=f'image folder {root} does not exist.*'
+                     'pass --data_dir=DIR'):
+    evaluate.run(str(workdir), split='validation', num_misclassified=0)
   result = evaluate.run(str(workdir), split='validation', num_misclassified=0,
                         data_dir=str(moved))
   assert result['num_examples'] == 6
