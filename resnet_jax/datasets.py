@@ -146,9 +146,9 @@ def _config_fields_naming(config, base: str) -> list[str]:
           if config.get(field) and parse_split(config.get(field))[0] == base]
 
 
-def _local_dir(path: str | None) -> str | None:
-  # Absolute, so that the cache sees one folder under one name; URLs such as
-  # gs://... are left alone.
+def local_dir(path: str | None) -> str | None:
+  """`path` made absolute (one folder, one name: the cache's key, and what a
+  run records); URLs such as gs://... are left alone."""
   if not path or '://' in path:
     return path or None
   return os.path.abspath(os.path.expanduser(path))
@@ -178,7 +178,7 @@ def _import_tfds():
 
 
 def _tfds_builder(name: str, data_dir: str | None):
-  return _import_tfds().builder(name, data_dir=_local_dir(data_dir))
+  return _import_tfds().builder(name, data_dir=local_dir(data_dir))
 
 
 def _load_tfds_base(name: str, data_dir: str | None, base: str,
@@ -252,7 +252,7 @@ def _image_folder_root(config) -> str:
     raise DatasetUnavailableError(
         "config.data.name='image_folder' needs config.data.data_dir=<root>, "
         'a folder <root>/<split>/<class>/*.jpg|jpeg|png')
-  root = _local_dir(config.data_dir)
+  root = local_dir(config.data_dir)
   if not os.path.isdir(root):
     raise DatasetUnavailableError(
         f'image folder {root} does not exist; set config.data.data_dir to a '
@@ -414,7 +414,7 @@ def load_split(config, split: str) -> InMemoryDataset:
         len(labels))
   else:
     images, labels, class_names, source = _cached_base(
-        _load_tfds_base, config.name, _local_dir(config.data_dir), base,
+        _load_tfds_base, config.name, local_dir(config.data_dir), base,
         bool(config.download))
     order = None
   positions = split_slice.resolve(len(labels))
@@ -437,7 +437,7 @@ def class_names(config, num_classes: int) -> tuple[str, ...] | None:
   `num_classes` (the model's number of classes).
   """
   if config.name == IMAGE_FOLDER:
-    root = _local_dir(config.data_dir)
+    root = local_dir(config.data_dir)
     names = (_image_folder_classes(root) if root and os.path.isdir(root)
              else None)
   elif config.name in TFDS_DATASETS:

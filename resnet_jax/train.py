@@ -272,8 +272,11 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
     workdir_path.mkdir(parents=True, exist_ok=True)
     if lock:
       lock.announce()
-      workdir_lib.write_json(workdir_path / 'config.json',
-                             json.loads(config.to_json_best_effort()))
+      recorded = json.loads(config.to_json_best_effort())
+      # The data's place made absolute: readers start in any directory.
+      recorded['data']['data_dir'] = datasets.local_dir(
+          config.data.data_dir) or ''
+      workdir_lib.write_json(workdir_path / 'config.json', recorded)
     checkpointer.tidy()
     state = exp.dp.put_state(state)
     writer = cleanup.enter_context(metric_writer.RunsWriter(

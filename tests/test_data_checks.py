@@ -1,6 +1,7 @@
 """What the trainer checks of its splits before it trains: every split's
 image size, overlapping slices of one split."""
 
+import json
 import pathlib
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from configs import smoke
 from resnet_jax import datasets
+from resnet_jax import evaluate
 from resnet_jax import train
 from resnet_jax import workdir as workdir_lib
 
@@ -86,3 +88,21 @@ def test_the_first_run_into_the_image_folder_is_refused(tmp_path):
   write_split(root, 'train', 4)
   message = refusal(folder_config(root), root / 'run')
   assert 'is inside the image folder' in message
+
+
+@pytest.mark.slow
+def test_a_run_records_where_its_data_is_wherever_it_started(tmp_path,
+                                                             monkeypatch):
+  write_split(tmp_path / 'data', 'train', 5)
+  monkeypatch.chdir(tmp_path)
+  config = folder_config('data')  # Relative, as typed on a command line.
+  config.update(num_train_steps=2, eval_every_steps=2,
+                checkpoint_every_steps=2)
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  recorded = json.loads((tmp_path / 'run' / 'config.json').read_text())
+  assert recorded['data']['data_dir'] == str(tmp_path / 'data')
+  (tmp_path / 'elsewhere').mkdir()
+  monkeypatch.chdir(tmp_path / 'elsewhere')
+  result = evaluate.run(str(tmp_path / 'run'), split='validation',
+                        num_misclassified=0)
+  assert result['num_examples'] == 1
