@@ -65,8 +65,8 @@ _EXAMPLES = flags.DEFINE_integer('num_examples', 50_000,
                                  'Random images in the in-memory split.')
 _TRACE = flags.DEFINE_string(
     'trace', '', 'If set, a folder: trace --timed_steps more steps with '
-    "jax.profiler and print where a step's device time goes (kernels per "
-    'step, time per kind, idle gaps).')
+    "jax.profiler and print where a step's time on the GPU goes (kernels "
+    'per step, time per kind, idle gaps).')
 
 # Dense peak FLOP/s by device kind and dtype (NVIDIA's datasheets, SXM, no
 # sparsity); float32 convolutions and matmuls run as TF32 under XLA's default
@@ -160,7 +160,7 @@ def trace_summary(trace_dir: str, steps: int) -> dict | None:
     by_name[name[:90]] += duration
   # Busy time: the union of kernel intervals (streams may overlap).
   busy, end = 0.0, -1.0
-  for _, start, duration in sorted((s, s, d) for _, s, d in kernels):
+  for start, duration in sorted((s, d) for _, s, d in kernels):
     busy += max(0.0, start + duration - max(start, end))
     end = max(end, start + duration)
   span = max(s + d for _, s, d in kernels) - min(s for _, s, _ in kernels)
