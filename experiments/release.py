@@ -1,34 +1,20 @@
-"""Releases the weights of one trained run as a small workdir of its own.
+"""Releases one run of a workdir as a small workdir of its own.
 
   python -m experiments.release --workdir=runs/resnet20 --run=0 \
       --checkpoint=latest --out=pretrained/resnet20 [--data_note='...']
 
-writes into --out (absent or empty):
-
-- config.json: the run's config, describing the released run alone:
-  num_runs=1 and seed = the run's seed (config.seed + run). A run that
-  measured its normalisation on the training split gets the measured mean
-  and std written in as constants, so that the release needs no data.
-- weights.msgpack and release.json (resnet_jax/releases.py): the run's
-  parameters and batch-norm statistics in one file (no optimizer state), and
-  what they are: step, seed, class names, normalisation, the weights'
-  sha256, the run's validation accuracy (the workdir's summary.json) and the
-  CPU check: how many images of --check_split (default the run's validation
-  split; empty: none) the release classifies correctly on this machine, the
-  exact count that tests/test_pretrained.py requires of every release in
-  pretrained/.
-- README.md: model, data, recipe, accuracy, the commands that trained and
-  released it, the sha256 of every other file.
-
---data_dir, when given, is where the run's dataset is here; the released
-config.json names it, so that `evaluate` finds it there.
-
-`python -m resnet_jax.evaluate --workdir=<out>` and `resnet_jax.predict`
-load it as they load any workdir (inference.load). Refused, with one line
-`error: ...`, when --out is not empty, the run or checkpoint does not exist.
+writes into --out (absent or empty) the files of resnet_jax/releases.py:
+config.json (the released run alone: num_runs=1, its seed; a normalisation
+measured on the training split written in as constants, so that the release
+needs no data; --data_dir, where the dataset is here), weights.msgpack,
+release.json (with the CPU check: how many images of --check_split this
+machine classifies correctly, the count tests/test_pretrained.py requires)
+and a README.md for people: model, data, recipe, accuracy, the commands that
+trained and released it, every other file's sha256. `evaluate` and `predict`
+load it as any workdir. Refused with one line `error: ...` when --out is not
+empty or the run or checkpoint does not exist.
 """
 
-import importlib
 import json
 import os
 import pathlib
@@ -38,15 +24,15 @@ import sys
 
 from absl import flags
 from absl import logging
-from etils import epath
 import jax
 
+from experiments import reproduce_table6
 from resnet_jax import checkpoints
 from resnet_jax import datasets
 from resnet_jax import evaluate
-from resnet_jax import experiment
 from resnet_jax import inference
 from resnet_jax import releases
+from resnet_jax import report
 from resnet_jax import tools
 from resnet_jax import workdir as workdir_lib
 
@@ -55,43 +41,59 @@ README = 'README.md'
 FLAGS = flags.FLAGS
 
 
-def sha256(path: pathlib.Path) -> str:
-  return releases.sha256(pathlib.Path(path).read_bytes())
-
-
 def file_hashes(out: str) -> dict[str, tuple[int, str]]:
   """{relative path: (bytes, sha256)} of every file under `out` but README."""
   root = pathlib.Path(out)
-  return {path.relative_to(root).as_posix(): (path.stat().st_size,
-                                              sha256(path))
-          for path in sorted(root.rglob('*'))
-          if path.is_file() and path.relative_to(root).as_posix() != README}
+  return {p.relative_to(root).as_posix(): (p.stat().st_size,
+                                           releases.sha256(p.read_bytes()))
+          for p in sorted(root.rglob('*'))
+          if p.is_file() and p.relative_to(root).as_posix() != README}
 
 
 def training_command(config: dict, config_name: str | None,
                      workdir: str) -> str | None:
   """The trainer command that gives `config`, or None where unknown.
 
-  config.json does not record the command: it is rebuilt from the config
-  file summary.json names, plus an override for every field of config.json
-  that differs from that file's.
+  config.json does not record the command: it is the config file that
+  summary.json names, plus an override for every field that differs.
   """
   if not config_name or not (REPO / 'configs' / f'{config_name}.py').is_file():
     return None
-  base = importlib.import_module(f'configs.{config_name}').get_config()
-  base = experiment.flatten(json.loads(base.to_json_best_effort()))
-  # A --config.FIELD flag reads a non-string value back from its repr();
-  # JSON turned the config's tuples into lists.
-  show = lambda v: v if isinstance(v, str) else repr(
-      tuple(v) if isinstance(v, list) else v)
-  return shlex.join([
-      'python', '-m', 'resnet_jax.main', f'--config=configs/{config_name}.py',
-      f'--workdir={workdir}',
-      *(f'--config.{k}={show(v)}' for k, v in experiment.flatten(
-          config).items() if base.get(k, ()) != v)])
+  base = tools.flatten(reproduce_table6.config_json(config_name, {}))
+  return shlex.join(reproduce_table6.trainer_command(config_name, workdir, {
+      k: v for k, v in tools.flatten(config).items()
+      if base.get(k, ()) != v}))
 
 
-def _recipe(config, summary: dict | None) -> str:
+def count_correct(workdir: str, split: str) -> dict:
+  """How many images of `split` run 0 of `workdir` classifies correctly.
+
+  On this machine's default devices: {'correct', 'examples', 'split' (as
+  loaded), 'device', 'jax'}.
+  """
+  loaded = inference.load(workdir)
+  tfds_split = evaluate.resolve_split(loaded.config, split)
+  ds = datasets.load_split(loaded.config.data, tfds_split)
+  # Refuses training data changed since the run (a reshuffled folder).
+  inference.examples_trained_on(loaded, ds)
+  logits = loaded.logits(ds.images, batch_size=loaded.config.eval_batch_size)
+  return {'correct': int((logits.argmax(-1) == ds.labels).sum()),
+          'examples': len(ds.labels), 'split': tfds_split,
+          'device': jax.devices()[0].device_kind, 'jax': jax.__version__}
+
+
+def check_line(split: str, check: dict | None) -> str:
+  """The README's record of the CPU check."""
+  if check is None:
+    return 'CPU check: not made (--check_split was empty).'
+  return (f'CPU check: {check["correct"]:,} of {check["examples"]:,} images '
+          f'of `{split}` (`{check["split"]}`) classified correctly '
+          f'({check["correct"] / check["examples"]:.2%}) on '
+          f'{check["device"]}, JAX {check["jax"]}: tests/test_pretrained.py '
+          'requires this count exactly.')
+
+
+def _recipe(config, summary: dict) -> str:
   opt, sched, data = config.optimizer, config.schedule, config.data
   if summary:
     length = f'{summary["steps"]:,} steps ({summary["epochs"]:g} epochs)'
@@ -117,8 +119,8 @@ def _recipe(config, summary: dict | None) -> str:
           'config.json.')
 
 
-def _accuracy(summary: dict | None, run: int, step: int) -> str:
-  if summary is None:
+def _accuracy(summary: dict, run: int, step: int) -> str:
+  if not summary:
     return ('not known: the workdir has no summary.json (its training did '
             'not finish); measure it with resnet_jax.evaluate')
   if summary['steps'] != step:
@@ -136,110 +138,61 @@ def _accuracy(summary: dict | None, run: int, step: int) -> str:
   return text + f" (the workdir's summary.json, runs[{run}])"
 
 
-def _validation(summary: dict | None, run: int, step: int) -> dict | None:
-  """The run's final validation figures, if summary.json has this step's."""
-  if summary is None or summary['steps'] != step:
-    return None
-  figures = summary['runs'][run]
-  if 'final_val_accuracy' not in figures:
-    return None
-  return {'accuracy': figures['final_val_accuracy'],
-          'loss': figures['final_val_loss'],
-          'examples': summary['eval_examples']}
-
-
-def count_correct(workdir: str, split: str,
-                  data_dir: str | None = None) -> dict:
-  """How many images of `split` run 0 of `workdir` classifies correctly.
-
-  On this machine's default devices, with the dataset in `data_dir` or else
-  where the workdir's config.json says: {'correct', 'examples', 'split' (as
-  loaded), 'device', 'jax'}.
-  """
-  loaded = inference.load(workdir, data_dir=data_dir)
-  tfds_split = evaluate.resolve_split(loaded.config, split)
-  ds = datasets.load_split(loaded.config.data, tfds_split)
-  # Refuses training data changed since the run (a reshuffled folder).
-  inference.examples_trained_on(loaded, ds)
-  summary, _ = evaluate.evaluate_images(
-      loaded.apply, ds.images, ds.labels,
-      batch_size=loaded.config.eval_batch_size)
-  return {'correct': sum(c['correct'] for c in summary['per_class']),
-          'examples': summary['num_examples'], 'split': tfds_split,
-          'device': jax.devices()[0].device_kind, 'jax': jax.__version__}
-
-
-def check_line(split: str, check: dict | None) -> str:
-  """The README's record of the CPU check (parsed by the tests)."""
-  if check is None:
-    return 'CPU check: not made (--check_split was empty).'
-  return (f'CPU check: {check["correct"]:,} of {check["examples"]:,} images '
-          f'of `{split}` (`{check["split"]}`) classified correctly '
-          f'({check["correct"] / check["examples"]:.2%}) on '
-          f'{check["device"]}, JAX {check["jax"]}: tests/test_pretrained.py '
-          'requires this count exactly.')
-
-
-def _name(out: str) -> str:
-  """What resnet_jax.pretrained takes for `out`: its name in pretrained/."""
-  path = pathlib.Path(out).resolve()
-  return path.name if path.parent == releases.PRETRAINED else out
-
-
-def readme(*, config, loaded, run: int, workdir: str, checkpoint,
-           num_params: int, train_data: str | None, data_note: str,
-           summary: dict | None, trained_by: str | None, released_by: str,
-           out: str, hashes: dict, check: str) -> str:
-  model, data = config.model, config.data
-  name = f'ResNet-{model.depth}'
-  shape = 'x'.join(map(str, loaded.image_shape))
+def readme(config, record: dict, summary: dict, out: str,
+           trained_by: str | None, released_by: str, check_split: str) -> str:
+  """README.md of the release in `out`: release.json's record in words."""
+  model, data, source = config.model, config.data, record['released_from']
+  run, seed, note = source['run'], record['seed'], record['data_note']
+  name, train_data = f'ResNet-{model.depth}', record['training']['train_data']
+  norm = record[checkpoints.RECORDED]['normalization']
+  path = pathlib.Path(out).resolve()  # As resnet_jax.pretrained takes it:
+  short = path.name if path.parent == releases.PRETRAINED else out
+  hashes = file_hashes(out)
   rows = {
       'Model': (
           f'{name}: {model.block} blocks, '
           f'{"pre-activation, " * model.preact}option-{model.shortcut} '
           f'shortcuts, width {model.width}, {model.num_classes} classes; '
-          f'{num_params:,} parameters; takes uint8 images of {shape}, '
-          f'normalised inside with mean {[round(float(x), 4) for x in loaded.mean]} '
-          f'and std {[round(float(x), 4) for x in loaded.std]}'),
+          f'{record["num_params"]:,} parameters; takes uint8 images of '
+          f'{"x".join(map(str, record["image_shape"]))}, normalised inside '
+          f'with mean {[round(x, 4) for x in norm["mean"]]} '
+          f'and std {[round(x, 4) for x in norm["std"]]}'),
       'Data': (
           f'`{data.name}`{f" ({train_data})" if train_data else ""}: trained '
           f'on `{data.train_split}`, validated on `{data.eval_split or "-"}`, '
           f'tested on `{data.test_split or "-"}`'
-          + (f'. {data_note[:1].upper()}{data_note[1:]}' if data_note
-             else '')),
+          + (f'. {note[:1].upper()}{note[1:]}' if note else '')),
       'Recipe': _recipe(config, summary),
-      'Validation accuracy': _accuracy(summary, run, loaded.step),
+      'Validation accuracy': _accuracy(summary, run, record['step']),
       'Trained by': (
           f'`{trained_by}`' if trained_by else
           "not known: summary.json names no config file of this repository; "
           'config.json holds every setting') + (
-              f'; this is run {run} of its {loaded.num_runs} runs, seed '
-              f'config.seed + {run} = {loaded.seed}' if loaded.num_runs > 1
+              f'; this is run {run} of its {source["num_runs"]} runs, seed '
+              f'config.seed + {run} = {seed}' if source['num_runs'] > 1
               else ''),
-      'Released by': f'`{released_by}`',
-  }
-  lines = [
-      f'# {name} on {data.name}, seed {loaded.seed}', '',
-      f'Run {run} (seed {loaded.seed}) of `{workdir}`, checkpoint step '
-      f'{loaded.step:,} (`--checkpoint={checkpoint}`): its parameters and '
-      'batch-norm statistics only, no optimizer state: for inference, not '
-      'for resuming training.', '', '| | |', '| --- | --- |',
-      *(f'| {k} | {v} |' for k, v in rows.items()), '', check, '', 'Use:',
-      '',
+      'Released by': f'`{released_by}`' if released_by else 'not recorded'}
+  return '\n'.join([
+      f'# {name} on {data.name}, seed {seed}', '',
+      f'Run {run} (seed {seed}) of `{source["workdir"]}`, checkpoint step '
+      f'{record["step"]:,} (`--checkpoint={source["checkpoint"]}`): its '
+      'parameters and batch-norm statistics only, no optimizer state: for '
+      'inference, not for resuming training.', '', '| | |', '| --- | --- |',
+      *(f'| {k} | {v} |' for k, v in rows.items()), '',
+      check_line(check_split, record['cpu_check']), '', 'Use:', '',
       f'    python -m resnet_jax.evaluate --workdir={out} --split='
       f'{"test" if data.test_split else "validation"}',
       f'    python -m resnet_jax.predict --workdir={out} image.png', '',
       'or in Python, on uint8 images (N, H, W, C):', '',
       '    import resnet_jax',
-      f'    model = resnet_jax.pretrained({_name(out)!r})',
+      f'    model = resnet_jax.pretrained({short!r})',
       '    model.predict(images)  # class names; also probabilities, logits',
-      '',
-      '## Files', '',
+      '', '## Files', '',
       f'{sum(size for size, _ in hashes.values()):,} bytes in all, '
-      f'{README} aside.', '', '| file | bytes | sha256 |', '| --- | ---: | --- |',
+      f'{README} aside.', '', '| file | bytes | sha256 |',
+      '| --- | ---: | --- |',
       *(f'| `{path}` | {size:,} | `{digest}` |'
-        for path, (size, digest) in hashes.items()), '']
-  return '\n'.join(lines)
+        for path, (size, digest) in hashes.items()), ''])
 
 
 def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
@@ -248,8 +201,7 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
             data_dir: str | None = None) -> dict:
   """Writes run `run` of `workdir`'s checkpoint into `out` (module doc).
 
-  Returns {'step', 'seed', 'files': {path: (bytes, sha256)}, 'check':
-  count_correct's dict or None}.
+  Returns release.json's record.
 
   Raises:
     ValueError: `out` is not empty; no such workdir, run or checkpoint.
@@ -259,11 +211,9 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
     raise ValueError(f'--out={out} exists and is not empty; releases go to a '
                      'new directory')
-  # Checks the run and the checkpoint, and restores it.
-  loaded = inference.load(workdir, checkpoint, run=run)
+  loaded = inference.load(workdir, checkpoint, run=run)  # Checks them.
   config = inference.read_config(workdir)
-  num_runs = config.num_runs
-  config.num_runs, config.seed = 1, loaded.seed
+  num_runs, config.num_runs, config.seed = config.num_runs, 1, loaded.seed
   if data_dir:
     config.data.data_dir = data_dir
   if config.data.normalization == 'measured':
@@ -271,7 +221,8 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
     config.data.normalization = 'constants'
     config.data.mean = [float(x) for x in loaded.mean]
     config.data.std = [float(x) for x in loaded.std]
-  variables = jax.tree.map(lambda x: x[run], loaded.all_variables)
+  summary = report.read_summary(workdir)
+  figures = summary['runs'][run] if summary.get('steps') == loaded.step else {}
   record = {
       'model': f'resnet{config.model.depth}', 'dataset': config.data.name,
       'data_note': data_note, 'step': loaded.step, 'seed': loaded.seed,
@@ -284,77 +235,59 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
       checkpoints.RECORDED: {'normalization': {
           'mean': [float(x) for x in loaded.mean],
           'std': [float(x) for x in loaded.std]}},
-      'num_params': sum(x.size for x in jax.tree.leaves(variables['params']))}
-  source = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  with checkpoints.Checkpointer(source, metadata={}, read_only=True) as reader:
-    stored = reader.stored_metadata(loaded.step) or {}
-  # The training data's fingerprint: readers refuse a changed folder.
-  record['training'] = {'train_data': loaded.train_data}
-  summary_path = epath.Path(workdir) / 'summary.json'
-  summary = (json.loads(summary_path.read_text()) if summary_path.exists()
-             else None)
+      'num_params': sum(x.size for x in jax.tree.leaves(
+          loaded.variables['params'])),
+      # The training data's fingerprint: readers refuse a changed folder.
+      'training': {'train_data': loaded.train_data},
+      'validation': {'accuracy': figures['final_val_accuracy'],
+                     'loss': figures['final_val_loss'],
+                     'examples': summary['eval_examples']}
+                    if 'final_val_accuracy' in figures else None}
   created = not os.path.exists(out)
   try:
     os.makedirs(out, exist_ok=True)
-    workdir_lib.write_json(epath.Path(out) / inference.CONFIG_FILE,
+    workdir_lib.write_json(pathlib.Path(out) / inference.CONFIG_FILE,
                            json.loads(config.to_json_best_effort()))
-    record |= {'validation': _validation(summary, run, loaded.step)}
-    record = releases.write(out, variables, record)
-    check = count_correct(out, check_split) if check_split else None
-    record = releases.write(out, variables, record | {'cpu_check': check})
-    hashes = file_hashes(out)
-    original = json.loads((epath.Path(workdir) / inference.CONFIG_FILE
+    record = releases.write(out, loaded.variables, record)  # For the check.
+    record = releases.write(out, loaded.variables, record | {
+        'cpu_check': count_correct(out, check_split) if check_split else None})
+    original = json.loads((pathlib.Path(workdir) / inference.CONFIG_FILE
                            ).read_text())
-    text = readme(
-        config=config, loaded=loaded, run=run, workdir=workdir,
-        checkpoint=checkpoint,
-        num_params=record['num_params'],
-        train_data=stored.get('training', {}).get('train_data'),
-        data_note=data_note, summary=summary,
-        trained_by=training_command(original, (summary or {}).get('config'),
-                                    workdir),
-        released_by=released_by or shlex.join([
-            'python', '-m', 'experiments.release', f'--workdir={workdir}',
-            f'--run={run}', f'--checkpoint={checkpoint}', f'--out={out}',
-            *([f'--data_note={data_note}'] if data_note else []),
-            *([f'--check_split={check_split}']
-              if check_split != 'validation' else []),
-            *([f'--data_dir={data_dir}'] if data_dir else [])]),
-        out=out, hashes=hashes, check=check_line(check_split, check))
-    (pathlib.Path(out) / README).write_text(text)
+    (pathlib.Path(out) / README).write_text(readme(
+        config, record, summary, out, training_command(
+            original, summary.get('config'), workdir), released_by,
+        check_split))
   except BaseException:
     # `out` was empty: all in it is this release's, half written.
     shutil.rmtree(out, ignore_errors=True)
     if not created:
       os.makedirs(out, exist_ok=True)
     raise
-  return {'step': loaded.step, 'seed': loaded.seed, 'files': hashes,
-          'check': check}
+  return record
 
 
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {" ".join(argv[1:])}')
   tools.quiet_start(logging.WARNING)
-  result = release(FLAGS.workdir, FLAGS.out, run=FLAGS.run,
-                   checkpoint=FLAGS.checkpoint, data_note=FLAGS.data_note,
+  record = release(**inference.selection_from_flags(), out=FLAGS.out,
+                   data_note=FLAGS.data_note,
                    check_split=FLAGS.check_split, data_dir=FLAGS.data_dir,
                    released_by=shlex.join(['python', '-m',
-                                           'experiments.release', *sys.argv[1:]]))
-  size = sum(size for size, _ in result['files'].values())
-  print(f'released run {FLAGS.run} (seed {result["seed"]}), step '
-        f'{result["step"]}, of {FLAGS.workdir} into {FLAGS.out}: '
-        f'{len(result["files"])} files, {size / 1e6:.2f} MB, and {README}')
-  if result['check']:
-    print(check_line(FLAGS.check_split, result['check']))
+                                           'experiments.release',
+                                           *sys.argv[1:]]))
+  files = file_hashes(FLAGS.out)
+  size = sum(size for size, _ in files.values())
+  print(f'released run {FLAGS.run} (seed {record["seed"]}), step '
+        f'{record["step"]}, of {FLAGS.workdir} into {FLAGS.out}: '
+        f'{len(files)} files, {size / 1e6:.2f} MB, and {README}')
+  if record['cpu_check']:
+    print(check_line(FLAGS.check_split, record['cpu_check']))
 
 
 def define_flags():
   """The command line's flags (defined only when run as a program)."""
-  flags.DEFINE_string('workdir', None, 'A run directory of resnet_jax.main.')
-  flags.DEFINE_integer('run', 0, "Which of the workdir's runs (seed "
-                       'config.seed + run).')
-  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.")
+  inference.define_selection_flags(ensemble=False)
   flags.DEFINE_string('out', None, 'A new (or empty) directory, e.g. '
                       'pretrained/resnet20.')
   flags.DEFINE_string('data_note', '', "A sentence on the data for the "
@@ -364,7 +297,7 @@ def define_flags():
                       'syntax); empty: no check.')
   flags.DEFINE_string('data_dir', None, "Where the run's dataset is here; "
                       "written into the release's config.json.")
-  flags.mark_flags_as_required(['workdir', 'out'])
+  flags.mark_flag_as_required('out')
 
 
 if __name__ == '__main__':

@@ -4,36 +4,22 @@
       --num_epochs=2 --root=/tmp/table6 --config.data.name=image_folder \
       --config.data.data_dir=/tmp/cifar10-jpeg75 --config.data.test_split=
 
-trains depth by depth, one trainer process per depth that trains every seed
-at once as config.num_runs runs (resnet_jax/runs.py: run i has seed
-first_seed + i, so the seeds are --first_seed and the --num_seeds - 1 after
-it), started from the repository root: `python -m resnet_jax.main
---config=configs/resnet<depth>.py --workdir=<root>/resnet<depth>-seeds<first>-
-<last> --config.seed=<first> --config.num_runs=<num_seeds>` and the
---config.FIELD=VALUE given (typed by resnet_jax/defaults.py; --num_epochs is
---config.num_epochs), its output appended to <log_dir>/<workdir's
-name>.log. A depth is done when its workdir holds summary.json and a
-config.json of the same recipe as the config its command gives (`_recipe`:
-the fields a run resumes under, such as steps_per_call, logging or data_dir,
-aside, and vectorize_runs, which changes the result by float32 rounding
-only): rerunning skips it. Any other depth goes to the trainer, which resumes
-it (a finished one is only evaluated again) or refuses a workdir of another
-recipe (`error: checkpoints in ... come from a different run`).
+starts one trainer per depth (`build_command`; --dry_run prints them) that
+trains every seed at once as config.num_runs runs (seeds --first_seed, ...)
+into <root>/resnet<depth>-seeds<first>-<last>, its output appended to
+<log_dir>/<that name>.log. A depth whose workdir holds summary.json and a
+config.json of the same recipe (`_recipe`) is done and skipped; any other
+goes to the trainer, which resumes it or refuses another recipe's workdir.
 
 <root>/table6.md and table6.csv give per depth the mean ± sample std over
-seeds of the final test error (validation error when a run has no test split;
-each seed's from summary.json's 'runs'), over every workdir of the depth in
-<root> done with this recipe whatever its seeds (sweeps of other seeds add
-to a row), and each program's wall time per run, next to the paper's and
-akamaster's, headed with what was run (from each summary.json, where the
-trainer records devices and JAX version), marked when the schedule is shorter
-than the paper's 64k steps at batch 128.
+seeds of the final test error (validation error where a run has no test
+split), over every workdir of the depth done with this recipe whatever its
+seeds, beside the paper's and akamaster's, headed with what was run.
 
 Exit status: 0 when every depth is done; 1 with one line `error: ...` for bad
-flags or a depth not done (the tables hold the others); 143 when SIGTERM, 130
-when Ctrl-C (SIGINT) stopped the sweep: forwarded to the running trainer, the
-sweep exits once it has saved its checkpoint, so the same command can resume
-at once.
+flags or a depth not done (the tables hold the others); 143 on SIGTERM, 130
+on Ctrl-C, passed on to the running trainer and returned once it has saved
+its checkpoint, so that the same command resumes.
 """
 
 import importlib
@@ -52,6 +38,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from resnet_jax import experiment
+from resnet_jax import report
 from resnet_jax import tools
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -104,45 +91,60 @@ def requested_overrides() -> dict:
   return overrides
 
 
+def config_json(name: str, overrides: dict) -> dict:
+  """The config.json the trainer writes for configs/<name>.py + overrides."""
+  config = importlib.import_module(f'configs.{name}').get_config()
+  config.update_from_flattened_dict(overrides)
+  return json.loads(config.to_json_best_effort())
+
+
+def trainer_command(name: str, run_dir: str, overrides: dict) -> list[str]:
+  """The resnet_jax.main command for configs/<name>.py + {field: value}.
+
+  A --config.FIELD flag reads a non-string value back from its repr(); JSON
+  turned the config's tuples into lists.
+  """
+  show = lambda v: v if isinstance(v, str) else repr(
+      tuple(v) if isinstance(v, list) else v)
+  return ['python', '-m', 'resnet_jax.main', f'--config=configs/{name}.py',
+          f'--workdir={run_dir}',
+          *(f'--config.{k}={show(v)}' for k, v in overrides.items())]
+
+
 def workdir(root: str, depth, seeds: range) -> str:
   return f'{root.rstrip("/")}/resnet{depth}-seeds{seeds[0]}-{seeds[-1]}'
 
 
 def build_command(depth, seeds: range, root: str,
                   overrides: dict) -> list[str]:
-  # A --config.FIELD flag reads a non-string value back from its repr().
-  return [sys.executable, '-m', 'resnet_jax.main',
-          f'--config=configs/resnet{depth}.py',
-          f'--workdir={workdir(root, depth, seeds)}',
-          f'--config.seed={seeds[0]}', f'--config.num_runs={len(seeds)}',
-          *(f'--config.{k}={v if isinstance(v, str) else repr(v)}'
-            for k, v in overrides.items())]
+  """The depth's trainer command, for all seeds, with this Python."""
+  return [sys.executable, *trainer_command(
+      f'resnet{depth}', workdir(root, depth, seeds),
+      {'seed': seeds[0], 'num_runs': len(seeds), **overrides})[1:]]
 
 
 def run_config(depth: int, seeds: range, overrides: dict) -> dict:
   """The config.json that the trainer writes for this depth's command."""
-  config = importlib.import_module(f'configs.resnet{depth}').get_config()
-  config.update_from_flattened_dict(
-      {**overrides, 'seed': seeds[0], 'num_runs': len(seeds)})
-  return json.loads(config.to_json_best_effort())
+  return config_json(f'resnet{depth}', {
+      **overrides, 'seed': seeds[0], 'num_runs': len(seeds)})
 
 
 def done_summary(root: str, depth: int, seeds: range, overrides: dict):
-  """The depth's summary.json if it is done with this config, else None."""
+  """The depth's summary.json if it is done with this recipe, else None."""
   path = epath.Path(workdir(root, depth, seeds))  # Also gs://.
-  summary, config = path / 'summary.json', path / 'config.json'
-  if not (summary.exists() and config.exists()):
+  summary, config = report.read_summary(path), path / 'config.json'
+  if not (summary and config.exists()):
     return None
   done, wanted = (_recipe(c) for c in (json.loads(config.read_text()),
                                         run_config(depth, seeds, overrides)))
-  return json.loads(summary.read_text()) if done == wanted else None
+  return summary if done == wanted else None
 
 
 def _recipe(config: dict) -> dict:
   # What decides the runs' results: not the fields a run may resume under
   # (speed, logging, where the data is), nor vectorize_runs (float32
   # rounding, tests/test_runs.py). Runs done with other values are done.
-  return {k: v for k, v in experiment.flatten(config).items()
+  return {k: v for k, v in tools.flatten(config).items()
           if not experiment.resumable(k) and k != 'vectorize_runs'}
 
 
@@ -156,10 +158,8 @@ def finished(root: str, depth: int, overrides: dict) -> list[dict]:
   for path in sorted(epath.Path(root).glob(f'resnet{depth}-seeds*')):
     match = re.fullmatch(rf'resnet{depth}-seeds(\d+)-(\d+)', path.name)
     seeds = match and range(int(match[1]), int(match[2]) + 1)
-    summary = seeds and done_summary(root, depth, seeds, overrides)
-    if summary:
-      summaries.append(summary)
-  return summaries
+    summaries.append(seeds and done_summary(root, depth, seeds, overrides))
+  return [s for s in summaries if s]
 
 
 def mean_std(values: list[float]) -> str:
@@ -189,9 +189,9 @@ def _header(done: list[dict], command: list[str], metric: str) -> list[str]:
       (metric == 'validation', '**Validation error**: not every run has a '
        'test split, so the error is that of the held-out validation split, '
        'not the test error the references report.')]
-  command = shlex.join(['python', *command[1:]])
   rows = {
-      'Trainer command': '`' + command.replace('DEPTH', '<depth>') + '`',
+      'Trainer command': '`' + shlex.join(['python', *command[1:]]).replace(
+          'DEPTH', '<depth>') + '`',
       'Data': _distinct(
           f'`{s["dataset"]}`: {s["train_examples"]:,} training, '
           f'{s.get("eval_examples", 0):,} validation and '
@@ -206,18 +206,6 @@ def _header(done: list[dict], command: list[str], metric: str) -> list[str]:
           '| --- | --- |', *(f'| {k} | {v} |' for k, v in rows.items())]
 
 
-def _shown(root: str) -> str:
-  """`root` as typed from the repository root, when it is under it."""
-  inside = not os.path.relpath(root, REPO).startswith('..')
-  return os.path.relpath(root, REPO) if '://' not in root and inside else root
-
-
-def _wall_minutes_per_run(summary: dict) -> float:
-  # The runs of one program share its wall time (every session of it).
-  seconds = summary.get('total_wall_seconds', summary['wall_seconds'])
-  return seconds / summary.get('num_runs', 1) / 60
-
-
 def write_tables(found: dict, seeds: range, root: str,
                  overrides: dict) -> str:
   """<root>/table6.md and table6.csv of {depth: summaries (`finished`)}."""
@@ -226,9 +214,12 @@ def write_tables(found: dict, seeds: range, root: str,
             else 'validation')
   key = 'test_accuracy' if metric == 'test' else 'final_val_accuracy'
   short = any(s['steps'] * s['batch_size'] < PAPER_EXAMPLES for s in done)
+  # The trainer command as typed from the repository root, if under it.
+  shown = os.path.relpath(root, REPO)
+  shown = root if '://' in root or shown.startswith('..') else shown
   lines = ['# Table 6 of He et al. 2015 (CIFAR-10 ResNets), reproduced', '',
-           *_header(done, build_command('DEPTH', seeds, _shown(root),
-                                        overrides), metric), '',
+           *_header(done, build_command('DEPTH', seeds, shown, overrides),
+                    metric), '',
            f'| model | runs | final {metric} error (%), mean ± sample std '
            '(n - 1) | per seed | wall minutes per run | He et al. 2015 | '
            'akamaster (PyTorch) |',
@@ -243,7 +234,9 @@ def write_tables(found: dict, seeds: range, root: str,
         errors.setdefault(run['seed'], 100 * (1 - run[key]))
     errors = dict(sorted(errors.items()))
     values = list(errors.values())
-    minutes = [_wall_minutes_per_run(s) for s in summaries]
+    # The runs of one program share its wall time (every session of it).
+    minutes = [s.get('total_wall_seconds', s['wall_seconds']) /
+               s.get('num_runs', 1) / 60 for s in summaries]
     paper, ref = (f'{t[depth]:.2f}' if depth in t else ''
                   for t in (PAPER, AKAMASTER))
     lines.append(' | '.join([
@@ -307,19 +300,16 @@ def sweep(depths, seeds: range, root: str, log_dir: str, overrides: dict,
   for depth in depths:
     summary = done_summary(root, depth, seeds, overrides)
     if summary is None and not trainer.terminated:
-      path = workdir(root, depth, seeds)
-      name = os.path.basename(path)
+      name = os.path.basename(workdir(root, depth, seeds))
       log = os.path.join(log_dir, f'{name}.log')
-      print(f'{path}: training, log {log}', flush=True)
+      print(f'{workdir(root, depth, seeds)}: training, log {log}', flush=True)
       start = os.path.getsize(log) if os.path.exists(log) else 0
       code = trainer.run(build_command(depth, seeds, root, overrides), log)
       summary = code == 0 and done_summary(root, depth, seeds, overrides)
       if not summary:
-        lines = []  # This attempt's.
-        if os.path.exists(log):
-          with open(log, 'rb') as f:
-            f.seek(start)
-            lines = f.read().decode(errors='replace').splitlines()
+        with open(log, 'rb') as f:  # This attempt's lines.
+          f.seek(start)
+          lines = f.read().decode(errors='replace').splitlines()
         stopped = {143: 'stopped by SIGTERM', 130: 'stopped by Ctrl-C'}
         why = stopped.get(code) or ([  # Its last words.
             l for l in lines if l.startswith('error: ')] or lines or [''])[-1]
@@ -378,7 +368,5 @@ if __name__ == '__main__':
   try:
     define_flags()  # Parses the config's overrides.
   except (AttributeError, KeyError) as e:  # An override of no config field.
-    while e.args and isinstance(e.args[0], Exception):
-      e = e.args[0]
-    tools.fail(f'the config has no field {" ".join(map(str, e.args))}')
+    tools.fail(tools.config_error(e))
   tools.run(main)

@@ -60,6 +60,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from resnet_jax import datasets
+from resnet_jax import tools
+
 _ABSENT = '<absent>'
 # Where `tidy` moves checkpoints that cannot be read, beside the directory.
 UNREADABLE_DIR = 'unreadable_checkpoints'
@@ -109,25 +112,16 @@ def _normalise(metadata: dict[str, Any]) -> dict[str, Any]:
   return json.loads(json.dumps(metadata, sort_keys=True))
 
 
-def _flatten(tree, prefix: str = '') -> dict[str, Any]:
-  """Nested dicts to {'a.b': leaf}, so a mismatch names the exact setting."""
-  if isinstance(tree, dict) and (tree or not prefix):
-    flat = {}
-    for key, value in tree.items():
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    return flat
-  return {prefix[:-1]: tree}
-
-
 def _differences(stored: dict[str, Any], ours: dict[str, Any]) -> list[str]:
   """Each setting of `ours` that the checkpoint's `stored` does not share."""
-  stored, ours = _flatten(stored), _flatten(ours)
+  stored, ours = tools.flatten(stored), tools.flatten(ours)
   diffs = []
   for key in sorted(ours):
     if key.startswith(RECORDED + '.'):
       continue
     saved, now = stored.get(key, _ABSENT), ours.get(key, _ABSENT)
-    if saved != now:
+    if saved != now and not (key == 'training.train_data' and
+                             datasets.same_data(saved, now)):
       show = lambda v: v if v is _ABSENT else json.dumps(v)
       diffs.append(f'{key}: checkpoint {show(saved)}, this run {show(now)}')
   return diffs
@@ -175,12 +169,6 @@ def _damaged_metrics(directory: epath.Path) -> list[int]:
     except Exception:  # pylint: disable=broad-except
       damaged.append(int(step))
   return sorted(damaged)
-
-
-def _one_line(error: Exception) -> str:
-  text = ' '.join(str(error).split())
-  text = text if len(text) <= 200 else text[:197] + '...'
-  return f'{type(error).__name__}: {text}'
 
 
 class Checkpointer:
@@ -266,7 +254,8 @@ class Checkpointer:
       # Orbax reads every checkpoint's metrics to rank them.
       raise UnreadableCheckpointError(
           f'cannot rank the checkpoints in {self.directory} by validation '
-          f'accuracy: a metrics file is damaged ({_one_line(e)})') from None
+          'accuracy: a metrics file is damaged '
+          f'({tools.one_line(e, 200, named=True)})') from None
 
   def _read_json(self, step: int, item: str):
     return self._manager.restore(
@@ -293,7 +282,7 @@ class Checkpointer:
           continue
         # Not a warning: `restore` skips the step and warns, in one line.
         logging.info('Checkpoint %d: cannot read its run metadata (%s).',
-                     candidate, _one_line(e))
+                     candidate, tools.one_line(e, 200, named=True))
     return None
 
   # How often a reader lists the steps again when listed ones vanish: a
@@ -418,11 +407,12 @@ class Checkpointer:
               f'checkpoint {step} in {self.directory} was deleted while it '
               'was read (a trainer writing there keeps only the newest and '
               'the best); read the latest, or another step') from None
-        failures.append(f'step {candidate}: {_one_line(e)}')
+        reason = tools.one_line(e, 200, named=True)
+        failures.append(f'step {candidate}: {reason}')
         if candidate not in self.unreadable_steps:
           self.unreadable_steps.append(candidate)
         logging.warning('Checkpoint %d in %s is unreadable (%s)%s.',
-                        candidate, self.directory, _one_line(e),
+                        candidate, self.directory, reason,
                         '' if step is not None else
                         '; falling back to the previous one')
         continue
@@ -463,7 +453,7 @@ class Checkpointer:
       self._manager.reload()
 
   def save(self, step: int, state, *, progress: dict[str, Any] | None = None,
-           val_accuracy: float | None = None) -> None:
+           val_accuracy: float | None = None, replace: bool = False) -> None:
     """Saves `state` as checkpoint `step`; a no-op if `step` is saved.
 
     Args:
@@ -473,13 +463,17 @@ class Checkpointer:
         with_progress=True)`.
       val_accuracy: this step's validation accuracy, if it was evaluated: the
         best checkpoint by it is kept beyond the newest `keep`.
+      replace: save over checkpoint `step` if it exists (a preempted run's,
+        saved before its validation, to record the accuracy with it).
 
     Raises:
       CheckpointWriteError: this save, or an earlier one still finishing in
         the background, failed.
     """
     if step in self._manager.all_steps():
-      return
+      if not replace:
+        return
+      self._manager.delete(step)  # A kill now resumes from the one before.
     # Never add a checkpoint of this run next to those of another one.
     self.check_compatible()
     with self._writing(f'checkpoint {step} (or an earlier one)'):
@@ -501,8 +495,9 @@ class Checkpointer:
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointWriteError(f'writing {what} into {self.directory} '
-                                 f'failed: {_one_line(e)}') from e
+      raise CheckpointWriteError(
+          f'writing {what} into {self.directory} failed: '
+          f'{tools.one_line(e, 200, named=True)}') from e
 
   def check_for_errors(self) -> None:
     """Raises CheckpointWriteError if a background write has failed."""

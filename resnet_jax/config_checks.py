@@ -16,6 +16,7 @@ import math
 
 from resnet_jax import defaults
 from resnet_jax import datasets, models, optimizer, parallel, schedules
+from resnet_jax import tools
 
 DATASETS = datasets.TFDS_DATASETS + (datasets.IMAGE_FOLDER,)
 NORMALIZATIONS = ('constants', 'measured')
@@ -144,27 +145,14 @@ _MEAN = _Range(0, 255)
 _STD = _Range(1e-3, 255)
 
 
-def _shown(value) -> str:
-  """`value` as the error shows it: its repr, on one line, not too long."""
-  text = repr(value)
-  if '\n' in text:
-    text = ' '.join(text.split())
-  return text if len(text) <= 200 else text[:200] + '...'
-
-
 def _fail(field: str, value, requirement: str):
-  raise ValueError(f'config.{field}={_shown(value)}: {requirement}')
+  shown = tools.one_line(repr(value), 200)  # The value, not too long.
+  raise ValueError(f'config.{field}={shown}: {requirement}')
 
 
 def _check(ok: bool, field: str, value, requirement: str):
   if not ok:
     _fail(field, value, requirement)
-
-
-def _get(config, field: str):
-  for part in field.split('.'):
-    config = config[part]
-  return config
 
 
 def _is_int(x) -> bool:
@@ -222,14 +210,6 @@ def _check_types(config, defaults, prefix: str = '') -> None:
       _check_json(prefix + key, config[key])
 
 
-def _flat_fields(defaults, prefix: str = ''):
-  for key in defaults.keys():
-    if hasattr(defaults[key], 'keys'):
-      yield from _flat_fields(defaults[key], f'{prefix}{key}.')
-    else:
-      yield prefix + key
-
-
 def _check_channels(field: str, values, allowed: _Range) -> None:
   _check(len(values) == 3 and all(v in allowed for v in values), field,
          values, 'must be three numbers (one per channel) in '
@@ -249,14 +229,15 @@ def validate(config) -> None:
   """Raises ValueError naming the first invalid field of `config`."""
   default = defaults.get_config()
   _check_types(config, default)
-  for field in _flat_fields(default):
-    value = _get(config, field)
+  values = tools.flatten(config.to_dict())
+  for field, default_value in tools.flatten(default.to_dict()).items():
+    value = values[field]
     if field in CHOICES:
       _check(value in CHOICES[field], field, value,
              f'must be one of {CHOICES[field]}')
     if field in RANGES:
       _check(value in RANGES[field], field, value,
-             RANGES[field].requirement(_is_int(_get(default, field))))
+             RANGES[field].requirement(_is_int(default_value)))
 
   model = config.model
   try:

@@ -358,16 +358,34 @@ def _load_image_folder_base(root: str, base: str, folder_state: tuple):
   # keeps meaning the same images.
   order = list(range(len(paths)))
   random.Random(base).shuffle(order)
-  # The file list and sizes: adding, removing, renaming or replacing images
-  # (by another of a different size) changes it.
-  listing = hashlib.sha256()
-  for path in paths:
+  # The file list and sizes (all that runs recorded before, see same_data),
+  # then the pixels in the same order: adding, removing, renaming or
+  # replacing an image, even by another of the same size, changes it. The
+  # pixels' hash costs about 0.2 s for 50,000 CIFAR images.
+  listing, pixels = hashlib.sha256(), hashlib.sha256()
+  for path, image in zip(paths, images):
     listing.update(f'{os.path.relpath(path, root)}\t'
                    f'{os.path.getsize(path)}\n'.encode())
+    pixels.update(image)
   source = (f'image folder {base!r}: {len(paths)} files, sha256 of names and '
-            f'sizes {listing.hexdigest()[:16]}')
+            f'sizes {listing.hexdigest()[:16]}{_PIXELS}'
+            f'{pixels.hexdigest()[:16]}')
   return (np.stack([images[i] for i in order]),
           np.asarray(labels, np.int32)[order], class_names, source)
+
+
+_PIXELS = ', of pixels '
+
+
+def same_data(recorded: str | None, source: str) -> bool:
+  """Whether `source` (InMemoryDataset.source) is the data a run recorded.
+
+  Runs recorded before the pixels were hashed name an image folder's file
+  names and sizes only: those match when the names and sizes still do.
+  """
+  return recorded == source or (
+      recorded is not None and _PIXELS not in recorded and
+      source.startswith(recorded + _PIXELS))
 
 
 # ----------------------------------------------------------------------------

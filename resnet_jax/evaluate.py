@@ -274,34 +274,25 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   tools.quiet_start(logging.WARNING)
-  result = run(FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
+  result = run(**inference.selection_from_flags(), split=FLAGS.split,
                tta=FLAGS.tta, num_misclassified=FLAGS.num_misclassified,
-               run=FLAGS.run, ensemble=FLAGS.ensemble,
                data_dir=FLAGS.data_dir)
   print(format_summary(result))
 
 
 def define_flags():
   """The command line's flags (defined only when run as a program)."""
-  flags.DEFINE_string('workdir', None, 'A run directory written by '
-                      'resnet_jax.main; the results are written into it.')
+  inference.define_selection_flags()
   flags.DEFINE_string('split', 'test', "'validation', 'test' or a split of "
                       "the run's dataset, e.g. 'train[45000:]'.")
-  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.")
   flags.DEFINE_bool('tta', False, 'Also report test-time augmentation: the '
                     'mean logits of each image and its horizontal flip.')
-  flags.DEFINE_integer('run', 0, 'Which of the workdir\'s runs to evaluate: '
-                       'run i is the run of seed config.seed + i.')
-  flags.DEFINE_bool('ensemble', False, 'Evaluate the mean of all runs\' '
-                    'logits instead of one run, with each run\'s own '
-                    'figures beside.')
   flags.DEFINE_integer('num_misclassified', 24, 'How many of the most '
                        'confident mistakes to show, at most '
                        f'{report.MAX_PICTURED}.')
   flags.DEFINE_string('data_dir', None, "Where the run's dataset is, when "
                       'not at its config.data.data_dir (an image folder or '
                       'TFDS data moved, another machine).')
-  flags.mark_flag_as_required('workdir')
 
 
 if __name__ == '__main__':

@@ -33,6 +33,7 @@ from resnet_jax import parallel
 from resnet_jax import runs
 from resnet_jax import schedules
 from resnet_jax import steps
+from resnet_jax import tools
 from resnet_jax import train_state
 
 # Config fields that may change when a run resumes: they decide how a run is
@@ -49,17 +50,6 @@ MODEL_FIELDS = ('depth', 'block', 'preact', 'shortcut', 'width',
                 'num_classes')
 
 
-def flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
-  """Nested dicts as {'a.b': leaf}."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat |= flatten(value, f'{prefix}{key}.')
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def resumable(field: str) -> bool:
   """Whether a run may resume under another value of 'dotted.field'."""
   return any(field == r or field.startswith(r + '.') for r in RESUMABLE_FIELDS)
@@ -67,7 +57,8 @@ def resumable(field: str) -> bool:
 
 def recipe(config) -> dict[str, Any]:
   """The config as {'dotted.field': value}, less RESUMABLE_FIELDS."""
-  return {field: value for field, value in flatten(config.to_dict()).items()
+  return {field: value
+          for field, value in tools.flatten(config.to_dict()).items()
           if not resumable(field)}
 
 

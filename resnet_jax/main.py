@@ -47,15 +47,7 @@ def _parse_flags(argv):
                         if a.startswith('--config=')), None)
     if config_file and not os.path.isfile(config_file):
       tools.fail(f'--config={config_file}: no such file')
-    cause = e
-    while cause.__cause__ or cause.__context__:
-      cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, AttributeError) and 'get_config' in str(cause):
-      tools.fail(f'--config={config_file} has no get_config() function')
-    if isinstance(cause, KeyError):
-      tools.fail(f'the config has no field {cause}; check the --config.* '
-                 'overrides')
-    tools.fail(tools.one_line(e))
+    tools.fail(tools.config_error(e, config_file))
 
 
 def _workdir(config_file: str) -> str:
@@ -75,10 +67,9 @@ def main(argv):
   config, workdir = FLAGS.config, _workdir(config_file)
   logging.info('Workdir: %s', os.path.abspath(workdir))
   from resnet_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from resnet_jax import experiment  # pylint: disable=g-import-not-at-top
   logging.info('Config %s:\n%s', config_file, '\n'.join(
       f'  {field} = {value!r}'
-      for field, value in experiment.flatten(config.to_dict()).items()))
+      for field, value in tools.flatten(config.to_dict()).items()))
   from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
   from resnet_jax import preemption  # pylint: disable=g-import-not-at-top
   from resnet_jax import train  # pylint: disable=g-import-not-at-top

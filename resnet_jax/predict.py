@@ -142,8 +142,7 @@ def main(argv):
   if FLAGS.top_k < 1:
     raise app.UsageError(f'--top_k must be >= 1, got {FLAGS.top_k}')
   tools.quiet_start(logging.WARNING)
-  loaded = inference.load(FLAGS.workdir, FLAGS.checkpoint, run=FLAGS.run,
-                          ensemble=FLAGS.ensemble)
+  loaded = inference.load(**inference.selection_from_flags())
   results = predict_files(loaded, paths, top_k=FLAGS.top_k,
                           resize=FLAGS.resize)
   for result in results:
@@ -166,20 +165,13 @@ def main(argv):
 
 def define_flags():
   """The command line's flags (defined only when run as a program)."""
-  flags.DEFINE_string('workdir', None, 'A run directory written by '
-                      'resnet_jax.main.')
-  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.")
-  flags.DEFINE_integer('run', 0, 'Which of the workdir\'s runs classifies: '
-                       'run i is the run of seed config.seed + i.')
-  flags.DEFINE_bool('ensemble', False, 'Classify with the mean of all runs\' '
-                    'logits instead of one run.')
+  inference.define_selection_flags()
   flags.DEFINE_integer('top_k', 3, 'How many of the most probable classes '
                        'to show per image.')
   flags.DEFINE_bool('json', False, 'Print one JSON document instead of tables.')
   flags.DEFINE_bool('resize', False, 'Scale images of another size to cover '
                     "the model's and crop the centre, instead of refusing "
                     'them.')
-  flags.mark_flag_as_required('workdir')
 
 
 if __name__ == '__main__':

@@ -28,6 +28,7 @@ import json
 import math
 import os
 
+from etils import epath
 from matplotlib import figure as mpl_figure
 import numpy as np
 
@@ -421,11 +422,13 @@ def write_curves(workdir: str) -> str:
                            title=_title(workdir), runs=_runs(workdir))
 
 
-def _summary(workdir: str) -> dict:
-  """The workdir's summary.json; {} while training or if it is not one."""
+def read_summary(workdir) -> dict:
+  """The workdir's summary.json (train.py's); {} while training or if it is
+  not one. The one reader of it: curves, releases and the Table 6 sweep
+  (whose workdirs may be gs://)."""
+  path = epath.Path(workdir) / 'summary.json'
   try:
-    with open(os.path.join(workdir, 'summary.json')) as f:
-      summary = json.load(f)
+    summary = json.loads(path.read_text()) if path.exists() else {}
   except (OSError, ValueError):
     return {}
   return summary if isinstance(summary, dict) else {}
@@ -447,7 +450,7 @@ def _schedule(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
     config = inference.read_config(workdir)
   except ValueError:
     return None
-  total_steps = _summary(workdir).get('steps') or (
+  total_steps = read_summary(workdir).get('steps') or (
       config.num_train_steps if config.num_epochs <= 0 else None)
   if not isinstance(total_steps, int) or total_steps <= 0:
     return None
@@ -486,7 +489,7 @@ def _length(summary: dict) -> str | None:
 def _title(workdir: str) -> str:
   """The workdir's name, and what ran there when summary.json says."""
   title = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
-  summary = _summary(workdir)  # {} while still training.
+  summary = read_summary(workdir)  # {} while still training.
   details = [summary.get('config'), summary.get('dataset'), _length(summary)]
   details = ', '.join(str(d) for d in details if d)
   return f'{title}: {details}' if details else title

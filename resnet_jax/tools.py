@@ -6,6 +6,9 @@ workdir or dataset, an unreadable checkpoint) ends it with one line
 `error: ...` on stderr and exit status 1, never a traceback. The project's
 modules raise ValueError (or a subclass) for everything a user can cause.
 --help succeeds (status 0).
+
+It imports nothing of the project, so that every module may use `one_line`
+and `flatten`, which shape its messages.
 """
 
 import logging as python_logging
@@ -13,6 +16,7 @@ import os
 import signal
 import sys
 import traceback
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -22,14 +26,54 @@ from absl import logging
 EXIT_ERROR = 1
 
 
-def one_line(error: BaseException) -> str:
-  """An error's message with its whitespace folded: one line to print."""
-  return ' '.join(str(error).split())
+def one_line(error, limit: int | None = None, named: bool = False) -> str:
+  """An error's message (or any text) with its whitespace folded: one line.
+
+  Cut to `limit` characters, '...' included, when longer; after its type's
+  name (`named`) where the type says more than the message (a library's).
+  """
+  text = ' '.join(str(error).split())
+  if limit is not None and len(text) > limit:
+    text = text[:limit - 3] + '...'
+  return f'{type(error).__name__}: {text}' if named else text
 
 
-def fail(message: str):
-  """Ends the command with `error: <message>` and status 1."""
-  print(f'error: {" ".join(message.split())}', file=sys.stderr, flush=True)
+def flatten(tree, prefix: str = '') -> dict[str, Any]:
+  """Nested dicts as {'a.b': leaf}, so that a message names the exact field.
+
+  An empty dict below the top is a leaf: a field whose value is {}.
+  """
+  if isinstance(tree, dict) and (tree or not prefix):
+    flat = {}
+    for key, value in tree.items():
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    return flat
+  return {prefix[:-1]: tree}
+
+
+def config_error(error: Exception, config_file: str | None = None) -> str:
+  """One line for an error of ml_collections loading --config or --config.*.
+
+  It wraps the cause (a missing get_config, a field the config lacks) in
+  errors that say less; `config_file` is the --config given, if any.
+  """
+  chain = [error]
+  while inner := (chain[-1].__cause__ or chain[-1].__context__ or next(
+      (a for a in chain[-1].args if isinstance(a, Exception)), None)):
+    chain.append(inner)
+  if any(isinstance(e, AttributeError) and 'get_config' in str(e)
+         for e in chain):
+    return f'--config={config_file} has no get_config() function'
+  missing = next((e for e in chain if isinstance(e, KeyError)), None)
+  if missing:  # ml_collections' message: the field and a hint.
+    field = one_line(' '.join(map(str, missing.args)))
+    return f'the config has no field {field}; check the --config.* overrides'
+  return one_line(error)
+
+
+def fail(message) -> None:
+  """Ends the command with `error: <message>` (a str or an error), status 1."""
+  print(f'error: {one_line(message)}', file=sys.stderr, flush=True)
   sys.exit(EXIT_ERROR)
 
 
@@ -69,7 +113,7 @@ def guarded(main):
       return main(argv)
     except ValueError as e:
       logging.debug('Failed:', exc_info=True)  # The traceback with -v 1.
-      fail(one_line(e))
+      fail(e)
     except KeyboardInterrupt:  # Ctrl-C where nothing handles it.
       print('error: interrupted (Ctrl-C)', file=sys.stderr, flush=True)
       sys.exit(128 + signal.SIGINT)

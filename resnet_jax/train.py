@@ -44,6 +44,7 @@ from resnet_jax import metric_writer
 from resnet_jax import monitoring
 from resnet_jax import preemption
 from resnet_jax import runs
+from resnet_jax import tools
 from resnet_jax import workdir as workdir_lib
 
 
@@ -90,7 +91,7 @@ class LoopState:
 def _flat(config) -> dict:
   """The config as flat scalars, for TensorBoard's hyperparameter view."""
   return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-          for k, v in experiment.flatten(config.to_dict()).items()}
+          for k, v in tools.flatten(config.to_dict()).items()}
 
 
 def _newest(checkpointer) -> str:
@@ -145,14 +146,15 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _save(checkpointer, exp, step, state, loop, val_accuracy=None):
+def _save(checkpointer, exp, step, state, loop, val_accuracy=None,
+          replace=False):
   saved_state = exp.dp.get_state(state)
   if not _all_finite(saved_state):
     raise NonFiniteLossError(
         f'the train state has non-finite values after step {step}; stopped '
         f'without saving it ({_newest(checkpointer)})')
   checkpointer.save(step, saved_state, progress=dataclasses.asdict(loop),
-                    val_accuracy=val_accuracy)
+                    val_accuracy=val_accuracy, replace=replace)
 
 
 def summarize(exp, config_name: str, splits, results: dict, loop: LoopState,
@@ -310,7 +312,12 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
 
     if loop.eval_pending and eval_ds:
       loop.eval_pending = False
-      validate(start_step, state)  # Preempted before this step's evaluation.
+      # Preempted before this step's validation: its checkpoint, saved
+      # without the accuracy, is saved again with it if it is the best.
+      accuracy = validate(start_step, state)
+      if loop.best_step == start_step:
+        _save(checkpointer, exp, start_step, state, loop, accuracy,
+              replace=True)
 
     clock = monitoring.Stopwatch(loop.wall_seconds)
     progress = monitoring.Progress(
@@ -320,14 +327,17 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
         workdir, config.profile.first_step, config.profile.num_steps)))
     watcher = cleanup.enter_context(preemption.PreemptionWatcher())
 
-    def due(done):  # Something happens after step `done`.
-      return (done % config.log_every_steps == 0 or
-              bool(eval_ds) and done % config.eval_every_steps == 0 or
+    def due(done, preempted=False):
+      """What is due after step `done`: (log, validation, checkpoint)."""
+      return (done % config.log_every_steps == 0 or done == total_steps,
+              bool(eval_ds) and (done % config.eval_every_steps == 0 or
+                                 done == total_steps),
               done % config.checkpoint_every_steps == 0 or
-              done in profile.boundaries)
+              done == last_step or preempted)
 
-    calls = list(call_lengths(start_step, last_step, config.steps_per_call,
-                              due))
+    calls = list(call_lengths(
+        start_step, last_step, config.steps_per_call,
+        lambda done: any(due(done)) or done in profile.boundaries))
     batches = exp.batches(calls)
     # Metric sums of the calls since step window_start, on the device.
     window, window_start = [], start_step
@@ -351,11 +361,7 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       done = first + length
       clock.step_done(done, sums)
       preempted = watcher.reached(done)
-      log_due = done % config.log_every_steps == 0 or done == total_steps
-      eval_due = bool(eval_ds) and (done % config.eval_every_steps == 0 or
-                                    done == total_steps)
-      save_due = (done % config.checkpoint_every_steps == 0 or
-                  done == last_step or preempted)
+      log_due, eval_due, save_due = due(done, preempted)
       if not (log_due or eval_due or save_due):
         continue
       # The calls run on the devices after the host has moved on: their time
@@ -377,7 +383,10 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
         # resume.
         loop.eval_pending = eval_due and preempted
         accuracy = validate(done, state) if eval_due and not preempted else None
-        if save_due:
+        # The best validation so far is saved, with its accuracy, wherever
+        # it falls: summary.json's best_val_step is the checkpoint kept as
+        # the best, which --checkpoint=best loads.
+        if save_due or accuracy is not None and loop.best_step == done:
           loop.wall_seconds = clock.total_wall_seconds
           _save(checkpointer, exp, done, state, loop, accuracy)
         if preempted:

@@ -128,6 +128,12 @@ def run_cli(*args, mocked=True, fault=None, own_devices=False, timeout=300):
                         text=True, timeout=timeout)
 
 
+def run_module(module, *args, timeout=300):
+  """Runs `python -m <module> *args` from the repository root."""
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
 def error_line(result) -> str:
   """The command's last line of output, which is the error when it failed."""
   return result.stderr.strip().splitlines()[-1]

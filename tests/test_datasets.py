@@ -139,6 +139,33 @@ def test_image_folder_decodes_each_split_once_until_it_changes(
   assert len(decoded) == 12 + 11
 
 
+def test_an_image_folder_source_names_its_files_sizes_and_pixels(folder):
+  config, _ = folder
+  path = next(pathlib.Path(config.data_dir).glob('train/cat/*.png'))
+  image = np.asarray(Image.open(path)).copy()
+  Image.fromarray(image).save(path, compress_level=0)  # Its size: fixed.
+  source = datasets.load_split(config, 'train[:5]').source
+  assert source.startswith("train[:5] of image folder 'train': 12 files, "
+                           'sha256 of names and sizes ')
+  # One pixel changed, the file's name and size kept: another source.
+  image[5, 5, 1] += 1
+  size = path.stat().st_size
+  Image.fromarray(image).save(path, compress_level=0)
+  assert path.stat().st_size == size
+  changed = datasets.load_split(config, 'train[:5]').source
+  assert changed != source
+  # A record from before pixels were hashed (names and sizes only) matches
+  # while the names and sizes do; a full record must match exactly.
+  legacy = source.split(', of pixels ')[0]
+  assert legacy != source
+  assert datasets.same_data(legacy, source)
+  assert datasets.same_data(legacy, changed)  # All it can tell.
+  assert datasets.same_data(source, source)
+  assert not datasets.same_data(source, changed)
+  assert not datasets.same_data(legacy.replace('12 files', '13 files'),
+                                source)
+
+
 def test_image_folder_without_test_split(folder):
   config, _ = folder
   assert datasets.has_split(config, 'train[:5]')

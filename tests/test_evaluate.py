@@ -1,16 +1,14 @@
 """Evaluating a trained run (evaluate.py, inference.py)."""
 
-import functools
 import json
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from cli import run_module
 import fake_cifar
 from configs import smoke
 from resnet_jax import checkpoints
@@ -20,44 +18,6 @@ from resnet_jax import experiment
 from resnet_jax import inference
 from resnet_jax import parallel
 from resnet_jax import runs
-from resnet_jax import train
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-def run_module(module, *args, timeout=300):
-  """Runs `python -m <module> *args` from the repository root."""
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
-
-
-def smoke_run_config():
-  """The smoke config, shortened: checkpoints (and validation) at 2 and 4.
-
-  Two runs (seeds 0 and 1), so that choosing a run and the ensemble have
-  something to choose from.
-  """
-  config = smoke.get_config()
-  config.data.data_dir = fake_cifar.data_dir()
-  config.update(parallelism='jit', num_train_steps=4, log_every_steps=1,
-                eval_every_steps=2, checkpoint_every_steps=2,
-                keep_checkpoints=3, num_runs=2)
-  return config
-
-
-@functools.cache
-def train_smoke_run(workdir: pathlib.Path) -> pathlib.Path:
-  """Trains the smoke run into `workdir` on the small CIFAR-10 of
-  fake_cifar.py, once per process. test_predict.py uses the same run.
-  """
-  train.train_and_evaluate(smoke_run_config(), str(workdir),
-                           config_name='smoke')
-  assert (workdir / 'config.json').exists()  # Written by the trainer.
-  return workdir
-
-
-@pytest.fixture(name='run_dir', scope='module')
-def fixture_run_dir(tmp_path_factory):
-  return train_smoke_run(tmp_path_factory.getbasetemp() / 'smoke_run')
 
 
 def assert_picture(path):
@@ -149,7 +109,7 @@ def test_file_names_carry_the_split_in_safe_characters(split, tag):
 
 
 def test_the_split_names_resolve_through_the_config():
-  config = smoke_run_config()
+  config = smoke.get_config()
   assert evaluate.resolve_split(config, 'validation') == 'train[90%:]'
   assert evaluate.resolve_split(config, 'test') == 'test'
   config.data.test_split = ''
@@ -300,6 +260,19 @@ def test_a_run_is_chosen_by_number_and_the_ensemble_averages_the_runs(
   # Every run's logits at once, in padded batches too.
   np.testing.assert_allclose(ensemble.per_run_logits(images, batch_size=3),
                              np.stack(want), rtol=1e-5, atol=1e-5)
+
+
+def test_the_ensemble_loops_over_the_runs_without_grouped_convolutions(
+    run_dir):
+  # vmapped runs make grouped convolutions (feature_group_count = runs),
+  # several times slower on a CPU than each run's own.
+  ensemble = inference.load(str(run_dir), ensemble=True)
+  images = np.zeros((4, 32, 32, 3), np.uint8)
+  for fn in (ensemble._ensemble_fn, ensemble._runs_fn):  # pylint: disable=protected-access
+    program = fn.lower(ensemble.all_variables, images).compile().as_text()
+    # Each run's 7 convolutions (ResNet-8), none of them grouped.
+    assert program.count(' convolution(') == 2 * 7
+    assert 'feature_group_count' not in program
 
 
 def test_each_run_and_the_ensemble_write_their_own_files(run_dir):

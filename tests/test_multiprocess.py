@@ -20,10 +20,12 @@ import pytest
 from cli import REPO, cli_command, restore_params, run_cli
 from configs import smoke
 
-# Two processes, minutes on a small CPU: not in the edit loop's tier.
-pytestmark = pytest.mark.slow
+# Two processes, minutes on a small CPU: not in the edit loop's tier. One
+# worker of a parallel run (pytest -n) runs them all: they share a run.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('multiprocess')]
 
-STEPS = 6
+# 12 steps: long enough for the preemption below to fall inside the run.
+STEPS = '--config.num_train_steps=12'
 COMMON = ('--config=configs/smoke.py', '--config.parallelism=shard_map',
           '--config.compilation_cache_dir=')
 
@@ -143,32 +145,42 @@ def _assert_process_0_alone_wrote_the_run_files(results, *, finished=True):
              for p in writes0), writes0
 
 
-def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
-  steps = f'--config.num_train_steps={STEPS}'
-  results = _run_two_processes(tmp_path / 'two', steps)
+@pytest.fixture(scope='session')
+def two_processes(tmp_path_factory):
+  """An uninterrupted pair's workdir and results (each test reads only)."""
+  workdir = tmp_path_factory.mktemp('two')
+  results = _run_two_processes(workdir, STEPS)
   for returncode, stderr, _ in results:
     assert returncode == 0, stderr[-3000:]
-  single = run_cli(*COMMON, steps, f'--workdir={tmp_path / "one"}',
+  return workdir, results
+
+
+def test_two_processes_train_like_one_process_with_as_many_devices(
+    tmp_path, two_processes):
+  two_dir, results = two_processes
+  single = run_cli(*COMMON, STEPS, f'--workdir={tmp_path / "one"}',
                    '--config.cpu_devices=4', own_devices=True)
   assert single.returncode == 0, single.stderr[-3000:]
 
   assert 'on 4 device(s), shard_map' in results[0][1]
   assert 'on 4 device(s), shard_map' in single.stderr
   config = smoke.get_config()
-  two = restore_params(tmp_path / 'two', config)
+  two = restore_params(two_dir, config)
   one = restore_params(tmp_path / 'one', config)
-  assert int(two[0]) == int(one[0]) == STEPS
+  assert int(two[0]) == int(one[0]) == 12
   # The same program over the same devices; only the all-reduce differs
   # (Gloo between processes), which may sum in another order.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-6), two, one)
   # Process 0 alone writes the run's files; both wrote the checkpoints.
   _assert_process_0_alone_wrote_the_run_files(results)
-  assert len(list((tmp_path / 'two').glob('events.out.tfevents.*'))) == 1
-  summary = json.loads((tmp_path / 'two' / 'summary.json').read_text())
-  assert summary['steps'] == STEPS and summary['batch_size'] == 16
-  assert sorted(p.name for p in (tmp_path / 'two' / 'checkpoints').iterdir()
-                if p.name.isdigit()) == ['3', '6']
+  assert len(list(two_dir.glob('events.out.tfevents.*'))) == 1
+  summary = json.loads((two_dir / 'summary.json').read_text())
+  assert summary['steps'] == 12 and summary['batch_size'] == 16
+  kept = lambda workdir: sorted(p.name for p in (workdir / 'checkpoints')
+                                .iterdir() if p.name.isdigit())
+  assert {'9', '12'} <= set(kept(two_dir))  # The newest two (and the best).
+  assert kept(two_dir) == kept(tmp_path / 'one')
 
 
 def _saved_step(stderr) -> int:
@@ -178,18 +190,16 @@ def _saved_step(stderr) -> int:
   return int(saved[0])
 
 
-def test_two_processes_preempted_then_rerun_end_bit_identical(tmp_path):
+def test_two_processes_preempted_then_rerun_end_bit_identical(
+    tmp_path, two_processes):
   # The steps after the signal wait for JAX to have heard of it, so the
   # sync point falls inside the run whatever the machine's load (without
   # the wait it came up to ~10 steps after the signal: seen 5 to 13).
-  steps = '--config.num_train_steps=12'
-  results = _run_two_processes(tmp_path / 'straight', steps)
-  assert [code for code, _, _ in results] == [0, 0], results[0][1][-3000:]
-  _assert_process_0_alone_wrote_the_run_files(results)
+  straight, _ = two_processes
   # SIGTERM reaches process 1 alone, at step 4: process 0 hears of it only
   # through JAX's coordination service, yet both stop at the same step and
   # both save it, so neither waits forever for the other's collectives.
-  results = _run_two_processes(tmp_path / 'preempted', steps,
+  results = _run_two_processes(tmp_path / 'preempted', STEPS,
                                faults=(None, 'term@batch:4'),
                                await_notice_after=4)
   assert [code for code, _, _ in results] == [143, 143], [
@@ -201,7 +211,7 @@ def test_two_processes_preempted_then_rerun_end_bit_identical(tmp_path):
              .iterdir() if p.name.isdigit()) == step
   _assert_process_0_alone_wrote_the_run_files(results, finished=False)
 
-  results = _run_two_processes(tmp_path / 'preempted', steps)
+  results = _run_two_processes(tmp_path / 'preempted', STEPS)
 
   assert [code for code, _, _ in results] == [0, 0], results[0][1][-3000:]
   for _, stderr, _ in results:
@@ -210,4 +220,4 @@ def test_two_processes_preempted_then_rerun_end_bit_identical(tmp_path):
   config = smoke.get_config()
   jax.tree.map(np.testing.assert_array_equal,
                restore_params(tmp_path / 'preempted', config),
-               restore_params(tmp_path / 'straight', config))
+               restore_params(straight, config))

@@ -8,19 +8,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from cli import REPO, run_module
 from resnet_jax import datasets
 from resnet_jax import inference
 from resnet_jax import predict
 from resnet_jax import report
-# The same smoke run as test_evaluate's, trained once per test session.
-from test_evaluate import REPO, run_module, train_smoke_run
 
 SHAPE = (32, 32, 3)
-
-
-@pytest.fixture(name='run_dir', scope='module')
-def fixture_run_dir(tmp_path_factory):
-  return train_smoke_run(tmp_path_factory.getbasetemp() / 'smoke_run')
 
 
 @pytest.fixture(name='loaded', scope='module')

@@ -1,8 +1,8 @@
 """The released models in pretrained/ still give what they record.
 
-Each release (experiments/release.py) records the sha256 of its files in its
-README, and in release.json its parameter count and how many images of its
-validation split it classified correctly on the CPU. Here the public API,
+Each release (experiments/release.py) records in release.json the sha256 of
+its weights, its parameter count and how many images of its validation split
+it classified correctly on the CPU. Here the public API,
 `resnet_jax.pretrained(name).predict`, classifies that split again: any
 later change to the model, the preprocessing or the loading that alters what
 a released model computes fails here. The JPEG copy of CIFAR-10 in ../shared
@@ -40,7 +40,12 @@ def test_the_readme_shows_each_releases_recorded_figures():
     assert int(params.replace(',', '')) == record['num_params']
 
 
-@pytest.fixture(name='jpeg_dir', scope='module')
+# One worker of a parallel run (pytest -n) runs every test of this file:
+# they share this fixture.
+pytestmark = pytest.mark.xdist_group('pretrained')
+
+
+@pytest.fixture(name='jpeg_dir', scope='session')
 def fixture_jpeg_dir(tmp_path_factory):
   # The whole training split: the validation split is a shuffled slice of it.
   return str(jpeg_copy.image_folder(tmp_path_factory.mktemp('jpeg'),

@@ -7,19 +7,19 @@ import flax.serialization
 import numpy as np
 import pytest
 
+from cli import run_module
 from experiments import release
 from resnet_jax import evaluate
 from resnet_jax import inference
-from test_evaluate import run_module, train_smoke_run
+from resnet_jax import releases
 
 
-@pytest.fixture(name='run_dir', scope='module')
-def fixture_run_dir(tmp_path_factory):
-  # The run of test_evaluate.py (two runs, seeds 0 and 1), trained once.
-  return train_smoke_run(tmp_path_factory.getbasetemp() / 'smoke_run')
+# One worker of a parallel run (pytest -n) runs every test of this file:
+# they share this fixture.
+pytestmark = pytest.mark.xdist_group('release')
 
 
-@pytest.fixture(name='released', scope='module')
+@pytest.fixture(name='released', scope='session')
 def fixture_released(run_dir, tmp_path_factory):
   out = tmp_path_factory.mktemp('release') / 'smoke'
   result = run_module('experiments.release', f'--workdir={run_dir}',
@@ -45,9 +45,13 @@ def test_a_release_holds_one_runs_config_weights_and_a_readme(released):
       (released / 'weights.msgpack').read_bytes())
   assert set(weights) == {'params', 'batch_stats'}
   assert weights['params']['head']['kernel'].shape == (64, 10)
-  assert record['weights']['sha256'] == release.sha256(
-      released / 'weights.msgpack')
+  assert record['weights']['sha256'] == releases.sha256(
+      (released / 'weights.msgpack').read_bytes())
   text = (released / 'README.md').read_text()
+  # For people: the CPU check, and the size and sha256 of every other file.
+  assert release.check_line('validation', record['cpu_check']) in text
+  for path, (size, digest) in release.file_hashes(released).items():
+    assert f'| `{path}` | {size:,} | `{digest}` |' in text, path
   assert 'ResNet-8' in text and 'seed 1' in text
   assert 'Fake CIFAR-10 of the tests.' in text
   assert '--config=configs/smoke.py' in text  # The training command.
@@ -57,27 +61,23 @@ def test_a_release_holds_one_runs_config_weights_and_a_readme(released):
 
 
 @pytest.mark.slow
-def test_the_check_holds_and_fails_on_any_file_changed(
+def test_the_check_holds_and_fails_on_a_changed_record(
     released, tmp_path, check_release):
   record = json.loads((released / 'release.json').read_text())
-  assert (record['cpu_check']['examples'],
-          record['cpu_check']['split']) == (10, 'train[90%:]')
+  check = record['cpu_check']
+  assert (check['examples'], check['split']) == (10, 'train[90%:]')
   # Counted by evaluate, independently of the release's own count.
   result = evaluate.run(str(shutil.copytree(released, tmp_path / 'copy')),
                         split='validation', num_misclassified=0)
-  assert record['cpu_check']['correct'] == round(result['accuracy'] * 10)
+  assert check['correct'] == round(result['accuracy'] * 10)
   check_release(released)
   # Evaluating a release leaves its results beside it; the check still holds.
   check_release(tmp_path / 'copy')
-  correct = record['cpu_check']['correct']
-  for path, old, new in (
-      ('README.md', f'CPU check: {correct} of', f'CPU check: {correct + 1} of'),
-      ('release.json', f'"correct": {correct},', f'"correct": {correct + 1},'),
-      ('config.json', '"eval_batch_size": 40', '"eval_batch_size": 20')):
-    tampered = shutil.copytree(released, tmp_path / f'tampered_{path}')
-    text = (tampered / path).read_text()
-    assert old in text
-    (tampered / path).write_text(text.replace(old, new))
+  for name, change in (
+      ('count', {'cpu_check': check | {'correct': check['correct'] + 1}}),
+      ('params', {'num_params': record['num_params'] + 1})):
+    tampered = shutil.copytree(released, tmp_path / f'tampered_{name}')
+    (tampered / 'release.json').write_text(json.dumps(record | change))
     with pytest.raises(AssertionError):
       check_release(tampered)
 

@@ -75,12 +75,23 @@ def _summary(val_accuracies, test_accuracies=None, first_seed=0, steps=702,
 class FakeTrainer(table6.Trainer):
   """Writes what the trainer would; refuses another recipe's workdir."""
 
-  def __init__(self, accuracies, fail=()):
-    # accuracies: {(depth, seed): validation accuracy}; fail: depths.
-    self.accuracies, self.fail, self.calls = accuracies, fail, []
+  def __init__(self, accuracies=None, fail=(), ends=None):
+    # accuracies: {(depth, seed): validation accuracy}; fail: depths whose
+    # loss becomes nan; ends: (exit status, log line) of every run instead,
+    # where 143 and 130 send this process SIGTERM or SIGINT first, as a
+    # preemption or a terminal's Ctrl-C reaches the sweep's handler.
+    self.accuracies, self.fail, self.ends, self.calls = (
+        accuracies or {}, fail, ends, [])
 
   def run(self, command, log_path):
     self.calls.append(command)
+    if self.ends:
+      code, line = self.ends
+      with open(log_path, 'a') as log:
+        log.write(f'{line}\n')
+      if code in (143, 130):
+        os.kill(os.getpid(), code - 128)
+      return code
     config, workdir = _trainer_config(command)
     depth, seeds = config.model.depth, range(
         config.seed, config.seed + config.num_runs)
@@ -106,6 +117,15 @@ class FakeTrainer(table6.Trainer):
     return 0
 
 
+@pytest.fixture(name='signals')
+def fixture_signals():
+  """Restores the SIGTERM and SIGINT handlers that a test installs."""
+  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  yield
+  for s, handler in previous.items():
+    signal.signal(s, handler)
+
+
 def _write_run(root, depth, seeds, overrides, summary):
   """A depth done earlier with the config `overrides` give."""
   workdir = table6.workdir(root, depth, seeds)
@@ -126,6 +146,10 @@ def test_the_command_of_one_depth_trains_every_seed():
   assert table6.build_command(20, range(1), 'gs://b/t6', {})[4:] == [
       '--workdir=gs://b/t6/resnet20-seeds0-0', '--config.seed=0',
       '--config.num_runs=1']
+  # config.json's lists (the config's tuples) are given as tuples.
+  assert table6.trainer_command('smoke', 'w', {'data.mean': [1.5, 2]}) == [
+      'python', '-m', 'resnet_jax.main', '--config=configs/smoke.py',
+      '--workdir=w', '--config.data.mean=(1.5, 2)']
 
 
 def test_overrides_are_typed_and_reach_the_trainer_unchanged(monkeypatch):
@@ -174,7 +198,7 @@ def test_positional_arguments_are_refused(monkeypatch, tmp_path):
 def test_the_command_line_fails_with_one_line():
   for args, error in (
       (['--config.data.nme=x'], "error: the config has no field 'nme' Did "
-       'you mean "name" instead of "nme"?'),
+       'you mean "name" instead of "nme"?; check the --config.* overrides'),
       (['--config.seed=3'], 'error: --config.seed, --config.num_runs, '
        '--config.model.depth: set by --first_seed, --num_seeds, --depths')):
     result = subprocess.run(
@@ -340,7 +364,8 @@ def test_a_finished_depth_of_another_config_goes_to_the_trainer(tmp_path):
   assert table6.done_summary(root, 20, range(1, 2), overrides) is None
 
 
-def test_sigterm_reaches_the_running_trainer_and_stops_the_sweep(tmp_path):
+def test_sigterm_reaches_the_running_trainer_and_stops_the_sweep(tmp_path,
+                                                                 signals):
   log = tmp_path / 'run.log'
   command = [sys.executable, '-c',
              'import signal, sys, time\n'
@@ -365,16 +390,8 @@ def test_sigterm_reaches_the_running_trainer_and_stops_the_sweep(tmp_path):
   text = log.read_text()
   assert text.count('=== ') == 2 and text.index('ready') < text.index('again')
 
-  class Preempted(FakeTrainer):
-
-    def run(self, command, log_path):
-      self.calls.append(command)
-      with open(log_path, 'a') as log:
-        log.write('preempted: saved a checkpoint\n')
-      self.terminated = True
-      return 143
-
-  trainer = Preempted({})
+  trainer = FakeTrainer(ends=(143, 'preempted: saved a checkpoint'))
+  signal.signal(signal.SIGTERM, trainer)  # As main does.
   summaries, failures = table6.sweep([20, 32], range(2),
                                      str(tmp_path / 'runs'),
                                      str(tmp_path / 'logs'), {}, trainer)
@@ -417,26 +434,16 @@ def test_main_exits_with_one_line_and_keeps_the_table(monkeypatch, tmp_path,
   assert 'seeds0-1: no summary.json of this config' in capsys.readouterr().err
 
 
-def test_main_stops_on_sigterm_with_143(monkeypatch, tmp_path, capsys):
-
-  class Preempted(FakeTrainer):
-
-    def run(self, command, log_path):
-      self.calls.append(command)
-      with open(log_path, 'a') as log:
-        log.write('preempted: saved a checkpoint\n')
-      os.kill(os.getpid(), signal.SIGTERM)  # Reaches main's handler.
-      return 143
-
-  monkeypatch.setattr(table6, 'Trainer', lambda: Preempted({}))
+@pytest.mark.parametrize('code, name', [(143, 'SIGTERM'), (130, 'Ctrl-C')])
+def test_main_stops_on_a_signal_with_its_status(monkeypatch, tmp_path, capsys,
+                                                signals, code, name):
+  trainer = FakeTrainer(ends=(code, 'stopped: saved a checkpoint'))
+  monkeypatch.setattr(table6, 'Trainer', lambda: trainer)
   _flags(monkeypatch, f'--root={tmp_path}', '--depths=20,32', '--num_seeds=1')
-  previous = signal.getsignal(signal.SIGTERM)
-  try:
-    assert table6.main(['reproduce_table6']) == 143
-  finally:
-    signal.signal(signal.SIGTERM, previous)
+  assert table6.main(['reproduce_table6']) == code  # Reached main's handler.
+  assert len(trainer.calls) == 1  # Nothing starts after it.
   assert capsys.readouterr().err.splitlines() == [
-      'error: stopped by SIGTERM; rerun the same command to go on']
+      f'error: stopped by {name}; rerun the same command to go on']
   assert (tmp_path / 'table6.md').exists()
 
 
@@ -466,44 +473,14 @@ def test_ctrl_c_is_passed_on_and_the_sweep_waits_for_the_save(tmp_path):
 
 
 def test_a_failure_is_explained_by_its_own_attempt(tmp_path):
-
-  class Crashes(FakeTrainer):
-
-    def run(self, command, log_path):
-      self.calls.append(command)
-      with open(log_path, 'a') as log:
-        log.write('Killed\n')
-      return 137
-
   logs = tmp_path / 'logs'
   logs.mkdir()
   (logs / 'resnet20-seeds0-0.log').write_text(
       'error: an earlier attempt failed\n')
   _, failures = table6.sweep([20], range(1), str(tmp_path / 'runs'),
-                             str(logs), {}, Crashes({}))
+                             str(logs), {}, FakeTrainer(ends=(137, 'Killed')))
   assert failures == [
       f'resnet20-seeds0-0: exit 137: Killed; {logs}/resnet20-seeds0-0.log']
-
-
-def test_main_stops_on_ctrl_c_with_130(monkeypatch, tmp_path, capsys):
-
-  class Interrupted(FakeTrainer):
-
-    def run(self, command, log_path):
-      self.calls.append(command)
-      os.kill(os.getpid(), signal.SIGINT)  # Reaches main's handler.
-      return 130
-
-  monkeypatch.setattr(table6, 'Trainer', lambda: Interrupted({}))
-  _flags(monkeypatch, f'--root={tmp_path}', '--depths=20,32', '--num_seeds=1')
-  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    assert table6.main(['reproduce_table6']) == 130
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
-  assert capsys.readouterr().err.splitlines() == [
-      'error: stopped by Ctrl-C; rerun the same command to go on']
 
 
 if __name__ == '__main__':

@@ -144,7 +144,7 @@ EXPECTED_SCALARS = sorted(
     [('test_loss', 12), ('test_accuracy', 12)])
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def compilation_cache(tmp_path_factory):
   return f'--config.compilation_cache_dir={tmp_path_factory.mktemp("xla")}'
 
@@ -202,7 +202,7 @@ def assert_resume_logged_the_rest(workdir, before, resumed_at, want,
   assert logged == {k: want[k] for k in logged}
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def uninterrupted(tmp_path_factory, compilation_cache):
   workdir = tmp_path_factory.mktemp('uninterrupted')
   result = recovery_run(workdir, compilation_cache)
@@ -213,11 +213,12 @@ def uninterrupted(tmp_path_factory, compilation_cache):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('uninterrupted')  # One worker trains it.
 @pytest.mark.parametrize('fault, latest_before_resume', [
     ('kill@batch:3', None),  # Before the first checkpoint.
-    # Checkpoint 8 fully written but not yet complete: resumed from 4, after
-    # logs and an evaluation of later steps.
-    ('kill@save:8', 4),
+    # Checkpoint 8 fully written but not yet complete: resumed from 6 (the
+    # best validation, saved between checkpoints), after logs of later steps.
+    ('kill@save:8', 6),
     ('kill@eval:2', 8),  # In the last evaluation, before the last save.
     ('kill@summary', 12),  # After the last checkpoint.
 ])
@@ -243,38 +244,44 @@ def test_kill_9_anywhere_then_rerun_ends_bit_identical(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('fault, reached', [
-    # At an evaluation step: evaluated after resuming. (Between checkpoints
-    # and evaluations: test_runs_and_steps_per_call_resume_bit_identical.)
-    ('term@batch:6', 6),
-])
-def test_sigterm_saves_the_step_reached_and_a_rerun_resumes_there(
-    tmp_path, uninterrupted, compilation_cache, fault, reached):
-  preempted = recovery_run(tmp_path, compilation_cache, fault=fault)
+@pytest.mark.xdist_group('uninterrupted')  # One worker trains it.
+def test_ctrl_c_saves_the_step_reached_and_a_rerun_resumes_there(
+    tmp_path, uninterrupted, compilation_cache):
+  # At an evaluation step: evaluated after resuming. SIGTERM takes the same
+  # path and exits 143 (test_runs_and_steps_per_call_resume_bit_identical,
+  # between checkpoints and evaluations; tests/test_multiprocess.py).
+  interrupted = recovery_run(tmp_path, compilation_cache, fault='int@batch:6')
 
-  assert preempted.returncode == 128 + signal.SIGTERM, preempted.stderr[-3000:]
-  message = [line for line in preempted.stderr.splitlines()
-             if 'preempted: saved a checkpoint at step' in line]
+  assert interrupted.returncode == 128 + signal.SIGINT, (
+      interrupted.stderr[-3000:])
+  assert 'Traceback' not in interrupted.stderr
+  message = [line for line in interrupted.stderr.splitlines()
+             if 'interrupted: saved a checkpoint at step' in line]
   assert len(message) == 1
-  assert f'at step {reached} ' in message[0], message[0]
-  seconds = float(message[0].split(' s after SIGTERM')[0].split()[-1])
+  assert 'at step 6 ' in message[0], message[0]
+  seconds = float(message[0].split(' s after SIGINT')[0].split()[-1])
   assert 0 <= seconds < 60
   assert checkpoints.Checkpointer(
       tmp_path / 'checkpoints', keep=2,
-      metadata={}).latest_step() == reached
-  assert int(restore_params(tmp_path, smoke.get_config())[0]) == reached
+      metadata={}).latest_step() == 6
+  assert int(restore_params(tmp_path, smoke.get_config())[0]) == 6
   before = event_files(tmp_path)
 
   resumed = recovery_run(tmp_path, compilation_cache)
 
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f'Resuming from the checkpoint of step {reached}.' in resumed.stderr
+  assert 'Resuming from the checkpoint of step 6.' in resumed.stderr
   assert_same_outcome(outcome(tmp_path), outcome(uninterrupted))
-  assert_resume_logged_the_rest(tmp_path, before, reached,
+  assert_resume_logged_the_rest(tmp_path, before, 6,
                                 outcome(uninterrupted)[2])
-  # The wall time of the run counts the preempted process's too.
+  # The wall time of the run counts the interrupted process's too.
   summary = json.loads((tmp_path / 'summary.json').read_text())
   assert summary['total_wall_seconds'] > summary['wall_seconds'] > 0
+  # Step 6, validated after resuming, is ranked with its checkpoint (saved
+  # again with its accuracy) as the uninterrupted run ranked it.
+  with checkpoints.Checkpointer(tmp_path / 'checkpoints', metadata={},
+                                read_only=True) as reader:
+    assert reader.best_step() == summary['best_val_step']
 
 
 # Two runs, two steps per call: calls end at the logs, evaluations and
@@ -282,7 +289,7 @@ def test_sigterm_saves_the_step_reached_and_a_rerun_resumes_there(
 RUNS_FLAGS = ('--config.num_runs=2', '--config.steps_per_call=2')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def uninterrupted_runs(tmp_path_factory, compilation_cache):
   workdir = tmp_path_factory.mktemp('uninterrupted_runs')
   result = recovery_run(workdir, compilation_cache, *RUNS_FLAGS)
@@ -322,6 +329,7 @@ def test_runs_and_steps_per_call_resume_bit_identical(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('uninterrupted')  # One worker trains it.
 def test_a_damaged_latest_checkpoint_is_set_aside_and_training_redone(
     tmp_path, uninterrupted, compilation_cache):
   workdir = tmp_path / 'run'
@@ -400,23 +408,6 @@ def test_calls_end_where_something_is_due():
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_the_step_reached_like_sigterm_and_exits_130(
-    tmp_path, uninterrupted, compilation_cache):
-  interrupted = recovery_run(tmp_path, compilation_cache, fault='int@batch:5')
-
-  assert interrupted.returncode == 128 + signal.SIGINT, (
-      interrupted.stderr[-3000:])
-  assert 'Traceback' not in interrupted.stderr
-  assert re.search(r'interrupted: saved a checkpoint at step 5 [\d.]+ s after '
-                   'SIGINT', interrupted.stderr), interrupted.stderr[-2000:]
-  before = event_files(tmp_path)
-  resumed = recovery_run(tmp_path, compilation_cache)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert_same_outcome(outcome(tmp_path), outcome(uninterrupted))
-  assert_resume_logged_the_rest(tmp_path, before, 5, outcome(uninterrupted)[2])
-
-
-@pytest.mark.slow
 def test_a_second_trainer_on_a_busy_workdir_is_refused_naming_the_first(
     tmp_path, compilation_cache):
   command, env = cli_command(*RECOVERY_FLAGS, f'--workdir={tmp_path}',
@@ -465,29 +456,43 @@ def test_a_failed_checkpoint_write_ends_the_run_in_one_line(tmp_path):
 
 
 def _image_folder(root, per_class):
+  # Uncompressed PNGs: every file has the same size.
   rng = np.random.default_rng(per_class)
   for label in range(10):
     (root / 'train' / f'c{label}').mkdir(parents=True, exist_ok=True)
     for i in range(per_class):
       Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
-          root / 'train' / f'c{label}' / f'{i}.png')
+          root / 'train' / f'c{label}' / f'{i}.png', compress_level=0)
   return root
 
 
+def _swap(a, b):
+  a.rename(a.with_suffix('.tmp'))
+  b.rename(a)
+  a.with_suffix('.tmp').rename(b)
+
+
 @pytest.mark.slow
-def test_a_resume_on_changed_data_is_refused(tmp_path):
+@pytest.mark.parametrize('change, now', [
+    # One more image in every class.
+    (lambda images: _image_folder(images, per_class=9), '90 files'),
+    # A cat and a dog of the same byte size swapped: only the pixels differ.
+    (lambda images: _swap(images / 'train/c3/0.png',
+                          images / 'train/c5/0.png'), '80 files'),
+], ids=['added', 'swapped'])
+def test_a_resume_on_changed_data_is_refused(tmp_path, change, now):
   images = _image_folder(tmp_path / 'images', per_class=8)
   config = smoke.get_config()
   config.data.update(name='image_folder', data_dir=str(images), test_split='')
   config.parallelism = 'jit'
   workdir = str(tmp_path / 'run')
   assert train.train_and_evaluate(config, workdir, stop_at_step=3) is None
-  _image_folder(images, per_class=9)  # One more image in every class.
+  change(images)
 
   with pytest.raises(checkpoints.IncompatibleCheckpointError,
                      match=r'training.train_data: checkpoint "train\[:90%\] '
                      r'of image folder .*80 files.*, this run "train\[:90%\] '
-                     r'of image folder .*90 files'):
+                     rf'of image folder .*{now}'):
     train.train_and_evaluate(config, workdir)
 
 
