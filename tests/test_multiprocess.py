@@ -20,9 +20,8 @@ import pytest
 from cli import REPO, cli_command, restore_params, run_cli
 from configs import smoke
 
-# Two processes, minutes on a small CPU: not in the edit loop's tier. One
-# worker of a parallel run (pytest -n) runs them all: they share a run.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('multiprocess')]
+# Two processes, minutes on a small CPU: not in the edit loop's tier.
+pytestmark = pytest.mark.slow
 
 # 12 steps: long enough for the preemption below to fall inside the run.
 STEPS = '--config.num_train_steps=12'

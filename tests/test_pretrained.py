@@ -40,11 +40,6 @@ def test_the_readme_shows_each_releases_recorded_figures():
     assert int(params.replace(',', '')) == record['num_params']
 
 
-# One worker of a parallel run (pytest -n) runs every test of this file:
-# they share this fixture.
-pytestmark = pytest.mark.xdist_group('pretrained')
-
-
 @pytest.fixture(name='jpeg_dir', scope='session')
 def fixture_jpeg_dir(tmp_path_factory):
   # The whole training split: the validation split is a shuffled slice of it.

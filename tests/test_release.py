@@ -14,11 +14,6 @@ from resnet_jax import inference
 from resnet_jax import releases
 
 
-# One worker of a parallel run (pytest -n) runs every test of this file:
-# they share this fixture.
-pytestmark = pytest.mark.xdist_group('release')
-
-
 @pytest.fixture(name='released', scope='session')
 def fixture_released(run_dir, tmp_path_factory):
   out = tmp_path_factory.mktemp('release') / 'smoke'
