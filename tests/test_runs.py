@@ -8,7 +8,6 @@ after 12 steps here), checked with a 1e-5 bound. A different seed or step
 differs by far more; a kill or SIGTERM resume is bit for bit (test_train.py).
 """
 
-import json
 import os
 
 import jax
