@@ -112,8 +112,9 @@ class Loaded:
   def _over_runs(self):
     # Every run's logits of one batch in one program: (runs, N, classes).
     # A loop over the runs (written out on a CPU, as in training): vmapped,
-    # XLA turns the runs' convolutions into grouped ones, which XLA:CPU ran
-    # 8x slower (3 ResNet-20 runs' ensemble on 2,000 images: 305.6 s).
+    # XLA turns the runs' convolutions into grouped ones, which XLA:CPU runs
+    # slowly (3 ResNet-20 runs' ensemble of 2,000 images on 2 cores: 305.6 s
+    # vmapped, 29.9 s looped).
     return runs.over_runs(self.logits_fn, self.num_runs, in_axes=(0, None),
                           unroll=jax.default_backend() == 'cpu')
 
