@@ -58,8 +58,9 @@ def config_error(error: Exception, config_file: str | None = None) -> str:
   errors that say less; `config_file` is the --config given, if any.
   """
   chain = [error]
-  while inner := (chain[-1].__cause__ or chain[-1].__context__ or next(
-      (a for a in chain[-1].args if isinstance(a, Exception)), None)):
+  while (inner := (chain[-1].__cause__ or chain[-1].__context__ or next(
+      (a for a in chain[-1].args if isinstance(a, Exception)), None))
+         ) and inner not in chain:
     chain.append(inner)
   if any(isinstance(e, AttributeError) and 'get_config' in str(e)
          for e in chain):

@@ -1,5 +1,7 @@
 """Test-wide setup: 8 virtual CPU devices, deterministic property tests."""
 
+import hashlib
+import json
 import os
 import pathlib
 import sys
@@ -57,10 +59,6 @@ def _check_release(out: pathlib.Path, data_dir: str | None = None) -> None:
   classifies the check's split again, counted here independently of the
   code that recorded it.
   """
-  # Imported here: conftest must not start JAX before XLA_FLAGS is set.
-  import hashlib  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import resnet_jax  # pylint: disable=g-import-not-at-top
   from resnet_jax import datasets  # pylint: disable=g-import-not-at-top
