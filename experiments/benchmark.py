@@ -6,33 +6,17 @@
   python -m experiments.benchmark --config=configs/resnet20.py \
       --config.parallelism=jit --config.steps_per_call=32 --config.num_runs=8
 
-The run is built as the trainer builds it (experiment.build), on random
-uint8 images held in memory (--num_examples of them), so nothing here imports
-TensorFlow; the pipeline's cost does not depend on the pixels. Each figure is
-the median over timed repetitions after compiling and warming up; compile
-time is that of the first call (tracing, compiling and running it once).
-Steps run config.steps_per_call (k) per call, config.num_runs (r) runs at
-once; times are per step (of all r runs), images per second per run and for
-all runs together ('aggregate'). What is timed:
-
-- train step: the compiled call of k steps alone (augmentation included, as
-  in training) on batches already on the device, calls queued back to back:
-  what the device sustains.
-- eval step: the eval step likewise (median of single calls).
-- pipeline: producing and transferring one call's batches without any step:
-  with --input=host the host's gather and copy, with --input=device (the
-  split on the devices, config.data.on_device) the row indices.
-- loop: the steps as the trainer runs them (prefetched batches, k steps per
-  call, metrics kept on the device) over --loop_steps steps, and the time of
-  one epoch at that rate; loop_vs_step is the train step's time over the
-  loop's: 1.0 when the host's work per call is hidden.
-
-Peak memory is the device's allocator peak where JAX reports one (GPU, TPU),
-else the process's peak resident memory. On a GPU, model FLOPs utilisation
-is XLA's FLOP count of one train step over the step time, against the card's
-dense peak for the dtype (float32 matmuls run as TF32 there).
-
-The table goes to stdout; the last line is one JSON object.
+The run is built as the trainer builds it (experiment.build), on random uint8
+images in memory (no TensorFlow). Each figure is the median of timed
+repetitions after compiling and warming up; times are per step of all
+config.num_runs runs, images/s per run and in aggregate. Timed: the train
+call of config.steps_per_call steps on batches already on the device, queued
+back to back; the eval step; the pipeline alone (--input=host: the host's
+gather and copy; device: the row indices); and the loop as the trainer runs
+it over --loop_steps (loop_vs_step 1.0: the host's work is hidden). Peak
+memory is the allocator's (GPU, TPU) or the process's; on a GPU, MFU is XLA's
+FLOP count of a step over its time against the card's dense peak. The last
+line of the output is one JSON object.
 """
 
 import collections

@@ -4,17 +4,15 @@
       --num_epochs=2 --root=/tmp/table6 --config.data.name=image_folder \
       --config.data.data_dir=/tmp/cifar10-jpeg75 --config.data.test_split=
 
-starts one trainer per depth (`build_command`; --dry_run prints them) that
-trains every seed at once as config.num_runs runs (seeds --first_seed, ...)
-into <root>/resnet<depth>-seeds<first>-<last>, its output appended to
-<log_dir>/<that name>.log. A depth whose workdir holds summary.json and a
-config.json of the same recipe (`_recipe`) is done and skipped; any other
-goes to the trainer, which resumes it or refuses another recipe's workdir.
-
-<root>/table6.md and table6.csv give per depth the mean ± sample std over
-seeds of the final test error (validation error where a run has no test
-split), over every workdir of the depth done with this recipe whatever its
-seeds, beside the paper's and akamaster's, headed with what was run.
+runs one trainer per depth (--dry_run prints them) for every seed at once,
+as config.num_runs runs (seeds --first_seed, ...), into
+<root>/resnet<depth>-seeds<first>-<last>, its output appended to
+<log_dir>/<that name>.log. A depth done with this recipe (`done_summary`) is
+skipped; any other goes to the trainer, which resumes it or refuses another
+recipe's workdir. <root>/table6.md and table6.csv give per depth the mean ±
+sample std of the final test error (validation error where a run has no
+test split) over every seed done with this recipe, beside the paper's and
+akamaster's, headed with what was run.
 
 Exit status: 0 when every depth is done; 1 with one line `error: ...` for bad
 flags or a depth not done (the tables hold the others); 143 on SIGTERM, 130
@@ -50,17 +48,10 @@ AKAMASTER = {20: 8.27, 32: 7.37, 44: 6.90, 56: 6.61, 110: 6.32}
 PAPER_EXAMPLES = 64_000 * 128  # The paper's 64k iterations at batch 128.
 
 
-class _IntList(flags.ListParser):
-
-  def parse(self, argument):
-    return [int(v) for v in super().parse(argument)]
-
-
 def define_flags(flag_values=flags.FLAGS):
   """The command line's flags (defined only when run as a program)."""
   kw = {'flag_values': flag_values}
-  flags.DEFINE(_IntList(), 'depths', '20,32,44,56,110', 'Comma-separated.',
-               serializer=flags.CsvListSerializer(','), **kw)
+  flags.DEFINE_list('depths', '20,32,44,56,110', 'Comma-separated.', **kw)
   # Consecutive seeds: the trainer's runs are seeds config.seed + i.
   flags.DEFINE_integer('first_seed', 0, 'Seed of the first run.', **kw)
   flags.DEFINE_integer('num_seeds', 5, 'Runs (seeds) per depth.', **kw)
@@ -91,75 +82,62 @@ def requested_overrides() -> dict:
   return overrides
 
 
-def config_json(name: str, overrides: dict) -> dict:
-  """The config.json the trainer writes for configs/<name>.py + overrides."""
-  config = importlib.import_module(f'configs.{name}').get_config()
-  config.update_from_flattened_dict(overrides)
-  return json.loads(config.to_json_best_effort())
-
-
-def trainer_command(name: str, run_dir: str, overrides: dict) -> list[str]:
-  """The resnet_jax.main command for configs/<name>.py + {field: value}.
-
-  A --config.FIELD flag reads a non-string value back from its repr(); JSON
-  turned the config's tuples into lists.
-  """
-  show = lambda v: v if isinstance(v, str) else repr(
-      tuple(v) if isinstance(v, list) else v)
-  return ['python', '-m', 'resnet_jax.main', f'--config=configs/{name}.py',
-          f'--workdir={run_dir}',
-          *(f'--config.{k}={show(v)}' for k, v in overrides.items())]
-
-
 def workdir(root: str, depth, seeds: range) -> str:
   return f'{root.rstrip("/")}/resnet{depth}-seeds{seeds[0]}-{seeds[-1]}'
 
 
 def build_command(depth, seeds: range, root: str,
                   overrides: dict) -> list[str]:
-  """The depth's trainer command, for all seeds, with this Python."""
-  return [sys.executable, *trainer_command(
-      f'resnet{depth}', workdir(root, depth, seeds),
-      {'seed': seeds[0], 'num_runs': len(seeds), **overrides})[1:]]
+  """The depth's trainer command, for all seeds, with this Python.
+
+  A --config.FIELD flag reads a non-string value back from its repr().
+  """
+  overrides = {'seed': seeds[0], 'num_runs': len(seeds), **overrides}
+  return [sys.executable, '-m', 'resnet_jax.main',
+          f'--config=configs/resnet{depth}.py',
+          f'--workdir={workdir(root, depth, seeds)}',
+          *(f'--config.{k}={v if isinstance(v, str) else repr(v)}'
+            for k, v in overrides.items())]
 
 
 def run_config(depth: int, seeds: range, overrides: dict) -> dict:
   """The config.json that the trainer writes for this depth's command."""
-  return config_json(f'resnet{depth}', {
-      **overrides, 'seed': seeds[0], 'num_runs': len(seeds)})
+  config = importlib.import_module(f'configs.resnet{depth}').get_config()
+  config.update_from_flattened_dict(
+      {**overrides, 'seed': seeds[0], 'num_runs': len(seeds)})
+  return json.loads(config.to_json_best_effort())
 
 
 def done_summary(root: str, depth: int, seeds: range, overrides: dict):
-  """The depth's summary.json if it is done with this recipe, else None."""
+  """The depth's summary.json if it is done with this recipe, else None.
+
+  The recipe: what decides the runs' results, not the fields a run may
+  resume under (speed, logging, where the data is), nor vectorize_runs
+  (float32 rounding, tests/test_runs.py). Runs done with other values are
+  done.
+  """
   path = epath.Path(workdir(root, depth, seeds))  # Also gs://.
   summary, config = report.read_summary(path), path / 'config.json'
-  if not (summary and config.exists()):
-    return None
-  done, wanted = (_recipe(c) for c in (json.loads(config.read_text()),
-                                        run_config(depth, seeds, overrides)))
-  return summary if done == wanted else None
-
-
-def _recipe(config: dict) -> dict:
-  # What decides the runs' results: not the fields a run may resume under
-  # (speed, logging, where the data is), nor vectorize_runs (float32
-  # rounding, tests/test_runs.py). Runs done with other values are done.
-  return {k: v for k, v in tools.flatten(config).items()
-          if not experiment.resumable(k) and k != 'vectorize_runs'}
+  recipe = lambda c: {k: v for k, v in tools.flatten(c).items()
+                      if not experiment.resumable(k) and k != 'vectorize_runs'}
+  if summary and config.exists() and recipe(json.loads(
+      config.read_text())) == recipe(run_config(depth, seeds, overrides)):
+    return summary
+  return None
 
 
 def finished(root: str, depth: int, overrides: dict) -> list[dict]:
   """Summaries of the depth's workdirs in root done with this recipe.
 
-  Any seeds: the runs of several sweeps (say one seed per GPU session) make
+  Any seeds: the runs of several sweeps (say one seed per machine or job) make
   one row of the table.
   """
-  summaries = []
+  found = []
   for path in sorted(epath.Path(root).glob(f'resnet{depth}-seeds*')):
-    match = re.fullmatch(rf'resnet{depth}-seeds(\d+)-(\d+)', path.name)
-    seeds = match and range(int(match[1]), int(match[2]) + 1)
-    summaries.append(seeds and done_summary(root, depth, seeds, overrides))
-  return [s for s in summaries if s]
+    if match := re.fullmatch(rf'resnet{depth}-seeds(\d+)-(\d+)', path.name):
+      found.append(done_summary(root, depth, range(
+          int(match[1]), int(match[2]) + 1), overrides))
+  return [s for s in found if s]
 
 
 def mean_std(values: list[float]) -> str:
@@ -174,8 +152,14 @@ def _distinct(values) -> str:
   return ' / '.join(seen) + (' (differs between runs)' if seen[1:] else '')
 
 
-def _header(done: list[dict], command: list[str], metric: str) -> list[str]:
-  """What was run: how it differs from the paper's runs, then a table."""
+def write_tables(found: dict, seeds: range, root: str,
+                 overrides: dict) -> str:
+  """<root>/table6.md and table6.csv of {depth: summaries (`finished`)},
+  headed with what was run and how it differs from the paper's runs."""
+  done = [s for summaries in found.values() for s in summaries]
+  metric = ('test' if all('test_accuracy' in s for s in done)
+            else 'validation')
+  key = 'test_accuracy' if metric == 'test' else 'final_val_accuracy'
   short = _distinct(f'{s["steps"]:,} steps ({s["epochs"]:g} epochs) at batch '
                     f'{s["batch_size"]}' for s in done
                     if s['steps'] * s['batch_size'] < PAPER_EXAMPLES)
@@ -189,6 +173,10 @@ def _header(done: list[dict], command: list[str], metric: str) -> list[str]:
       (metric == 'validation', '**Validation error**: not every run has a '
        'test split, so the error is that of the held-out validation split, '
        'not the test error the references report.')]
+  # The trainer command as typed from the repository root, if under it.
+  shown = os.path.relpath(root, REPO)
+  shown = root if '://' in root or shown.startswith('..') else shown
+  command = build_command('DEPTH', seeds, shown, overrides)
   rows = {
       'Trainer command': '`' + shlex.join(['python', *command[1:]]).replace(
           'DEPTH', '<depth>') + '`',
@@ -202,31 +190,16 @@ def _header(done: list[dict], command: list[str], metric: str) -> list[str]:
           f'{s["devices"]} {s["device_kind"]} ({s["platform"]}) in '
           f'{s["process_count"]} process(es), JAX {s["jax_version"]}'
           if 'devices' in s else 'not in summary.json' for s in done)}
-  return [*(f'{text}\n' for shown, text in notes if shown), '| | |',
-          '| --- | --- |', *(f'| {k} | {v} |' for k, v in rows.items())]
-
-
-def write_tables(found: dict, seeds: range, root: str,
-                 overrides: dict) -> str:
-  """<root>/table6.md and table6.csv of {depth: summaries (`finished`)}."""
-  done = [s for summaries in found.values() for s in summaries]
-  metric = ('test' if all('test_accuracy' in s for s in done)
-            else 'validation')
-  key = 'test_accuracy' if metric == 'test' else 'final_val_accuracy'
-  short = any(s['steps'] * s['batch_size'] < PAPER_EXAMPLES for s in done)
-  # The trainer command as typed from the repository root, if under it.
-  shown = os.path.relpath(root, REPO)
-  shown = root if '://' in root or shown.startswith('..') else shown
   lines = ['# Table 6 of He et al. 2015 (CIFAR-10 ResNets), reproduced', '',
-           *_header(done, build_command('DEPTH', seeds, shown, overrides),
-                    metric), '',
+           *(f'{text}\n' for note, text in notes if note), '| | |',
+           '| --- | --- |', *(f'| {k} | {v} |' for k, v in rows.items()), '',
            f'| model | runs | final {metric} error (%), mean ± sample std '
            '(n - 1) | per seed | wall minutes per run | He et al. 2015 | '
            'akamaster (PyTorch) |',
            '| --- | --- | --- | --- | --- | --- | --- |']
-  rows = ['depth,metric,runs,seeds,errors_pct,mean_error_pct,std_error_pct,'
-          'wall_minutes_per_run,paper_error_pct,akamaster_error_pct,'
-          'shortened_schedule']
+  csv_rows = ['depth,metric,runs,seeds,errors_pct,mean_error_pct,'
+              'std_error_pct,wall_minutes_per_run,paper_error_pct,'
+              'akamaster_error_pct,shortened_schedule']
   for depth, summaries in found.items():
     errors = {}  # By seed, each once.
     for summary in summaries:
@@ -245,19 +218,19 @@ def write_tables(found: dict, seeds: range, root: str,
         or '—', ' / '.join(f'{m:.1f}' for m in minutes) or '—',
         (paper or '—') + ' (best of 5; 6.61 ± 0.16)' * (depth == 110),
         f'{ref or "—"} |']))
-    rows.append(','.join(map(str, [
+    csv_rows.append(','.join(map(str, [
         depth, metric, len(values), ';'.join(map(str, errors)),
         ';'.join(f'{e:.4f}' for e in values),
         f'{statistics.mean(values):.4f}' if values else '',
         f'{statistics.stdev(values):.4f}' if values[1:] else '',
-        ';'.join(f'{m:.2f}' for m in minutes), paper, ref, short])))
+        ';'.join(f'{m:.2f}' for m in minutes), paper, ref, short != '—'])))
   markdown = '\n'.join(lines + [
       '', 'Runs trained together in one program share its wall time (every '
       'session of it, from summary.json). References: test error (%) of He '
       'et al. 2015, Table 6, and of github.com/akamaster/'
       'pytorch_resnet_cifar10 (README).', ''])
   epath.Path(root).mkdir(parents=True, exist_ok=True)
-  (epath.Path(root) / 'table6.csv').write_text('\n'.join(rows) + '\n')
+  (epath.Path(root) / 'table6.csv').write_text('\n'.join(csv_rows) + '\n')
   (epath.Path(root) / 'table6.md').write_text(markdown)
   return markdown
 
@@ -293,45 +266,45 @@ class Trainer:
 
 
 def sweep(depths, seeds: range, root: str, log_dir: str, overrides: dict,
-          trainer: Trainer) -> tuple[dict, list[str]]:
-  """Trains each depth not done, all seeds at once: (summaries, failures)."""
+          trainer: Trainer) -> list[str]:
+  """Trains each depth not done, all seeds at once; a line per failure."""
   os.makedirs(log_dir, exist_ok=True)
-  summaries, failures = {}, []
+  failures = []
   for depth in depths:
-    summary = done_summary(root, depth, seeds, overrides)
-    if summary is None and not trainer.terminated:
-      name = os.path.basename(workdir(root, depth, seeds))
-      log = os.path.join(log_dir, f'{name}.log')
-      print(f'{workdir(root, depth, seeds)}: training, log {log}', flush=True)
-      start = os.path.getsize(log) if os.path.exists(log) else 0
-      code = trainer.run(build_command(depth, seeds, root, overrides), log)
-      summary = code == 0 and done_summary(root, depth, seeds, overrides)
-      if not summary:
-        with open(log, 'rb') as f:  # This attempt's lines.
-          f.seek(start)
-          lines = f.read().decode(errors='replace').splitlines()
-        stopped = {143: 'stopped by SIGTERM', 130: 'stopped by Ctrl-C'}
-        why = stopped.get(code) or ([  # Its last words.
-            l for l in lines if l.startswith('error: ')] or lines or [''])[-1]
-        failures.append(f'{name}: exit {code}: {why}; {log}')
-        print(failures[-1], flush=True)
-    summaries[depth] = summary or None
-  return summaries, failures
+    if trainer.terminated or done_summary(root, depth, seeds, overrides):
+      continue
+    name = os.path.basename(workdir(root, depth, seeds))
+    log = os.path.join(log_dir, f'{name}.log')
+    print(f'{workdir(root, depth, seeds)}: training, log {log}', flush=True)
+    start = os.path.getsize(log) if os.path.exists(log) else 0
+    code = trainer.run(build_command(depth, seeds, root, overrides), log)
+    if code == 0 and done_summary(root, depth, seeds, overrides):
+      continue
+    with open(log, 'rb') as f:  # This attempt's lines.
+      f.seek(start)
+      lines = f.read().decode(errors='replace').splitlines()
+    stopped = {143: 'stopped by SIGTERM', 130: 'stopped by Ctrl-C'}
+    why = stopped.get(code) or ([  # Its last words.
+        l for l in lines if l.startswith('error: ')] or lines or [''])[-1]
+    failures.append(f'{name}: exit {code}: {why}; {log}')
+    print(failures[-1], flush=True)
+  return failures
 
 
 def main(argv) -> int:
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {" ".join(argv[1:])}')
-  depths = FLAGS.depths
+  for depth in FLAGS.depths:
+    if not (depth.isdigit() and
+            (REPO / 'configs' / f'resnet{depth}.py').is_file()):
+      raise ValueError(f'--depths: there is no configs/resnet{depth}.py')
+  depths = [int(d) for d in FLAGS.depths]
   if len(set(depths)) < len(depths):
     raise ValueError('--depths: give each value once')
   if FLAGS.first_seed < 0 or FLAGS.num_seeds < 1:
     raise ValueError('--first_seed, --num_seeds: give a seed >= 0 and at '
                      'least one seed')
   seeds = range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.num_seeds)
-  for depth in depths:
-    if not (REPO / 'configs' / f'resnet{depth}.py').is_file():
-      raise ValueError(f'--depths: there is no configs/resnet{depth}.py')
   overrides = requested_overrides()
   # The trainer runs from the repository root.
   root = FLAGS.root if '://' in FLAGS.root else os.path.abspath(FLAGS.root)
@@ -340,15 +313,13 @@ def main(argv) -> int:
                     for d in depths))
     return 0
   trainer, failures = Trainer(), []
-  if FLAGS.report_only:
-    summaries = {d: done_summary(root, d, seeds, overrides) for d in depths}
-  else:
+  if not FLAGS.report_only:
     if not FLAGS.log_dir and '://' in root:
       raise ValueError('--root is not local: give a local --log_dir')
     signal.signal(signal.SIGTERM, trainer)
     signal.signal(signal.SIGINT, trainer)
-    summaries, failures = sweep(depths, seeds, root, FLAGS.log_dir or
-                                f'{root}/logs', overrides, trainer)
+    failures = sweep(depths, seeds, root, FLAGS.log_dir or f'{root}/logs',
+                     overrides, trainer)
   print(write_tables({d: finished(root, d, overrides) for d in depths},
                      seeds, root, overrides))
   if trainer.terminated:
@@ -356,10 +327,11 @@ def main(argv) -> int:
     print(f'error: stopped by {name}; rerun the same command to go on',
           file=sys.stderr)
     return 128 + trainer.signum
-  not_done = failures or [f'{workdir(root, d, seeds)}: no summary.json of '
-                          'this config' for d, s in summaries.items() if not s]
+  not_done = failures or [
+      f'{workdir(root, d, seeds)}: no summary.json of this config'
+      for d in depths if not done_summary(root, d, seeds, overrides)]
   if not_done:
-    tools.fail(f'{len(not_done)} of {len(summaries)} depths not done: '
+    tools.fail(f'{len(not_done)} of {len(depths)} depths not done: '
                + ' | '.join(not_done))
   return 0
 

@@ -3,25 +3,12 @@
   python -m experiments.torch_benchmark --depth=20 --batch_size=128
   python -m experiments.torch_benchmark --device=cuda --variants=eager_cl_f32,compiled_cl_bf16
 
-The same network (experiments/torch_resnet.py, checked logit for logit
-against models.py) and the same step as experiments/benchmark.py: forward,
-softmax cross-entropy, backward, SGD with momentum 0.9 and L2 weight decay
-1e-4 (PyTorch's `weight_decay` is the paper's and our 'l2' mode); the eval
-step is a forward pass in eval mode without gradients. Synthetic data, already
-on the device. Each variant builds a fresh model and reports the first train
-step (compilation, cuDNN autotuning) apart from the median of the timed steps
-after warm-up; every timed step is waited for, as the JAX benchmark waits.
-
-Variants: eager NCHW float32, eager channels_last float32 and bfloat16
-(autocast), and torch.compile of the loss and of the forward pass,
-channels_last float32 and bfloat16. The optimizer step runs eagerly
-(`foreach`) in all of them. A variant that fails is reported in the table and
-the JSON with its error; the others still run.
-
-On a GPU, cuDNN autotunes convolutions (`cudnn.benchmark`, as XLA autotunes
-them) and PyTorch runs float32 convolutions in TF32 by default, as XLA does;
-the JSON records that setting.
-
+The same network (torch_resnet.py, checked logit for logit against
+models.py) and step as benchmark.py (SGD, momentum 0.9, L2 decay 1e-4) on
+synthetic data already on the device. Each variant (eager NCHW/channels_last,
+float32/bfloat16 autocast, torch.compile) reports its first step apart from
+the median of the timed ones; a failing variant is reported with its error.
+On a GPU cuDNN autotunes and float32 convolutions run in TF32, as in XLA.
 The last line of the output is one JSON object.
 """
 

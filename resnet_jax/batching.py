@@ -29,14 +29,28 @@ from resnet_jax import datasets
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   """Full batches per epoch (the last partial batch is dropped)."""
-  if global_batch_size <= 0:
-    raise ValueError(f'global batch size must be positive, got '
-                     f'{global_batch_size}')
-  steps = num_examples // global_batch_size
-  if not steps:
-    raise ValueError(f'global batch size {global_batch_size} exceeds the '
-                     f'{num_examples} training examples')
-  return steps
+  if not 0 < global_batch_size <= num_examples:
+    raise ValueError(f'global batch size {global_batch_size} must be in '
+                     f'1..{num_examples}, the training examples')
+  return num_examples // global_batch_size
+
+
+def total_steps(config, num_examples: int) -> int:
+  """The run's training steps: config.num_epochs epochs of `num_examples`
+  examples when > 0, else config.num_train_steps."""
+  if config.num_epochs <= 0:
+    return config.num_train_steps
+  return round(config.num_epochs *
+               steps_per_epoch(num_examples, config.batch_size))
+
+
+def equal_share(global_batch_size: int, parts: int, what: str,
+                  name: str = 'global batch size') -> int:
+  """Each of `parts` equal shares of a global batch (processes, devices)."""
+  if global_batch_size <= 0 or global_batch_size % parts:
+    raise ValueError(f'{name}={global_batch_size} does not divide over '
+                     f'{parts} {what}; use a multiple of {parts}')
+  return global_batch_size // parts
 
 
 def _per_process(global_batch_size: int, process_index: int,
@@ -44,10 +58,7 @@ def _per_process(global_batch_size: int, process_index: int,
   if not 0 <= process_index < process_count:
     raise ValueError(f'process index {process_index} is not in '
                      f'0..{process_count - 1}')
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f'global batch size {global_batch_size} must be a '
-                     f'positive multiple of the {process_count} processes')
-  return global_batch_size // process_count
+  return equal_share(global_batch_size, process_count, 'processes')
 
 
 # Two epochs (the current and, while prefetching, the next) of each of up to

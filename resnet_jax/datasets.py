@@ -1,22 +1,15 @@
-"""Loading whole splits into host memory: TFDS's CIFAR or an image folder.
+"""Whole splits in host memory, as uint8 images and int32 labels.
 
-The datasets are CIFAR-sized (50,000 32x32 images are 150 MB as uint8), so a
-split is decoded once into host memory, as uint8 images and int32 labels, and
-every batch is a gather from it (batching.py).
-
-Data comes from TFDS ('cifar10', 'cifar100') or from an image folder
-`<root>/<split>/<class>/*.{jpg,jpeg,png}` ('image_folder'). Splits are named as
-in TFDS: 'train', 'test', 'train[:45000]', 'train[45000:]', 'train[10%:20%]'.
-TFDS splits are sliced as they are, the standard 45k/5k protocol. An image
-folder's on-disk order is arbitrary (often class by class), so its base split
-is put in a fixed order, `default_rng(split_shuffle_seed)`, before slicing.
-
-Image folders are decoded with Pillow, exactly as TensorFlow decodes them
-(JPEGs with the accurate integer IDCT). TensorFlow is imported only to read
-TFDS data, and is then kept off the GPUs, which belong to JAX.
+Data comes from TFDS ('cifar10', 'cifar100') or an image folder
+`<root>/<split>/<class>/*.{jpg,jpeg,png}` ('image_folder'). CIFAR-sized splits
+(50,000 32x32 images are 150 MB) are decoded once per process and every batch
+is a gather from them (batching.py). Splits are named as in TFDS: 'train',
+'train[:45000]', 'train[10%:20%]'. TFDS splits are sliced as they are; an
+image folder's base split, in no meaningful order on disk, is first put in the
+order `default_rng(split_shuffle_seed)`. TensorFlow is imported only to read
+TFDS data, and is kept off the GPUs, which belong to JAX.
 """
 
-from collections.abc import Callable
 import dataclasses
 import functools
 import hashlib
@@ -35,15 +28,14 @@ TFDS_DATASETS = ('cifar10', 'cifar100')
 IMAGE_FOLDER = 'image_folder'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 SPLIT_FIELDS = ('train_split', 'eval_split', 'test_split')
-
-# TFDS knows CIFAR-10's names only once the dataset is prepared (they come
-# from the downloaded archive); unprepared, its builder says '0'..'9'. These
-# are the archive's batches.meta.txt, in label order.
+# Unprepared, TFDS names CIFAR-10's classes '0'..'9'; these are its archive's.
 CIFAR10_CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
                        'frog', 'horse', 'ship', 'truck')
-
-# How long check_available waits for the download host before giving up.
-_REACHABILITY_TIMEOUT_S = 3.0
+# What a run's workdir holds (checkpoints.py's folder, workdir.py's holder
+# file): such a folder inside an image folder is never a split or a class.
+WORKDIR_MARKERS = ('checkpoints', '.trainer')
+_REACHABILITY_TIMEOUT_S = 3.0  # check_available's wait for the download host.
+_FOLDER_HELP = 'a folder <root>/<split>/<class>/*.jpg|jpeg|png'
 
 
 class DatasetUnavailableError(ValueError):
@@ -56,12 +48,10 @@ class InMemoryDataset:
   images: np.ndarray  # uint8 (N, H, W, C)
   labels: np.ndarray  # int32 (N,)
   class_names: tuple[str, ...]
-  # What the examples are, for a checkpoint to tell whether a resume would
-  # read other data: the split and a description of its source that changes
-  # when the source does (see load_split).
+  # The split and its source, changing when the data does: a checkpoint
+  # records it to refuse a resume on other data.
   source: str = ''
-  # Which rows of its base split these are, (base, start, stop), in the
-  # order the base is sliced in: two splits overlap where their ranges do.
+  # (base split, start, stop): these rows of the base, in its sliced order.
   rows: tuple[str, int, int] | None = None
 
   def __post_init__(self):
@@ -103,11 +93,9 @@ class SplitSlice:
   def resolve(self, num_examples: int) -> slice:
     """The slice of a base split of `num_examples`, in examples."""
     def bound(value):
-      if value is None:
-        return None
-      if self.percent:  # Rounded to the closest example, as TFDS does.
+      if value is not None and self.percent:  # To the closest, as TFDS.
         return int(round(value * num_examples / 100))
-      if abs(value) > num_examples:
+      if value is not None and abs(value) > num_examples:
         raise ValueError(f'split bound {value} is out of range for a split of '
                          f'{num_examples} examples')
       return value
@@ -119,11 +107,7 @@ _SPLIT_RE = re.compile(
 
 
 def parse_split(split: str) -> tuple[str, SplitSlice]:
-  """'train[:45000]' -> ('train', SplitSlice(None, 45000)).
-
-  Accepts a base name, optionally sliced in examples ('train[45000:]',
-  'train[:-5000]') or in percent ('train[10%:20%]'), both bounds in one unit.
-  """
+  """'train[:45000]' -> ('train', SplitSlice(None, 45000)); see module doc."""
   match = _SPLIT_RE.fullmatch(split.strip()) if isinstance(split, str) else None
   if not match:
     raise ValueError(f'malformed split {split!r}: expected a name, optionally '
@@ -133,22 +117,16 @@ def parse_split(split: str) -> tuple[str, SplitSlice]:
   if len(units) > 1:
     raise ValueError(f'malformed split {split!r}: both bounds must be in '
                      'examples or both in percent')
-  percent = units == {True}
   start, stop = (None if b is None else int(b.rstrip('%')) for b in bounds)
-  if percent and any(b is not None and abs(b) > 100 for b in (start, stop)):
+  if units == {True} and any(abs(b or 0) > 100 for b in (start, stop)):
     raise ValueError(f'malformed split {split!r}: percentages must be within '
                      '-100%..100%')
-  return match.group('base'), SplitSlice(start, stop, percent)
-
-
-def _config_fields_naming(config, base: str) -> list[str]:
-  return [f'config.data.{field}' for field in SPLIT_FIELDS
-          if config.get(field) and parse_split(config.get(field))[0] == base]
+  return match.group('base'), SplitSlice(start, stop, units == {True})
 
 
 def local_dir(path: str | None) -> str | None:
-  """`path` made absolute (one folder, one name: the cache's key, and what a
-  run records); URLs such as gs://... are left alone."""
+  """`path` made absolute (the cache's key, and what a run records); URLs
+  such as gs://... are left alone."""
   if not path or '://' in path:
     return path or None
   return os.path.abspath(os.path.expanduser(path))
@@ -161,16 +139,14 @@ def local_dir(path: str | None) -> str | None:
 @functools.cache
 def _import_tfds():
   """Imports TensorFlow Datasets, with TensorFlow kept off every GPU."""
-  # TF only reads records here: silence its C++ start-up banners (oneDNN's
-  # numerics notice among them; no TF computation is used).
+  # TF only reads records here: no C++ start-up banners.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
-    # Without this TF reserves most of the GPU memory that JAX needs.
+    # Else TF reserves most of the GPU memory that JAX needs.
     tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:
-    # TF was initialised before we imported it; fine if it has no GPU anyway.
+  except RuntimeError:  # TF was initialised already: fine without a GPU.
     if tf.config.get_visible_devices('GPU'):
       raise
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -204,11 +180,8 @@ def _load_tfds_base(name: str, data_dir: str | None, base: str,
 
 
 def _visible(directory: str, want_dir: bool) -> list[str]:
-  """The sorted entries of `directory` that are (not) folders, hidden ones out.
-
-  Hidden names ('.DS_Store', macOS's '._x.png', '.ipynb_checkpoints') are
-  never data.
-  """
+  """The sorted folders (or files) of `directory`, hidden ones ('.DS_Store',
+  macOS's '._x.png', '.ipynb_checkpoints') out: they are never data."""
   return sorted(
       name for name in os.listdir(directory) if not name.startswith('.')
       and os.path.isdir(os.path.join(directory, name)) == want_dir)
@@ -219,59 +192,51 @@ def _image_files(class_dir: str) -> list[str]:
           if name.lower().endswith(IMAGE_EXTENSIONS)]
 
 
-# What a run's workdir holds (checkpoints.py's folder, workdir.py's holder
-# file): a folder with one is a run put inside the image folder, never a
-# split or a class.
-WORKDIR_MARKERS = ('checkpoints', '.trainer')
-
-
-def _check_not_a_run(directory: str, root: str) -> None:
-  for marker in WORKDIR_MARKERS:
-    if os.path.lexists(os.path.join(directory, marker)):
-      raise DatasetUnavailableError(
-          f'{directory} holds a run (its {marker}): a --workdir inside the '
-          f'image folder {root} is read as a split or class of it; move the '
-          f'run out of {root}')
-
-
 def _image_folder_classes(root: str) -> tuple[str, ...]:
-  # The labels are indices into the sorted class folders of all the splits
-  # together (as tfds.ImageFolder numbered them), so that a class missing
-  # from one split moves no label in another.
+  """The sorted class folders of all the splits together, as tfds.ImageFolder
+  numbered them: a class missing from one split moves no label in another."""
   names = set()
   for split in _visible(root, want_dir=True):
-    _check_not_a_run(os.path.join(root, split), root)
-    for name in _visible(os.path.join(root, split), want_dir=True):
-      _check_not_a_run(os.path.join(root, split, name), root)
-      names.add(name)
+    split_dir = os.path.join(root, split)
+    classes = _visible(split_dir, want_dir=True)
+    for directory in [split_dir, *(os.path.join(split_dir, c)
+                                   for c in classes)]:
+      for marker in WORKDIR_MARKERS:
+        if os.path.lexists(os.path.join(directory, marker)):
+          raise DatasetUnavailableError(
+              f'{directory} holds a run (its {marker}): a --workdir inside '
+              f'the image folder {root} is read as a split or class of it; '
+              f'move the run out of {root}')
+    names.update(classes)
   return tuple(sorted(names))
 
 
 def _image_folder_root(config) -> str:
-  if not config.data_dir:
+  root = local_dir(config.data_dir)
+  if not root:
     raise DatasetUnavailableError(
         "config.data.name='image_folder' needs config.data.data_dir=<root>, "
-        'a folder <root>/<split>/<class>/*.jpg|jpeg|png')
-  root = local_dir(config.data_dir)
+        + _FOLDER_HELP)
   if not os.path.isdir(root):
     raise DatasetUnavailableError(
-        f'image folder {root} does not exist; set config.data.data_dir to a '
-        'folder <root>/<split>/<class>/*.jpg|jpeg|png')
+        f'image folder {root} does not exist; set config.data.data_dir to '
+        + _FOLDER_HELP)
   return root
 
 
-def _image_folder_split_dir(config, root: str, base: str) -> str:
+def _image_folder_split(config, base: str):
+  """(root, split folder, all class names) of a split whose every class
+  folder has images."""
+  root = _image_folder_root(config)
+  class_names = _image_folder_classes(root)
   split_dir = os.path.join(root, base)
   if not os.path.isdir(split_dir):
-    fields = _config_fields_naming(config, base) or ['the split field']
+    fields = [f'config.data.{field}' for field in SPLIT_FIELDS
+              if config.get(field) and parse_split(config[field])[0] == base]
     raise DatasetUnavailableError(
         f'image folder {root} has no {base!r} split (no {split_dir}); create '
-        f"it, or set {' / '.join(fields)}='' to run without it")
-  return split_dir
-
-
-def _check_image_folder_classes(split_dir: str) -> list[str]:
-  """The split's class folders, each of which must hold an image."""
+        f"it, or set {' / '.join(fields or ['the split field'])}='' to run "
+        'without it')
   classes = _visible(split_dir, want_dir=True)
   if not classes:
     raise DatasetUnavailableError(
@@ -282,25 +247,21 @@ def _check_image_folder_classes(split_dir: str) -> list[str]:
       raise DatasetUnavailableError(
           f'class folder {os.path.join(split_dir, name)} has no images '
           f"({'/'.join(IMAGE_EXTENSIONS)}); add some or remove the folder")
-  return classes
+  return root, split_dir, class_names
 
 
 def decode_image(path: str, formats=('JPEG', 'PNG')) -> np.ndarray | str:
   """uint8 RGB pixels (H, W, 3) of an image file, else why it cannot be read.
 
-  The one decoder of the project: the image folders' (JPEG and PNG) and
-  predict's (any of Pillow's `formats` with None), so that predict on a
-  dataset's file classifies exactly the pixels training and evaluate used.
-  Pillow's libjpeg uses the accurate integer IDCT, as TF's decode_jpeg with
-  dct_method='INTEGER_ACCURATE' (TF's default, fast IDCT shifts the CIFAR-10
-  JPEGs' red and blue means by over 1/255). Grey, palette and alpha images
-  become RGB as in TF's decode_png(channels=3): grey repeated (16-bit grey
-  cut to its high byte), the palette looked up, alpha dropped (not
-  composited); like TF, the EXIF orientation is not applied.
+  The one decoder (image folders and predict's files), decoding as TF did:
+  Pillow's libjpeg uses the accurate integer IDCT (TF's decode_jpeg with
+  dct_method='INTEGER_ACCURATE'); grey, palette and alpha images become RGB
+  as in decode_png(channels=3): grey repeated (16-bit cut to its high byte),
+  the palette looked up, alpha dropped; the EXIF orientation is not applied.
   """
   try:
     with Image.open(path, formats=formats) as image:
-      if image.mode == 'I;16':  # 16-bit grey, which TF cuts to its high byte.
+      if image.mode == 'I;16':
         grey = (np.asarray(image) >> 8).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
       return np.asarray(image if image.mode == 'RGB' else image.convert('RGB'))
@@ -325,18 +286,16 @@ def _folder_state(split_dir: str) -> tuple:
   return tuple(state)
 
 
-def _load_image_folder_base(root: str, base: str, folder_state: tuple):
+def _load_image_folder_base(root: str, base: str, class_names: tuple,
+                            folder_state: tuple):
   del folder_state  # Only part of the cache key: a changed folder reloads.
   split_dir = os.path.join(root, base)
-  class_names = _image_folder_classes(root)
   paths, labels = [], []
-  for name in _check_image_folder_classes(split_dir):
+  for name in _visible(split_dir, want_dir=True):
     files = _image_files(os.path.join(split_dir, name))
     paths += [os.path.join(split_dir, name, f) for f in files]
     labels += [class_names.index(name)] * len(files)
-  # One by one: threads made it slower. Pillow parses each file's headers in
-  # Python, holding the GIL, which is most of the ~70 us a CIFAR JPEG takes;
-  # 50,000 take about 4 s.
+  # One by one: threads were slower (Pillow holds the GIL). ~4 s for 50,000.
   images = [decode_image(path) for path in paths]
   bad = [(p, why) for p, why in zip(paths, images) if isinstance(why, str)]
   if bad:
@@ -353,15 +312,12 @@ def _load_image_folder_base(root: str, base: str, folder_state: tuple):
         f'the images of {split_dir} must all have one size (height x width); '
         'found ' + ', '.join(
             f'{h}x{w} ({path})' for (h, w), path in sizes.items()))
-  # tfds.ImageFolder's order (the class-by-class list shuffled by
-  # random.Random(<split name>)), which earlier runs sliced: train[:45000]
-  # keeps meaning the same images.
+  # tfds.ImageFolder's order, which earlier runs sliced: train[:45000] keeps
+  # meaning the same images.
   order = list(range(len(paths)))
   random.Random(base).shuffle(order)
-  # The file list and sizes (all that runs recorded before, see same_data),
-  # then the pixels in the same order: adding, removing, renaming or
-  # replacing an image, even by another of the same size, changes it. The
-  # pixels' hash costs about 0.2 s for 50,000 CIFAR images.
+  # The names and sizes (all that runs recorded before, see same_data), then
+  # the pixels: any change to the images changes the source.
   listing, pixels = hashlib.sha256(), hashlib.sha256()
   for path, image in zip(paths, images):
     listing.update(f'{os.path.relpath(path, root)}\t'
@@ -380,8 +336,8 @@ _PIXELS = ', of pixels '
 def same_data(recorded: str | None, source: str) -> bool:
   """Whether `source` (InMemoryDataset.source) is the data a run recorded.
 
-  Runs recorded before the pixels were hashed name an image folder's file
-  names and sizes only: those match when the names and sizes still do.
+  Records from before the pixels were hashed name an image folder's file
+  names and sizes only: those match while the names and sizes do.
   """
   return recorded == source or (
       recorded is not None and _PIXELS not in recorded and
@@ -393,12 +349,10 @@ def same_data(recorded: str | None, source: str) -> bool:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_base(loader: Callable[..., tuple], *key):
-  """Decodes a base split once per process; slices share the result."""
+def _cached_base(loader, *key):
+  """A base split decoded once per process, read-only: its slices share it."""
   images, labels, class_names, source = loader(*key)
-  # Read-only, so that no caller can change what later callers get.
-  images.flags.writeable = False
-  labels.flags.writeable = False
+  images.flags.writeable = labels.flags.writeable = False
   return images, labels, class_names, source
 
 
@@ -423,11 +377,9 @@ def load_split(config, split: str) -> InMemoryDataset:
   _check_name(config)
   base, split_slice = parse_split(split)
   if config.name == IMAGE_FOLDER:
-    root = _image_folder_root(config)
-    _image_folder_split_dir(config, root, base)
+    root, split_dir, names = _image_folder_split(config, base)
     images, labels, class_names, source = _cached_base(
-        _load_image_folder_base, root, base,
-        _folder_state(os.path.join(root, base)))
+        _load_image_folder_base, root, base, names, _folder_state(split_dir))
     order = np.random.default_rng(config.split_shuffle_seed).permutation(
         len(labels))
   else:
@@ -438,37 +390,27 @@ def load_split(config, split: str) -> InMemoryDataset:
   positions = split_slice.resolve(len(labels))
   rows = positions if order is None else order[positions]
   start, stop, _ = positions.indices(len(labels))
-  images, labels = images[rows], labels[rows]
-  if not len(labels):
+  if start >= stop:
     raise ValueError(f'split {split!r} is empty')
-  return InMemoryDataset(images, labels, class_names,
-                         source=f'{split} of {source}',
-                         rows=(base, start, max(start, stop)))
+  return InMemoryDataset(images[rows], labels[rows], class_names,
+                         f'{split} of {source}', (base, start, stop))
 
 
 def class_names(config, num_classes: int) -> tuple[str, ...] | None:
-  """The class names in label order, or None where they are unknown here.
-
-  cifar10 and cifar100: from TFDS's dataset info (the prepared data_dir);
-  cifar10's are also known without the data. image_folder: the sorted class
-  folders, so the folder must be here. None also when the names found are not
-  `num_classes` (the model's number of classes).
-  """
-  if config.name == IMAGE_FOLDER:
-    root = local_dir(config.data_dir)
-    names = (_image_folder_classes(root) if root and os.path.isdir(root)
-             else None)
+  """The class names in label order; None where unknown here or not
+  `num_classes` (the model's). TFDS: from the prepared data_dir (CIFAR-10's
+  are known without); image folder: its class folders, which must be here."""
+  names, root = None, local_dir(config.data_dir)
+  if config.name == IMAGE_FOLDER and root and os.path.isdir(root):
+    names = _image_folder_classes(root)
   elif config.name in TFDS_DATASETS:
     try:
       names = tuple(_tfds_builder(config.name, config.data_dir)
                     .info.features['label'].names)
     except Exception:  # pylint: disable=broad-except
       names = ()  # No names is no reason to refuse to classify.
-    if names == tuple(str(i) for i in range(len(names))):
-      # Unprepared: TFDS has only numbers.
+    if names == tuple(str(i) for i in range(len(names))):  # Unprepared.
       names = CIFAR10_CLASS_NAMES if config.name == 'cifar10' else None
-  else:
-    names = None
   return names if names and len(names) == num_classes else None
 
 
@@ -487,7 +429,8 @@ def _download_address(builder) -> tuple[str, int]:
 
 
 def _reachable(address: tuple[str, int]) -> bool:
-  """Whether a TCP connection opens within the timeout."""
+  """Whether a TCP connection opens within the timeout, name lookup included
+  (which the socket's timeout does not bound: a daemon thread does)."""
   result = []
 
   def connect():
@@ -497,8 +440,6 @@ def _reachable(address: tuple[str, int]) -> bool:
     except OSError:
       pass
 
-  # The socket timeout does not cover name resolution, which can stall far
-  # longer; a daemon thread bounds the whole attempt.
   thread = threading.Thread(target=connect, daemon=True)
   thread.start()
   thread.join(_REACHABILITY_TIMEOUT_S)
@@ -511,10 +452,9 @@ def _source_files(builder) -> list[str]:
 
 def _unavailable_error(name: str, builder,
                        reason: str) -> DatasetUnavailableError:
-  # One line: the command line prints it as `error: <message>`.
   root = builder.data_dir_root
   files = ', '.join(_source_files(builder)) or 'the source archive'
-  return DatasetUnavailableError(
+  return DatasetUnavailableError(  # One line, as the command line prints it.
       f'{name} is not prepared in data_dir {root} and cannot be downloaded '
       f'({reason}). To provide it: run `tfds build {name} --data_dir=DIR` on a '
       'machine with internet, copy DIR here and add --config.data.data_dir=DIR; '
@@ -529,27 +469,24 @@ def _unavailable_error(name: str, builder,
 def check_available(config) -> None:
   """Raises within seconds if training could not get its data.
 
-  TFDS: the dataset must be prepared in data_dir, or `download` set and the
-  source archive in the manual download dir or its host reachable (never
-  TFDS's minutes of retries). Image folder: the folder and the train split's
-  classes must exist. Malformed split names fail here too.
+  TFDS: the dataset is prepared in data_dir, or `download` is set and the
+  source archive is in the manual download dir or its host is reachable
+  (never TFDS's minutes of retries). Image folder: the train split has
+  classes with images. Malformed split names fail here too.
   """
   _check_name(config)
   for field in SPLIT_FIELDS:
     if config.get(field):
-      parse_split(config.get(field))
+      parse_split(config[field])
   if config.name == IMAGE_FOLDER:
-    root = _image_folder_root(config)
-    base = parse_split(config.train_split)[0]
-    _check_image_folder_classes(_image_folder_split_dir(config, root, base))
+    _image_folder_split(config, parse_split(config.train_split)[0])
     return
   builder = _tfds_builder(config.name, config.data_dir)
   if builder.is_prepared():
     return
   if not config.download:
     raise _unavailable_error(config.name, builder, 'config.data.download=False')
-  # TFDS takes the archive from <data_dir>/downloads/manual/ when it is there
-  # under its expected name, and then needs no network.
+  # TFDS takes the archives from <data_dir>/downloads/manual/ without network.
   manual = os.path.join(builder.data_dir_root, 'downloads', 'manual')
   files = _source_files(builder)
   if files and all(os.path.exists(os.path.join(manual, f)) for f in files):
@@ -564,12 +501,11 @@ def check_available(config) -> None:
 def measure_channel_stats(ds: InMemoryDataset) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel mean and std over all pixels, in 0..255 units (float32)."""
   channels = ds.images.shape[-1]
-  total = np.zeros(channels, np.float64)
-  total_sq = np.zeros(channels, np.float64)
-  # Chunks bound the float64 temporaries (the whole of CIFAR would be 1.2 GB).
+  total, total_sq = np.zeros((2, channels), np.float64)
+  # In chunks: CIFAR whole in float64 would take 1.2 GB.
   for start in range(0, ds.num_examples, 4096):
-    chunk = ds.images[start:start + 4096].reshape(-1, channels)
-    chunk = chunk.astype(np.float64)
+    chunk = ds.images[start:start + 4096].reshape(-1, channels).astype(
+        np.float64)
     total += chunk.sum(0)
     total_sq += np.square(chunk).sum(0)
   count = ds.images.size // channels

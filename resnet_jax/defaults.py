@@ -95,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 500  # Global; the last batch is padded and masked.
   config.num_train_steps = 64_000  # The paper's 64k iterations at batch 128.
   # When > 0, train for this many epochs of the training split instead
-  # (an epoch is floor(examples / batch_size) steps).
+  # (an epoch is floor(examples / batch_size) steps; batching.total_steps).
   config.num_epochs = -1.0
 
   # Independent runs trained together in one program (runs.py): run i is

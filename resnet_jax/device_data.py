@@ -1,16 +1,10 @@
 """The training split held on the devices: each step gathers its own batch.
 
-A CIFAR training split (45,000 x 32x32x3 uint8, 138 MB) fits in any
-accelerator's memory. Placed there once, each step receives only the indices
-of its examples (from `batching.train_rows`: the rows the host batches would
-copy, so the batches are exactly the same) and gathers the images inside the
-jitted step. No image crosses the host-device link during training, and the
-host's work per step is slicing a few hundred integers.
-
-The split is replicated on every device rather than sharded: a batch draws
-from a random permutation of the whole split, so with a sharded copy every
-step would need an all-to-all exchange of images; replicating costs one copy
-per device, once.
+A CIFAR split (138 MB) is placed once, replicated (batches draw from a
+permutation of the whole split, so a sharded copy would need an all-to-all
+per step); each step then receives only its rows (batching.train_rows, the
+rows the host batches would copy: the same batches) and gathers the images
+inside the jitted step.
 """
 
 from resnet_jax import datasets

@@ -3,33 +3,16 @@
   python -m resnet_jax.evaluate --workdir=runs/resnet20 --split=test --tta
   python -m resnet_jax.evaluate --workdir=runs/resnet20 --ensemble
 
---split is 'validation' (the run's config.data.eval_split), 'test' (its
-config.data.test_split) or any split of the run's dataset in TFDS syntax,
-e.g. 'train[45000:]'. --checkpoint is 'latest', 'best' or a step.
-
-A workdir holds config.num_runs runs (runs.py). --run=i (default 0)
-evaluates run i, the run of seed config.seed + i; --ensemble evaluates the
-mean of all runs' logits instead, and reports each run's own figures beside.
-
-Every example of the split is classified exactly once, and the files are
-written into the workdir, named after the split as given (see `split_tag`)
-and, for another run than 0 or the ensemble, after that (see `file_tag`):
-eval_test.json for run 0, eval_test_run1.json, eval_test_ensemble.json.
-
-- eval_<tag>.json: accuracy, mean loss, per-class accuracy (= recall),
-  precision, recall and F1 with their counts, the confusion matrix (rows true,
-  columns predicted), the class names, the checkpoint's step, the split
-  string loaded, the number of examples, and which run ("run", "seed") or
-  "ensemble": true. With --tta, the same figures for test-time augmentation
-  (the logits of each image and of its horizontal flip, averaged) under
-  "tta", next to the plain ones. With --ensemble, "runs" lists every run's
-  own accuracy and loss on the split.
-- confusion_<tag>.png: the confusion matrix as a labelled heat map.
-- misclassified_<tag>.png: the --num_misclassified mistakes made with the
-  highest confidence (at most report.MAX_PICTURED), with their true and
-  predicted classes.
-
-The pictures show the plain predictions, not the augmented ones.
+--split is 'validation', 'test' (the run's eval_split, test_split) or any
+split of its dataset, e.g. 'train[45000:]'; --run=i picks run i (seed
+config.seed + i), --ensemble the mean of all runs' logits. Every example is
+classified once. Written into the workdir, named by `file_tag`
+(eval_test.json, eval_test_run1.json, eval_test_ensemble.json, ...):
+eval_<tag>.json (accuracy, loss, per-class figures, the confusion matrix with
+rows true and columns predicted, the step and run; with --tta also the
+flip-averaged figures under "tta"; with --ensemble each run's own under
+"runs"), confusion_<tag>.png and misclassified_<tag>.png (the most confident
+mistakes of the plain predictions).
 """
 
 import os
@@ -123,9 +106,6 @@ def evaluate_images(apply_fn, images, labels, *, batch_size: int,
   """
   logits = inference.batched_logits(apply_fn, images, batch_size)
   summary = report.classification_summary(labels, logits, class_names)
-  if summary['num_examples'] != len(labels):
-    raise RuntimeError(f'evaluated {summary["num_examples"]} examples of '
-                       f'{len(labels)}')
   if tta:
     flip_logits = inference.batched_logits(apply_fn, flipped(images),
                                            batch_size)
@@ -179,9 +159,6 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
   summary, logits = evaluate_images(
       loaded.apply, ds.images, ds.labels, batch_size=config.eval_batch_size,
       class_names=class_names, tta=tta)
-  if summary['num_examples'] != ds.num_examples:
-    raise RuntimeError(f'evaluated {summary["num_examples"]} examples of a '
-                       f'split of {ds.num_examples}')
   if ensemble:
     # Each run's own figures on the same images, to set the ensemble's
     # against: one more pass, all runs in one program.

@@ -346,11 +346,9 @@ def _check_batch_sizes(config, dp: parallel.DataParallel) -> None:
   # The one place batch sizes meet the layout: every device of every process
   # gets an equal share of each global batch.
   for field in ('batch_size', 'eval_batch_size'):
-    if config[field] % dp.num_devices:
-      raise ValueError(
-          f'config.{field}={config[field]} does not divide over '
-          f'{dp.num_devices} devices ({jax.process_count()} processes x '
-          f'{dp.num_local_devices}); use a multiple of {dp.num_devices}')
+    batching.equal_share(
+        config[field], dp.num_devices, f'devices ({jax.process_count()} '
+        f'processes x {dp.num_local_devices})', name=f'config.{field}')
 
 
 def build(config, *, dp: parallel.DataParallel | None = None,
@@ -380,8 +378,7 @@ def build(config, *, dp: parallel.DataParallel | None = None,
     image_shape = train_ds.images.shape[1:]
     steps_per_epoch = batching.steps_per_epoch(train_ds.num_examples,
                                                config.batch_size)
-    total_steps = (round(config.num_epochs * steps_per_epoch)
-                   if config.num_epochs > 0 else config.num_train_steps)
+    total_steps = batching.total_steps(config, train_ds.num_examples)
   else:
     steps_per_epoch, total_steps = None, config.num_train_steps
   if normalization is not None:

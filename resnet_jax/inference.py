@@ -1,31 +1,23 @@
-"""A trained run, loaded for inference: its config, model and one checkpoint.
+"""A trained run loaded for inference: its config, model and one checkpoint.
 
-A workdir written by train.py holds `config.json` (the run's config), the
-checkpoints and the TensorBoard events. `load` rebuilds the model from the
-config, restores a checkpoint's parameters and batch-norm statistics, and
-compiles one function from uint8 pixels to logits: the model in inference mode
-(running batch-norm statistics) after the normalisation the run trained with.
-evaluate.py and predict.py are built on it.
-
-A checkpoint holds config.num_runs runs (runs.py), run i of seed
-config.seed + i. `load` picks one run (`run`, default 0), or with `ensemble`
-all of them: the ensemble's logits are the mean of the runs' logits.
-
-A release (experiments/release.py: pretrained/<name>/) loads the same way:
-its config.json describes one run, and one weights file holds that run's
-parameters and batch-norm statistics (releases.py).
-
-Loading writes nothing: the checkpoints are opened and restored, never tidied
-or saved, so a workdir can be inspected while its run is still training.
+`load` rebuilds the model from a workdir's config.json (or a release's,
+releases.py), restores one checkpoint's variables, and gives logits of uint8
+pixels: the model in inference mode after the normalisation the run trained
+with. One run of the checkpoint's config.num_runs (run i: seed config.seed +
+i), or their ensemble (the mean of the runs' logits). Loading writes
+nothing, so a run can be inspected while it trains. evaluate.py and
+predict.py are built on it.
 """
 
 from collections.abc import Callable
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 
 from absl import flags
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,10 +29,13 @@ from resnet_jax import datasets
 from resnet_jax import experiment
 from resnet_jax import models
 from resnet_jax import parallel
-from resnet_jax import releases
 from resnet_jax import runs
 
 CONFIG_FILE = 'config.json'
+# A release (releases.py) holds one run's variables in Flax's msgpack format,
+# and a record of them, with their sha256, beside its config.json.
+RELEASE_FILE = 'release.json'
+WEIGHTS_FILE = 'weights.msgpack'
 CHECKPOINT_CHOICES = ('latest', 'best')
 
 
@@ -48,11 +43,9 @@ CHECKPOINT_CHOICES = ('latest', 'best')
 class Loaded:
   """One checkpoint of a workdir's runs, ready to classify images.
 
-  `run` is the run chosen, or None for the ensemble of all `num_runs` runs.
-  `logits_fn(variables, images)` is jitted and takes one run's variables:
-  uint8 images (N, H, W, C) of `image_shape` in, float32 logits
-  (N, num_classes) out. `class_names` is None where the names cannot be
-  known here (then show class indices).
+  `run` is None for the ensemble. `logits_fn(variables, images)`: one run's
+  variables, uint8 images (N, *image_shape) -> float32 logits. `class_names`
+  is None where they cannot be known here.
   """
   config: ml_collections.ConfigDict
   model: models.ResNet
@@ -166,11 +159,8 @@ class Loaded:
 
 
 def batched_logits(apply_fn, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """`apply_fn` over `images` in batches, each image exactly once.
-
-  The last batch is padded to `batch_size` with zeros, so a jitted `apply_fn`
-  compiles once; the padding's logits are dropped.
-  """
+  """`apply_fn` over `images` in batches, each image once (the last batch
+  zero-padded, so that a jitted `apply_fn` compiles once)."""
   if batch_size < 1:
     raise ValueError(f'batch size must be positive, got {batch_size}')
   outputs = []
@@ -194,9 +184,8 @@ def read_config(workdir: str,
                 data_dir: str | None = None) -> ml_collections.ConfigDict:
   """The config the run in `workdir` trained with, from its config.json.
 
-  With `data_dir`, the dataset is there instead (it moved). The config is
-  validated as the trainer validates one (config_checks), so a hand-edited
-  config.json fails here in one line naming the field.
+  Validated as the trainer's (a hand-edited one fails in one line naming the
+  field); with `data_dir`, the dataset is there instead.
   """
   if not os.path.isdir(workdir):
     raise ValueError(f'workdir {workdir} does not exist or is not a directory')
@@ -241,10 +230,8 @@ def examples_trained_on(loaded: 'Loaded', ds: datasets.InMemoryDataset
                         ) -> int:
   """How many examples of `ds` the run trained on (0 for held-out data).
 
-  Refuses a slice of the training data that changed since the run trained:
-  an image folder is shuffled before it is sliced, so after images were
-  added or removed `train[90%:]` holds other images, training ones among
-  them, and its figures would say nothing of the run.
+  Refuses a slice of training data that changed since: an image folder is
+  shuffled before slicing, so `train[90%:]` would hold other images.
   """
   data = loaded.config.data
   if ds.rows is None or ds.rows[0] != datasets.parse_split(
@@ -313,37 +300,71 @@ def check_run(config, workdir: str, run: int, ensemble: bool) -> None:
         f'runs, 0..{config.num_runs - 1}')
 
 
+def is_release(workdir: str) -> bool:
+  return os.path.isfile(os.path.join(workdir, RELEASE_FILE))
+
+
+def _read_release(workdir: str) -> tuple[dict, dict]:
+  """(variables with a run axis of size 1, release.json's record).
+
+  Raises:
+    ValueError: release.json unreadable, the weights missing, or their
+      sha256 not the recorded one.
+  """
+  record_path = os.path.join(workdir, RELEASE_FILE)
+  try:
+    with open(record_path) as f:
+      record = json.load(f)
+    expected = record['weights']['sha256']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{record_path} is not a release record: {e}') from None
+  weights_path = os.path.join(workdir, WEIGHTS_FILE)
+  try:
+    with open(weights_path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise ValueError(f'cannot read the weights of the release {workdir}: '
+                     f'{e.strerror}: {weights_path}') from None
+  if (sha256 := hashlib.sha256(data).hexdigest()) != expected:
+    raise ValueError(f'{weights_path} has sha256 {sha256}, not the '
+                     f'{expected} that {RELEASE_FILE} records: the weights '
+                     'were changed or damaged; take the release again')
+  variables = flax.serialization.msgpack_restore(data)
+  return jax.tree.map(lambda x: np.asarray(x)[None], variables), record
+
+
+def _check_shapes(variables: dict, expected: dict, workdir: str) -> None:
+  """Raises ValueError unless `variables` has `expected`'s tree and shapes."""
+  def shapes(tree):
+    return {jax.tree_util.keystr(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  got, want = shapes(variables), shapes(expected)
+  if got != want:
+    differ = sorted(set(got.items()) ^ set(want.items()))[:3]
+    raise ValueError(f'the weights of {workdir} are not of the model its '
+                     f'config.json describes (first differences: {differ})')
+
+
 def load(workdir: str, checkpoint='latest', run: int = 0,
          ensemble: bool = False, data_dir: str | None = None) -> Loaded:
-  """Loads a checkpoint of the runs in `workdir` for inference.
+  """Loads a checkpoint of the runs in `workdir` (or a release) for inference.
 
-  Args:
-    workdir: a --workdir of resnet_jax.main, with config.json and
-      checkpoints/, or a release of one run (experiments/release.py).
-    checkpoint: 'latest' (the newest that reads back intact), 'best' (the
-      best validation accuracy among the checkpoints saved with one) or a
-      step number.
-    run: which of the workdir's config.num_runs runs (seed config.seed +
-      run) classifies.
-    ensemble: instead of one run, all of them: the mean of their logits.
-    data_dir: where the run's dataset is, if not where config.json says.
-
-  The inputs are normalised with the statistics recorded in the checkpoint
-  (those the run trained with); only checkpoints from before they were
-  recorded measure them again, on training data that must be unchanged.
+  `checkpoint`: 'latest' (the newest that reads back intact), 'best' (by
+  validation accuracy) or a step. `run`: which run; `ensemble`: all of them.
+  `data_dir`: where the run's dataset is, if not where config.json says (it
+  is read only for checkpoints older than the recorded normalisation).
   config.json must agree with the checkpoint's record of the recipe.
 
   Raises:
-    ValueError: one-line reasons: no such workdir, no config.json (or one
-      from before runs), no such run or checkpoint, a checkpoint of another
-      model, data needed but missing.
+    ValueError: one line: no such workdir, run or checkpoint, a config.json
+      or checkpoint of another model, data needed but missing.
   """
   checkpoint = parse_checkpoint(checkpoint)
   config = read_config(workdir, data_dir)
   check_run(config, workdir, run, ensemble)
-  if releases.is_release(workdir):
-    # A release: one weights file, no checkpoints (releases.py).
-    released, stored = releases.read(workdir)
+  if is_release(workdir):
+    # A release: one weights file, no checkpoints.
+    released, stored = _read_release(workdir)
     if checkpoint not in (*CHECKPOINT_CHOICES, stored['step']):
       raise ValueError(f'{workdir} is a release of step {stored["step"]} '
                        f'only; --checkpoint={checkpoint} is not in it')
@@ -380,9 +401,8 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
     metadata['training'] = experiment.recipe(config)
   if released is not None:
     target = exp.abstract_state()
-    releases.check_shapes(released, {'params': target.params,
-                                     'batch_stats': target.batch_stats},
-                          workdir)
+    _check_shapes(released, {'params': target.params,
+                             'batch_stats': target.batch_stats}, workdir)
     state = released | {'step': np.array([stored['step']])}
   else:
     # The checkpoints must be of the model config.json describes: the
@@ -403,11 +423,8 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
 
 
 def define_selection_flags(ensemble: bool = True) -> None:
-  """Defines --workdir (required), --checkpoint, --run and --ensemble.
-
-  What `load` loads, declared once for evaluate, predict and release; they
-  are the calling command's flags: its --help lists them.
-  """
+  """Defines --workdir (required), --checkpoint, --run and --ensemble: what
+  `load` loads, once for evaluate, predict and release."""
   flags.disclaim_key_flags()  # Key flags of the caller, not of this module.
   flags.DEFINE_string('workdir', None, 'A run directory written by '
                       'resnet_jax.main, or a release (pretrained/...).')

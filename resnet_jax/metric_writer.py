@@ -1,17 +1,10 @@
 """TensorBoard event files, written and read without TensorFlow.
 
-The trainer logs through `create_writer`, which does what clu's default
-writer did: one line per call in the absl log (`[<step>] train_loss=0.123,
-...`, as clu's LoggingWriter) and, on process 0, the same values in a new
-`events.out.tfevents.*` file in the workdir. clu's writer and tensorboard's
-own EventFileWriter both import TensorFlow (the latter through tf.io.gfile
-when it is installed), which is slow, may take the GPUs, and is often not
-installed. This file uses only tensorboard's protos and its pure-Python
-record framing: event files are TFRecord files of `Event` protos.
-
-Scalars are written as TensorFlow 2 writes them (a float32 tensor with the
-scalars plugin's metadata), hyperparameters as the HParams plugin's session
-start summary, so TensorBoard shows them in its Scalars and HParams views.
+`create_writer` logs each call's scalars to the absl log and, on process 0,
+writes them as TensorFlow 2 would (scalars plugin, HParams session start).
+clu's writers and tensorboard's EventFileWriter import TensorFlow (slow, may
+take the GPUs, often absent); this uses tensorboard's protos and its
+pure-Python TFRecord framing only.
 """
 
 from collections.abc import Iterator, Mapping

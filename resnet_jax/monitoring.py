@@ -100,14 +100,10 @@ def duration(seconds: float) -> str:
 class Progress:
   """Console lines that say how far training is and when it will end.
 
-  `line` at every log: steps done of the run, the percentage, steps/s and
-  the time left to the end and to the next validation (estimated from the
-  wall time per step since the first step, evaluations and saves included).
-  `heartbeat` prints one between logs when the console has been quiet for
-  FIRST_QUIET_S after the first step (QUIET_S later), so that a run with a
-  large log_every_steps still shows early that it trains. It takes the
-  number of steps the host already knows are done: it never waits for the
-  devices, so it changes nothing the run computes.
+  `report` at every log: steps done, steps/s, the time left to the end and
+  to the next validation. `heartbeat` prints one between logs when the
+  console has been quiet FIRST_QUIET_S after the first step (QUIET_S later),
+  from the steps the host knows are done: it never waits for the devices.
   """
   FIRST_QUIET_S = 30.0
   QUIET_S = 300.0
@@ -170,11 +166,8 @@ class Progress:
 
 
 class Profile:
-  """A profiler trace of steps [first_step, first_step + num_steps).
-
-  Written to <logdir>/plugins/profile for TensorBoard's profile plugin.
-  clu.periodic_actions.Profile does the same, but importing it imports
-  TensorFlow (through clu's metric writers), which training must not need.
+  """A profiler trace of steps [first_step, first_step + num_steps) into
+  <logdir>/plugins/profile. (clu.periodic_actions.Profile imports TensorFlow.)
   """
 
   def __init__(self, logdir: str, first_step: int, num_steps: int):

@@ -1,18 +1,13 @@
-"""Running the steps over devices: one device, `jax.pmap`, or `jax.shard_map`.
+"""Compiles the steps (steps.py, written once) for a device layout.
 
-The steps (steps.py) are written once; this module compiles them for a layout:
+- 'jit': one device.
+- 'pmap': every local device, the state with a leading device axis.
+- 'shard_map': jit of shard_map over a one-axis mesh of every device of every
+  process (the state replicated, the batch sharded): the multi-host layout.
 
-- 'jit': one device, `jax.jit`; no collectives.
-- 'pmap': every given device under `jax.pmap` (the project's default). The
-  state carries a leading device axis; each device gets B / n examples.
-- 'shard_map': `jax.jit` of `jax.shard_map` over a one-axis mesh of every
-  device of every process: the state is replicated, the batch sharded along
-  its first dimension, each process supplying its own part. This is JAX's
-  successor to pmap, and the layout for several processes (multi-host).
-
-In the last two, the steps combine gradients, batch-norm statistics and
-metrics over the 'batch' axis, so all three layouts compute the same update
-from the same global batch. The state's buffers are donated to each train step.
+The last two reduce gradients, batch-norm statistics and metrics over the
+'batch' axis, so all three compute the same update from the same global
+batch. The state is donated to each train step.
 """
 
 import dataclasses
@@ -37,16 +32,12 @@ def cpu_device_count(cores: int, batch_sizes) -> int:
 
 
 def configure_cpu_devices(config) -> int | None:
-  """Splits the CPU into devices before JAX starts, as config.cpu_devices says.
+  """Splits the CPU into config.cpu_devices devices before JAX starts.
 
-  XLA runs a CPU device's convolutions on few threads; one device per core
-  under pmap or shard_map trains faster (ResNet-20 on 2 cores: 380-406
-  images/s against 312-337 on one device). 0 means one device per core
-  available to this process, reduced until the global batch sizes divide by
-  it (per process). Only the CPU backend is affected: on a GPU or TPU
-  machine the accelerators are used as before. An XLA_FLAGS setting of
-  --xla_force_host_platform_device_count wins. Returns the count set, or
-  None when it left things alone (backends already started, or XLA_FLAGS).
+  One device per core trains faster under pmap (ResNet-20 on 2 cores: 380-406
+  images/s against 312-337 on one device). 0: one per available core, fewer
+  until the batch sizes divide. GPUs and TPUs are unaffected; XLA_FLAGS'
+  device count wins. Returns the count set, or None if it left things alone.
   """
   if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
     return None

@@ -3,29 +3,13 @@
   python -m resnet_jax.predict --workdir=runs/resnet20 cat.png ship.jpg
   python -m resnet_jax.predict --workdir=runs/resnet20 --resize --json photo.jpg
 
-Loads the checkpoint once (--checkpoint: 'latest', 'best' or a step) and
-prints each file's --top_k most probable classes: a small table per image, or
-with --json one JSON document on stdout. Of the workdir's config.num_runs
-runs, --run=i (default 0) classifies, the run of seed config.seed + i; with
---ensemble, the mean of all runs' logits. The JSON says which ("run" and
-"seed", or "ensemble": true).
-
-Images are read with Pillow (PNG, JPEG, and whatever else it reads) by the
-image folders' decoder (datasets.decode_image), so a file of a dataset is
-classified exactly as evaluate classified it: grayscale becomes RGB by
-repeating the gray, palettes are looked up, alpha is dropped (not
-composited), and the EXIF orientation is not applied (TensorFlow's decoders,
-which the image folders match, ignore it). An image must have
-the model's size (32x32 for CIFAR) unless --resize is given: it is then scaled,
-keeping its aspect ratio, until it covers that size, and the centre cut out
-(Pillow's ImageOps.fit, bicubic with antialiasing), so nothing is stretched and
-the edges of the longer side are dropped.
-
-A file that is missing, not an image, or of the wrong size gets one line
-`error: <file>: <reason>` on stderr; the other files are still classified,
-and the exit status is 1 if any file failed. Nothing of the dataset is needed
-(class names: see datasets.class_names), except for a run that measured its
-normalisation on the training split.
+Prints each file's --top_k classes (a table per image, or one JSON document
+with --json), from one run (--run) or the --ensemble. Files are decoded by
+the image folders' decoder (datasets.decode_image), so a dataset's file is
+classified as evaluate classified it. An image must have the model's size
+unless --resize: then it is scaled to cover that size and centre-cropped
+(Pillow's ImageOps.fit). A bad file gets one line `error: <file>: <reason>`;
+the others are still classified, and the exit status is 1.
 """
 
 import dataclasses

@@ -1,50 +1,49 @@
-"""Released models: one run's weights in one file, checked by its sha256.
+"""Released models: making them (`release`) and finding them (`path`).
 
-A release (experiments/release.py writes them into pretrained/<name>/) is a
-directory of four files:
+A release (experiments/release.py is the command line; pretrained/<name>/) is
+a directory of three files:
 
 - weights.msgpack: one run's {'params', 'batch_stats'}, in Flax's msgpack
   format (`flax.serialization.msgpack_restore` reads it without this package);
 - release.json: what they are: step, seed, class names, image shape, the
   normalisation, the weights' size and sha256, the recorded accuracy and the
   CPU check that tests/test_pretrained.py repeats;
-- config.json: the run's config (num_runs=1), as in any workdir;
-- README.md: the same for people.
+- config.json: the run's config (num_runs=1), as in any workdir.
 
-inference.load, and so evaluate and predict, load a release as they load a
-workdir; its weights are refused unless their sha256 is the one recorded.
+The committed releases also keep a README.md for people, written by hand.
+inference.load reads a release as it reads a workdir, refusing weights whose
+sha256 is not the one recorded.
 """
 
 import hashlib
 import json
 import os
 import pathlib
+import shutil
 
 import flax.serialization
 import jax
 import numpy as np
 
-RELEASE_FILE = 'release.json'
-WEIGHTS_FILE = 'weights.msgpack'
+from resnet_jax import checkpoints
+from resnet_jax import datasets
+from resnet_jax import evaluate
+from resnet_jax import inference
+from resnet_jax import report
+from resnet_jax import workdir as workdir_lib
+
 # Where the repository keeps its releases.
 PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / 'pretrained'
 
 
-def sha256(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
-
-
-def is_release(workdir: str) -> bool:
-  return os.path.isfile(os.path.join(workdir, RELEASE_FILE))
-
-
 def path(name: str) -> str:
   """A release's directory: `name` itself, or pretrained/<name>."""
-  if is_release(name):
+  if inference.is_release(name):
     return name
-  if os.sep not in name and is_release(str(PRETRAINED / name)):
+  if os.sep not in name and inference.is_release(str(PRETRAINED / name)):
     return str(PRETRAINED / name)
-  known = sorted(p.parent.name for p in PRETRAINED.glob(f'*/{RELEASE_FILE}'))
+  known = sorted(p.parent.name
+                 for p in PRETRAINED.glob(f'*/{inference.RELEASE_FILE}'))
   raise ValueError(f'no release {name!r}: the releases are '
                    f'{", ".join(known) or "none"} (in {PRETRAINED}), or give '
                    'the path of a release directory')
@@ -57,52 +56,92 @@ def write(out: str, variables: dict, record: dict) -> dict:
   """
   data = flax.serialization.msgpack_serialize(
       jax.tree.map(np.asarray, jax.device_get(variables)))
-  with open(os.path.join(out, WEIGHTS_FILE), 'wb') as f:
+  with open(os.path.join(out, inference.WEIGHTS_FILE), 'wb') as f:
     f.write(data)
-  record = record | {'weights': {'file': WEIGHTS_FILE, 'bytes': len(data),
-                                 'sha256': sha256(data)}}
-  with open(os.path.join(out, RELEASE_FILE), 'w') as f:
+  record = record | {'weights': {
+      'file': inference.WEIGHTS_FILE, 'bytes': len(data),
+      'sha256': hashlib.sha256(data).hexdigest()}}
+  with open(os.path.join(out, inference.RELEASE_FILE), 'w') as f:
     json.dump(record, f, indent=2)
     f.write('\n')
   return record
 
 
-def read(workdir: str) -> tuple[dict, dict]:
-  """(variables with a run axis of size 1, release.json's record).
+def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
+            data_note: str = '', check_split: str = 'validation',
+            data_dir: str | None = None, command: str = '') -> dict:
+  """Writes run `run` of `workdir`'s checkpoint as a release into `out`.
+
+  config.json holds the run alone (num_runs=1, its seed; a measured
+  normalisation written in as constants, so that the release needs no data;
+  `data_dir`, where the dataset is here). release.json records, besides, how
+  many images of `check_split` (none when empty) this machine classifies
+  correctly: the CPU check. `command` is recorded as what released it.
+  Returns release.json's record.
 
   Raises:
-    ValueError: release.json unreadable, the weights missing, or their
-      sha256 not the recorded one.
+    ValueError: `out` exists and is not empty; no such workdir, run or
+      checkpoint. Nothing stays in `out` then.
   """
-  record_path = os.path.join(workdir, RELEASE_FILE)
+  if not out.strip():
+    raise ValueError('--out is empty; name a new directory for the release')
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    raise ValueError(f'--out={out} exists and is not empty; releases go to a '
+                     'new directory')
+  loaded = inference.load(workdir, checkpoint, run=run)  # Checks them.
+  config = inference.read_config(workdir, data_dir)
+  num_runs, config.num_runs, config.seed = config.num_runs, 1, loaded.seed
+  mean, std = ([float(x) for x in v] for v in (loaded.mean, loaded.std))
+  if config.data.normalization == 'measured':  # Needs no training data.
+    config.data.update({'normalization': 'constants', 'mean': mean,
+                        'std': std})
+  summary = report.read_summary(workdir)
+  figures = summary['runs'][run] if summary.get('steps') == loaded.step else {}
+  record = {
+      'model': f'resnet{config.model.depth}', 'dataset': config.data.name,
+      'data_note': data_note, 'step': loaded.step, 'seed': loaded.seed,
+      'released_from': {'workdir': workdir, 'run': run, 'num_runs': num_runs,
+                        'checkpoint': str(checkpoint), 'command': command},
+      'class_names': loaded.class_names and list(loaded.class_names),
+      'image_shape': list(loaded.image_shape),
+      # What inference normalises with, as a checkpoint records it.
+      checkpoints.RECORDED: {'normalization': {'mean': mean, 'std': std}},
+      'num_params': sum(x.size for x in jax.tree.leaves(
+          loaded.variables['params'])),
+      # The training data's fingerprint: readers refuse a changed folder.
+      'training': {'train_data': loaded.train_data},
+      'validation': {'accuracy': figures['final_val_accuracy'],
+                     'loss': figures['final_val_loss'],
+                     'examples': summary['eval_examples']}
+                    if 'final_val_accuracy' in figures else None}
+  created = not os.path.exists(out)
   try:
-    with open(record_path) as f:
-      record = json.load(f)
-    expected = record['weights']['sha256']
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'{record_path} is not a release record: {e}') from None
-  weights_path = os.path.join(workdir, WEIGHTS_FILE)
-  try:
-    with open(weights_path, 'rb') as f:
-      data = f.read()
-  except OSError as e:
-    raise ValueError(f'cannot read the weights of the release {workdir}: '
-                     f'{e.strerror}: {weights_path}') from None
-  if sha256(data) != expected:
-    raise ValueError(f'{weights_path} has sha256 {sha256(data)}, not the '
-                     f'{expected} that {RELEASE_FILE} records: the weights '
-                     'were changed or damaged; take the release again')
-  variables = flax.serialization.msgpack_restore(data)
-  return jax.tree.map(lambda x: np.asarray(x)[None], variables), record
+    os.makedirs(out, exist_ok=True)
+    workdir_lib.write_json(os.path.join(out, inference.CONFIG_FILE),
+                           json.loads(config.to_json_best_effort()))
+    record = write(out, loaded.variables, record)  # Loadable, for the check.
+    return write(out, loaded.variables, record | {
+        'cpu_check': count_correct(out, check_split) if check_split else None})
+  except BaseException:
+    # `out` was empty: all in it is this release's, half written.
+    shutil.rmtree(out, ignore_errors=True)
+    if not created:
+      os.makedirs(out, exist_ok=True)
+    raise
 
 
-def check_shapes(variables: dict, expected: dict, workdir: str) -> None:
-  """Raises ValueError unless `variables` has `expected`'s tree and shapes."""
-  def shapes(tree):
-    return {jax.tree_util.keystr(p): tuple(x.shape)
-            for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-  got, want = shapes(variables), shapes(expected)
-  if got != want:
-    differ = sorted(set(got.items()) ^ set(want.items()))[:3]
-    raise ValueError(f'the weights of {workdir} are not of the model its '
-                     f'config.json describes (first differences: {differ})')
+def count_correct(workdir: str, split: str) -> dict:
+  """How many images of `split` run 0 of `workdir` classifies correctly.
+
+  On this machine's default devices: {'correct', 'examples', 'split' (as
+  loaded), 'device', 'jax'}.
+  """
+  loaded = inference.load(workdir)
+  tfds_split = evaluate.resolve_split(loaded.config, split)
+  ds = datasets.load_split(loaded.config.data, tfds_split)
+  # Refuses training data changed since the run (a reshuffled folder).
+  inference.examples_trained_on(loaded, ds)
+  logits = loaded.logits(ds.images, batch_size=loaded.config.eval_batch_size)
+  return {'correct': int((logits.argmax(-1) == ds.labels).sum()),
+          'examples': len(ds.labels), 'split': tfds_split,
+          'device': jax.devices()[0].device_kind, 'jax': jax.__version__}

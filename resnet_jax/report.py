@@ -1,24 +1,10 @@
 """What a model gets right and wrong: metrics, pictures, training curves.
 
-Pure functions of NumPy arrays (labels, predictions, logits, images) and of a
-workdir's TensorBoard events; evaluate.py and curves.py write their results
-into the workdir.
-
-Conventions:
-
-- The confusion matrix has the true class along rows and the predicted class
-  along columns: row sums are the class counts, column sums the prediction
-  counts, the trace the correct predictions.
-- A class's accuracy is its recall: the fraction of its examples predicted as
-  it. Precision is the fraction of the predictions of a class that are right;
-  F1 = 2 TP / (2 TP + FP + FN).
-- A ratio with nothing to count (the precision of a class never predicted, the
-  recall of a class with no examples) is NaN in arrays and null in JSON, never
-  a made-up 0; macro averages are over the classes where it is defined.
-
-Pictures are drawn with Matplotlib's Agg renderer through `Figure` objects,
-never pyplot: nothing opens a window, and the caller's pyplot state (in a
-notebook, say) is left alone.
+Pure functions of NumPy arrays and of a workdir's TensorBoard events. The
+confusion matrix has true classes along rows, predictions along columns; a
+class's accuracy is its recall. A ratio with nothing to count is NaN (null in
+JSON), never a made-up 0; macro averages skip it. Pictures use Matplotlib
+`Figure`s, never pyplot: no window opens and a notebook's state is untouched.
 """
 
 from collections.abc import Mapping, Sequence

@@ -1,24 +1,13 @@
 """Several independent runs in one program: a leading run axis.
 
-With config.num_runs = r, run i is the run of seed + i: its own
-initialisation, data order, augmentation keys, batch-norm statistics and
-metrics. Every array of the train state carries the run axis first (r = 1
-included, so a checkpoint's layout does not depend on r), and the steps are
-mapped over it, in one of two ways (config.vectorize_runs):
-
-- a loop over the runs inside the compiled program (the default): each run
-  computes what it computes alone and costs what it costs alone (a lax.map;
-  on a CPU the loop is written out, see experiment.py, and matches a single
-  run to float32 rounding); the runs share one process, one compilation
-  and one call per k steps;
-- `jax.vmap`: one batched operation for all runs. XLA turns a convolution
-  with per-run kernels into a grouped convolution, which the H200 ran at
-  1.5-1.9x the time of the runs' own (README, "Several steps per call,
-  several runs per program"): use it where grouped convolutions are fast. Results match the loop's to float32
-  rounding, not bit for bit.
-
-Collectives inside a step (gradients and batch-norm statistics over the
-devices' 'batch' axis) stay per run either way: never over the runs.
+Run i of config.num_runs is the run of seed + i (its own initialisation, data
+order, augmentation and batch-norm statistics). Every state array has the run
+axis first, r = 1 included, so a checkpoint's layout does not depend on r.
+The steps map over it with a loop inside the program (the default: each run
+computes what it would alone; written out on a CPU) or, with
+config.vectorize_runs, jax.vmap (grouped convolutions: 1.5-1.9x the runs' own
+time on an H200; equal to the loop to float32 rounding). Collectives stay per
+run: never over the runs.
 """
 
 import jax

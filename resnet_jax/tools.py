@@ -1,14 +1,8 @@
 """What every command does: quiet start-up and one error path.
 
-Every command of the project (main, evaluate, predict, curves, the sweep)
-runs through `run`: a ValueError anywhere (a bad config value, a missing
-workdir or dataset, an unreadable checkpoint) ends it with one line
-`error: ...` on stderr and exit status 1, never a traceback. The project's
-modules raise ValueError (or a subclass) for everything a user can cause.
---help succeeds (status 0).
-
-It imports nothing of the project, so that every module may use `one_line`
-and `flatten`, which shape its messages.
+Every command runs through `run`: a ValueError anywhere ends it with one line
+`error: ...` on stderr and status 1, never a traceback; --help exits 0. It
+imports nothing of the project, so every module may use its helpers.
 """
 
 import logging as python_logging

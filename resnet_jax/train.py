@@ -1,26 +1,13 @@
 """The training loop: one run from a config into a workdir.
 
-`train_and_evaluate` validates everything it can before it writes anything,
-loads the data into memory, builds the run (experiment.py), restores the
-newest readable checkpoint if the workdir has one, and trains, evaluating,
-logging and checkpointing as the config says. At the end it evaluates the
-test split (when there is one) and writes `summary.json` into the workdir.
-
-Every batch is a pure function of (seed, step), and so is its augmentation;
-what the loop itself carries from step to step (`LoopState`) is saved with
-each checkpoint. So a run killed at any moment and rerun ends bit-identical
-to one never interrupted: same parameters, same logged metrics, same summary.
-
-The loop runs config.steps_per_call steps per jitted call, a call ending
-early where a log, evaluation, checkpoint or profile is due, so these land on
-the same steps whatever the number: the result does not depend on it (to
-float32 rounding on a CPU: see experiment.py). It
-trains config.num_runs runs at once (runs.py); metrics, evaluations and the
-summary are per run, with the runs' mean.
-
-The loop reads the metrics back from the device only when it logs, evaluates
-or saves; it checks then that every step's loss was finite (and the state
-before it is saved), and stops naming the first step that was not.
+`train_and_evaluate` checks everything it can before it writes anything,
+restores the newest readable checkpoint, trains (validating, logging and
+saving when `due`), tests at the end and writes summary.json. Every batch is
+a function of (seed, step) and the loop's own state (`LoopState`) is saved
+with each checkpoint, so a run killed at any moment and rerun ends
+bit-identical. Calls of config.steps_per_call steps end wherever something is
+due, so the result does not depend on it. Metrics come back from the device
+only when due; a non-finite loss stops the run naming its step, unsaved.
 """
 
 from collections.abc import Callable, Iterator

@@ -1,13 +1,9 @@
 """The run's directory: checked before use, held by one trainer at a time.
 
-Two trainers on one workdir would write each other's checkpoints and mix
-their logs. The trainer holds an exclusive `flock` on the directory itself
-for as long as it runs: the kernel releases it when the process ends, however
-it ends (kill -9 included), so a dead holder never leaves it stuck, and
-taking it writes nothing. Once the holder writes the workdir, it leaves its
-pid, host and start time in HOLDER_FILE so that a refused trainer can name it.
-Object stores (gs://...) cannot be locked: there, one trainer per workdir is
-the user's business.
+The trainer holds an exclusive `flock` on the workdir while it runs: the
+kernel releases it however the process ends (kill -9 included), and taking it
+writes nothing. The holder's pid, host and start time go in HOLDER_FILE so a
+refused trainer can name it. Object stores (gs://) cannot be locked.
 """
 
 import fcntl

@@ -4,6 +4,7 @@ import itertools
 
 from hypothesis import given
 from hypothesis import strategies as st
+import ml_collections
 import numpy as np
 import pytest
 
@@ -32,8 +33,18 @@ def ids(batch) -> np.ndarray:
 
 def test_steps_per_epoch_drops_the_last_partial_batch():
   assert bt.steps_per_epoch(45_000, 128) == 351
-  with pytest.raises(ValueError, match='exceeds'):
-    bt.steps_per_epoch(5, 8)
+  for batch_size in (8, 0):
+    with pytest.raises(ValueError, match='must be in 1..5, the training'):
+      bt.steps_per_epoch(5, batch_size)
+
+
+def test_total_steps_are_epochs_of_full_batches_or_num_train_steps():
+  # The one count of the trainer (experiment.build) and the config checks.
+  config = ml_collections.ConfigDict(dict(num_epochs=2.5, batch_size=8,
+                                          num_train_steps=7))
+  assert bt.total_steps(config, 50) == 15  # 2.5 epochs of 6 steps.
+  config.num_epochs = -1.0
+  assert bt.total_steps(config, 50) == 7
 
 
 def test_train_batch_is_a_pure_function_of_seed_and_step():
@@ -84,10 +95,11 @@ def test_process_slices_concatenate_to_the_global_batch(process_count):
 
 
 def test_batch_not_divisible_by_processes_is_rejected():
-  with pytest.raises(ValueError, match='multiple of the 3 processes'):
+  refusal = 'size=16 does not divide over 3 processes; use a multiple of 3'
+  with pytest.raises(ValueError, match=refusal):
     bt.train_batch(indexed_dataset(100), seed=0, step=0, global_batch_size=16,
                    process_count=3)
-  with pytest.raises(ValueError, match='multiple of the 3 processes'):
+  with pytest.raises(ValueError, match=refusal):
     next(bt.eval_batches(indexed_dataset(10), global_batch_size=16,
                          process_count=3))
 

@@ -245,10 +245,11 @@ def _largest_array_file(step_dir):
 
 
 def _flip_bytes(step_dir):
+  # One bit of an array's value: Orbax 0.12.8 restores it, wrong, without
+  # complaint (the fingerprint catches it).
   path = _largest_array_file(step_dir)
   data = bytearray(path.read_bytes())
-  middle = len(data) // 2
-  data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+  data[len(data) // 2] ^= 1
   path.write_bytes(bytes(data))
 
 
@@ -550,6 +551,17 @@ def test_a_damaged_metrics_file_is_skipped_by_trainers_and_readers(
     assert ckpt.best_step() == 4
 
 
+def test_non_finite_bfloat16_values_are_caught_too(open_checkpointer):
+  ckpt = open_checkpointer()
+  ckpt.save(2, {'w': jnp.zeros(3, jnp.bfloat16)})
+  ckpt.save(4, {'w': jnp.full(3, jnp.nan, jnp.bfloat16)})
+  ckpt.wait_until_finished()
+
+  reader = open_checkpointer()
+  restored = reader.restore({'w': jnp.ones(3, jnp.bfloat16)})
+  assert not restored['w'].any() and reader.unreadable_steps == [4]
+
+
 def test_a_restored_state_with_non_finite_values_is_never_trained_on(
     open_checkpointer, tmp_path, fresh, trained):
   ckpt = open_checkpointer()
@@ -562,3 +574,19 @@ def test_a_restored_state_with_non_finite_values_is_never_trained_on(
   reader = open_checkpointer()
   assert int(reader.restore(fresh).step) == 123  # Step 2's state.
   assert reader.unreadable_steps == [4]
+
+
+def test_a_step_asked_for_that_vanishes_before_its_metadata_is_named(
+    open_checkpointer, tmp_path, trained):
+  writer = open_checkpointer()
+  writer.save(4, trained)
+  writer.save(6, trained)
+  writer.close()
+  reader = open_checkpointer()
+  assert reader.all_steps() == [4, 6]
+  shutil.rmtree(tmp_path / 'checkpoints' / '4')  # A trainer's cleanup.
+
+  with pytest.raises(checkpoints.UnreadableCheckpointError,
+                     match='checkpoint 4 in .* was deleted while it was read'):
+    reader.stored_metadata(4)
+  assert reader.stored_metadata()['dataset'] == 'cifar10'

@@ -83,6 +83,15 @@ def test_a_workdir_inside_the_image_folder_is_refused(tmp_path):
     datasets.load_split(config.data, 'train')
 
 
+def test_a_run_inside_a_split_is_named_as_a_run_not_an_empty_class(tmp_path):
+  root = tmp_path / 'data'
+  write_split(root, 'train', 4)
+  (root / 'train' / 'run' / 'checkpoints').mkdir(parents=True)
+  with pytest.raises(datasets.DatasetUnavailableError,
+                     match=r'/data/train/run holds a run \(its checkpoints\)'):
+    datasets.check_available(folder_config(root).data)
+
+
 def test_the_first_run_into_the_image_folder_is_refused(tmp_path):
   root = tmp_path / 'data'
   write_split(root, 'train', 4)

@@ -139,6 +139,17 @@ def test_image_folder_decodes_each_split_once_until_it_changes(
   assert len(decoded) == 12 + 11
 
 
+def test_a_class_added_to_another_split_relabels_a_loaded_split(tmp_path):
+  write_images(tmp_path / 'train', {'b': 1, 'c': 1})
+  config = data_config(name='image_folder', data_dir=str(tmp_path))
+  assert datasets.load_split(config, 'train').class_names == ('b', 'c')
+  # The labels index the classes of all the splits: 'a' moves them.
+  write_images(tmp_path / 'test', {'a': 1}, first_id=10)
+  relabelled = datasets.load_split(config, 'train')
+  assert relabelled.class_names == ('a', 'b', 'c')
+  assert sorted(relabelled.labels) == [1, 2]
+
+
 def test_an_image_folder_source_names_its_files_sizes_and_pixels(folder):
   config, _ = folder
   path = next(pathlib.Path(config.data_dir).glob('train/cat/*.png'))

@@ -20,11 +20,12 @@ import pytest
 
 import jpeg_copy
 import resnet_jax
+from resnet_jax import inference
 from resnet_jax import releases
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RELEASES = sorted(p.parent for p in releases.PRETRAINED.glob(
-    f'*/{releases.RELEASE_FILE}'))
+    f'*/{inference.RELEASE_FILE}'))
 
 
 def test_the_readme_shows_each_releases_recorded_figures():
@@ -35,7 +36,7 @@ def test_the_readme_shows_each_releases_recorded_figures():
       'resnet20', 'resnet56'}
   for name, accuracy, params in shown:
     record = json.loads(
-        (releases.PRETRAINED / name / releases.RELEASE_FILE).read_text())
+        (releases.PRETRAINED / name / inference.RELEASE_FILE).read_text())
     assert float(accuracy) == round(100 * record['validation']['accuracy'], 2)
     assert int(params.replace(',', '')) == record['num_params']
 

@@ -76,10 +76,8 @@ NOT_RUN = (
      'reads a workdir of 4 runs that only an hour-long training writes'),
     (r'python -m experiments\.(benchmark|torch_benchmark) ',
      'times hundreds of steps: minutes'),
-    (r'bash experiments/', 'benchmark tables or a GPU session: minutes to hours'),
+    (r'bash experiments/', 'benchmark tables: minutes to hours'),
     (r'python -m experiments\.reproduce_table6 ', 'trains several runs: hours'),
-    (r'python3 -m zipfile -e data/train\.zip ',
-     "the GPU session's own copy of the data, on the device"),
 )
 
 

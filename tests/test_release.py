@@ -1,5 +1,7 @@
-"""Releasing one run's weights (experiments/release.py) and loading them."""
+"""Releasing one run's weights (releases.release, experiments/release.py)
+and loading them."""
 
+import hashlib
 import json
 import shutil
 
@@ -8,7 +10,6 @@ import numpy as np
 import pytest
 
 from cli import run_module
-from experiments import release
 from resnet_jax import evaluate
 from resnet_jax import inference
 from resnet_jax import releases
@@ -22,37 +23,42 @@ def fixture_released(run_dir, tmp_path_factory):
                       '--data_note=Fake CIFAR-10 of the tests.')
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.startswith('released run 1 (seed 1), step 4, of ')
+  assert result.stdout.splitlines()[1].startswith('CPU check: ')
   return out
 
 
 @pytest.mark.slow
-def test_a_release_holds_one_runs_config_weights_and_a_readme(released):
+def test_a_release_holds_one_runs_config_weights_and_a_manifest(run_dir,
+                                                                 released):
   config = json.loads((released / 'config.json').read_text())
   assert (config['num_runs'], config['seed']) == (1, 1)
+  # No generated README: release.json is the manifest, read as JSON.
   assert sorted(p.name for p in released.iterdir()) == [
-      'README.md', 'config.json', 'release.json', 'weights.msgpack']
+      'config.json', 'release.json', 'weights.msgpack']
   record = json.loads((released / 'release.json').read_text())
-  assert (record['step'], record['seed'], record['class_names'][0]) == (
-      4, 1, 'airplane')
-  assert record['released_from']['run'] == 1
+  assert (record['model'], record['step'], record['seed'],
+          record['class_names'][0], record['data_note']) == (
+              'resnet8', 4, 1, 'airplane', 'Fake CIFAR-10 of the tests.')
+  assert record['released_from'] == {
+      'workdir': str(run_dir), 'run': 1, 'num_runs': 2,
+      'checkpoint': 'latest', 'command': 'python -m experiments.release '
+      f"--workdir={run_dir} --run=1 --out={released} "
+      "'--data_note=Fake CIFAR-10 of the tests.'"}
+  summary = json.loads((run_dir / 'summary.json').read_text())
+  assert record['validation'] == {
+      'accuracy': summary['runs'][1]['final_val_accuracy'],
+      'loss': summary['runs'][1]['final_val_loss'],
+      'examples': summary['eval_examples']}
   # One run's weights, no optimizer state, readable by Flax alone.
   weights = flax.serialization.msgpack_restore(
       (released / 'weights.msgpack').read_bytes())
   assert set(weights) == {'params', 'batch_stats'}
   assert weights['params']['head']['kernel'].shape == (64, 10)
-  assert record['weights']['sha256'] == releases.sha256(
-      (released / 'weights.msgpack').read_bytes())
-  text = (released / 'README.md').read_text()
-  # For people: the CPU check, and the size and sha256 of every other file.
-  assert release.check_line('validation', record['cpu_check']) in text
-  for path, (size, digest) in release.file_hashes(released).items():
-    assert f'| `{path}` | {size:,} | `{digest}` |' in text, path
-  assert 'ResNet-8' in text and 'seed 1' in text
-  assert 'Fake CIFAR-10 of the tests.' in text
-  assert '--config=configs/smoke.py' in text  # The training command.
-  assert '--config.num_runs=2' in text
-  assert 'python -m experiments.release' in text
-  assert f"resnet_jax.pretrained('{released}')" in text
+  assert record['weights'] == {
+      'file': 'weights.msgpack',
+      'bytes': (released / 'weights.msgpack').stat().st_size,
+      'sha256': hashlib.sha256(
+          (released / 'weights.msgpack').read_bytes()).hexdigest()}
 
 
 @pytest.mark.slow
@@ -128,14 +134,14 @@ def test_no_release_into_a_full_dir_of_no_run_or_of_no_checkpoint(
   full.mkdir()
   (full / 'x').write_text('')
   with pytest.raises(ValueError, match='exists and is not empty'):
-    release.release(str(run_dir), str(full))
+    releases.release(str(run_dir), str(full))
   with pytest.raises(ValueError, match='no run 2 in .*0..1'):
-    release.release(str(run_dir), str(tmp_path / 'a'), run=2)
+    releases.release(str(run_dir), str(tmp_path / 'a'), run=2)
   empty = tmp_path / 'empty'
   empty.mkdir()
   (empty / 'config.json').write_text((run_dir / 'config.json').read_text())
   with pytest.raises(ValueError, match='no checkpoint in'):
-    release.release(str(empty), str(tmp_path / 'b'))
+    releases.release(str(empty), str(tmp_path / 'b'))
   assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
   # On the command line: one line, status 1.
   result = run_module('experiments.release', f'--workdir={run_dir}',

@@ -146,10 +146,6 @@ def test_the_command_of_one_depth_trains_every_seed():
   assert table6.build_command(20, range(1), 'gs://b/t6', {})[4:] == [
       '--workdir=gs://b/t6/resnet20-seeds0-0', '--config.seed=0',
       '--config.num_runs=1']
-  # config.json's lists (the config's tuples) are given as tuples.
-  assert table6.trainer_command('smoke', 'w', {'data.mean': [1.5, 2]}) == [
-      'python', '-m', 'resnet_jax.main', '--config=configs/smoke.py',
-      '--workdir=w', '--config.data.mean=(1.5, 2)']
 
 
 def test_overrides_are_typed_and_reach_the_trainer_unchanged(monkeypatch):
@@ -317,13 +313,15 @@ def test_a_sweep_skips_done_depths_and_reports_failures(tmp_path):
   _write_run(root, 20, seeds, overrides, _summary([0.90, 0.91]))  # Earlier.
   trainer = FakeTrainer({(32, 0): 0.93, (32, 1): 0.94, (44, 0): 0.95,
                          (44, 1): 0.96}, fail={44})
-  summaries, failures = table6.sweep([20, 32, 44], seeds, root, logs,
-                                     overrides, trainer)
+  failures = table6.sweep([20, 32, 44], seeds, root, logs, overrides,
+                          trainer)
   # One trainer per depth, for all seeds; the done depth is not started.
   assert trainer.calls == [table6.build_command(d, seeds, root, overrides)
                            for d in (32, 44)]
+  done = {d: table6.done_summary(root, d, seeds, overrides)
+          for d in (20, 32, 44)}
   assert {d: s and [r['final_val_accuracy'] for r in s['runs']]
-          for d, s in summaries.items()} == {
+          for d, s in done.items()} == {
               20: [0.90, 0.91], 32: [0.93, 0.94], 44: None}
   assert failures == [
       'resnet44-seeds0-1: exit 1: error: the training loss is nan at step 5; '
@@ -331,11 +329,11 @@ def test_a_sweep_skips_done_depths_and_reports_failures(tmp_path):
 
   # Rerun: only the failed depth trains; its log keeps both attempts.
   trainer = FakeTrainer({(44, 0): 0.95, (44, 1): 0.96})
-  summaries, failures = table6.sweep([20, 32, 44], seeds, root, logs,
-                                     overrides, trainer)
+  failures = table6.sweep([20, 32, 44], seeds, root, logs, overrides,
+                          trainer)
   assert [c[4] for c in trainer.calls] == [
       f'--workdir={root}/resnet44-seeds0-1']
-  assert all(summaries.values()) and not failures
+  assert not failures and table6.done_summary(root, 44, seeds, overrides)
   log = (tmp_path / 'logs' / 'resnet44-seeds0-1.log').read_text()
   assert 'training loss is nan' in log
 
@@ -345,9 +343,10 @@ def test_a_finished_depth_of_another_config_goes_to_the_trainer(tmp_path):
   _write_run(root, 20, seeds, {**TYPED, 'num_epochs': 2.0}, _summary([0.90]))
   # Another recipe: the trainer refuses the workdir; the depth is not done.
   trainer = FakeTrainer({(20, 0): 0.5})
-  summaries, failures = table6.sweep([20], seeds, root, logs,
-                                     {**TYPED, 'num_epochs': 4.0}, trainer)
-  assert len(trainer.calls) == 1 and summaries == {20: None}
+  failures = table6.sweep([20], seeds, root, logs,
+                          {**TYPED, 'num_epochs': 4.0}, trainer)
+  assert len(trainer.calls) == 1
+  assert not table6.done_summary(root, 20, seeds, {**TYPED, 'num_epochs': 4.0})
   assert failures[0].startswith('resnet20-seeds0-0: exit 1: error: '
                                 f'checkpoints in {root}/resnet20-seeds0-0/'
                                 'checkpoints come from a different run')
@@ -356,10 +355,10 @@ def test_a_finished_depth_of_another_config_goes_to_the_trainer(tmp_path):
   for changed in ({'log_every_steps': 50}, {'steps_per_call': 4},
                   {'data.data_dir': '/elsewhere'}, {'vectorize_runs': True}):
     overrides = {**TYPED, 'num_epochs': 2.0, **changed}
-    summaries, failures = table6.sweep([20], seeds, root, logs, overrides,
-                                       trainer)
+    failures = table6.sweep([20], seeds, root, logs, overrides, trainer)
     assert len(trainer.calls) == 1 and not failures, changed
-    assert summaries[20]['final_val_accuracy'] == 0.90
+    assert table6.done_summary(root, 20, seeds, overrides)[
+        'final_val_accuracy'] == 0.90
   # Other seeds are another workdir.
   assert table6.done_summary(root, 20, range(1, 2), overrides) is None
 
@@ -392,11 +391,9 @@ def test_sigterm_reaches_the_running_trainer_and_stops_the_sweep(tmp_path,
 
   trainer = FakeTrainer(ends=(143, 'preempted: saved a checkpoint'))
   signal.signal(signal.SIGTERM, trainer)  # As main does.
-  summaries, failures = table6.sweep([20, 32], range(2),
-                                     str(tmp_path / 'runs'),
-                                     str(tmp_path / 'logs'), {}, trainer)
+  failures = table6.sweep([20, 32], range(2), str(tmp_path / 'runs'),
+                          str(tmp_path / 'logs'), {}, trainer)
   assert len(trainer.calls) == 1  # Nothing starts after it.
-  assert summaries == {20: None, 32: None}
   assert failures == [f'resnet20-seeds0-1: exit 143: stopped by SIGTERM; '
                       f'{tmp_path}/logs/resnet20-seeds0-1.log']
 
@@ -477,8 +474,8 @@ def test_a_failure_is_explained_by_its_own_attempt(tmp_path):
   logs.mkdir()
   (logs / 'resnet20-seeds0-0.log').write_text(
       'error: an earlier attempt failed\n')
-  _, failures = table6.sweep([20], range(1), str(tmp_path / 'runs'),
-                             str(logs), {}, FakeTrainer(ends=(137, 'Killed')))
+  failures = table6.sweep([20], range(1), str(tmp_path / 'runs'), str(logs),
+                          {}, FakeTrainer(ends=(137, 'Killed')))
   assert failures == [
       f'resnet20-seeds0-0: exit 137: Killed; {logs}/resnet20-seeds0-0.log']
 
