@@ -1,26 +1,20 @@
 """Batches from a split in memory: the seeded training order, evaluation.
 
 The training order is a pure function of (seed, step): epoch e is the
-permutation `default_rng([seed, e])` of the examples, and step s takes the
-rows of its global batch from it. Nothing depends on iterator state or on the
-number of processes, so a run restored at step k sees exactly the batches of
-an uninterrupted run, and P processes together see the batches of one (each
-takes a contiguous 1/P of every global batch). The last partial batch of an
-epoch is dropped, so every step has a full batch.
+permutation `default_rng([seed, e])` of the examples, cut into consecutive
+global batches (the last partial one dropped), each process taking a
+contiguous 1/P of each. So a run resumed at step k, or split over P
+processes, sees exactly the batches of one uninterrupted process.
 
-Evaluation covers every example exactly once: each process takes a contiguous
-shard of the split and pads its last batches, marking real rows with
-`mask` 1 and padding with 0; all processes yield the same number of batches
-because the eval step is a collective.
-
-The host hands out raw uint8 images and int32 labels; cropping, flipping and
-normalisation run on the device, inside the train step.
+Evaluation covers every example once: each process pads its contiguous shard
+into the same number of batches (the eval step is a collective), `mask` 0 on
+padding. The host hands out raw uint8 images and int32 labels; augmentation
+and normalisation run on the device.
 """
 
 import collections
 from collections.abc import Callable, Iterable, Iterator
 import functools
-import itertools
 
 import numpy as np
 
@@ -36,8 +30,8 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 
 def total_steps(config, num_examples: int) -> int:
-  """The run's training steps: config.num_epochs epochs of `num_examples`
-  examples when > 0, else config.num_train_steps."""
+  """config.num_epochs epochs of `num_examples` when > 0, else
+  config.num_train_steps."""
   if config.num_epochs <= 0:
     return config.num_train_steps
   return round(config.num_epochs *
@@ -45,7 +39,7 @@ def total_steps(config, num_examples: int) -> int:
 
 
 def equal_share(global_batch_size: int, parts: int, what: str,
-                  name: str = 'global batch size') -> int:
+                name: str = 'global batch size') -> int:
   """Each of `parts` equal shares of a global batch (processes, devices)."""
   if global_batch_size <= 0 or global_batch_size % parts:
     raise ValueError(f'{name}={global_batch_size} does not divide over '
@@ -73,12 +67,8 @@ def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 def train_rows(num_examples: int, *, seed: int, step: int,
                global_batch_size: int, process_index: int = 0,
                process_count: int = 1) -> np.ndarray:
-  """Which examples make this process's part of the training batch of `step`.
-
-  A pure function of its arguments: each epoch is a permutation drawn from
-  (seed, epoch), cut into consecutive global batches; the processes' parts,
-  concatenated in process order, are the global batch.
-  """
+  """Which examples make this process's part of the training batch of `step`
+  (see the module docstring)."""
   per_process = _per_process(global_batch_size, process_index, process_count)
   if step < 0:
     raise ValueError(f'step must be >= 0, got {step}')
@@ -91,10 +81,7 @@ def train_rows(num_examples: int, *, seed: int, step: int,
 def train_batch(ds: datasets.InMemoryDataset, *, seed: int, step: int,
                 global_batch_size: int, process_index: int = 0,
                 process_count: int = 1) -> dict[str, np.ndarray]:
-  """This process's part of the global training batch of `step`.
-
-  See train_rows.
-  """
+  """This process's part of the global training batch of `step`."""
   rows = train_rows(ds.num_examples, seed=seed, step=step,
                     global_batch_size=global_batch_size,
                     process_index=process_index, process_count=process_count)
@@ -126,21 +113,15 @@ def eval_batches(ds: datasets.InMemoryDataset, *, global_batch_size: int,
 
 
 def prefetch(iterator: Iterable, put_fn: Callable, size: int = 2) -> Iterator:
-  """Yields put_fn(item) for each item, applying it `size` items ahead.
-
-  put_fn is typically a host-to-device transfer, which JAX runs
-  asynchronously: the next batches travel while the device computes.
-  """
+  """Yields put_fn(item) for each item, applied `size` items ahead: with an
+  (asynchronous) transfer to the devices, the next batches travel while the
+  devices compute."""
   if size < 1:
     raise ValueError(f'prefetch size must be >= 1, got {size}')
-  iterator = iter(iterator)
   queue = collections.deque()
-
-  def enqueue(count):
-    for item in itertools.islice(iterator, count):
-      queue.append(put_fn(item))
-
-  enqueue(size)
+  for item in iterator:
+    queue.append(put_fn(item))
+    if len(queue) == size:
+      yield queue.popleft()
   while queue:
     yield queue.popleft()
-    enqueue(1)

@@ -30,7 +30,6 @@ from resnet_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 SPLIT_ALIASES = {'validation': 'eval_split', 'test': 'test_split'}
-TTA_DESCRIPTION = 'mean of the logits of the image and its horizontal flip'
 
 
 def split_tag(split: str) -> str:
@@ -91,11 +90,6 @@ def resolve_split(config, split: str) -> str:
   return split
 
 
-def flipped(images):
-  """Each image mirrored left to right ((N, H, W, C) arrays)."""
-  return images[:, :, ::-1]
-
-
 def evaluate_images(apply_fn, images, labels, *, batch_size: int,
                     class_names=None, tta: bool = False) -> tuple[dict, object]:
   """Classifies every image once; returns (summary, plain logits).
@@ -107,19 +101,14 @@ def evaluate_images(apply_fn, images, labels, *, batch_size: int,
   logits = inference.batched_logits(apply_fn, images, batch_size)
   summary = report.classification_summary(labels, logits, class_names)
   if tta:
-    flip_logits = inference.batched_logits(apply_fn, flipped(images),
-                                           batch_size)
+    flip_logits = inference.batched_logits(  # (N, H, W, C): W mirrored.
+        apply_fn, images[:, :, ::-1], batch_size)
     summary['tta'] = {
-        'transform': TTA_DESCRIPTION,
+        'transform': 'mean of the logits of the image and its horizontal flip',
         **report.classification_summary(labels, (logits + flip_logits) / 2,
                                         class_names),
     }
   return summary, logits
-
-
-def _check_writable(workdir: str):
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise ValueError(f'cannot write the results into {workdir}: not writable')
 
 
 def run(workdir: str, split: str = 'test', checkpoint='latest',
@@ -141,7 +130,8 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
   inference.check_run(config, workdir, run, ensemble)  # Before any data.
   tfds_split = resolve_split(config, split)
   tag = file_tag(split, run, ensemble)
-  _check_writable(workdir)
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ValueError(f'cannot write the results into {workdir}: not writable')
   loaded = inference.load(workdir, checkpoint, run=run, ensemble=ensemble,
                           data_dir=data_dir)
   try:
@@ -166,20 +156,16 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
     summary['runs'] = []
     for i, (seed, run_logits) in enumerate(zip(loaded.seeds, per_run,
                                                strict=True)):
-      figures = report.classification_summary(ds.labels, run_logits,
-                                              class_names)
-      summary['runs'].append({'run': i, 'seed': seed,
-                              'accuracy': figures['accuracy'],
-                              'loss': figures['loss']})
+      figures = report.classification_summary(ds.labels, run_logits)
+      summary['runs'].append({'run': i, 'seed': seed, **{
+          key: figures[key] for key in ('accuracy', 'loss')}})
 
   probabilities = report.softmax(logits)
   mistakes = report.most_confident_mistakes(
       ds.labels, probabilities, min(num_misclassified, report.MAX_PICTURED))
-  files = {
-      'json': os.path.join(workdir, f'eval_{tag}.json'),
-      'confusion': os.path.join(workdir, f'confusion_{tag}.png'),
-      'misclassified': os.path.join(workdir, f'misclassified_{tag}.png'),
-  }
+  files = {'json': f'eval_{tag}.json', 'confusion': f'confusion_{tag}.png',
+           'misclassified': f'misclassified_{tag}.png'}
+  path = {kind: os.path.join(workdir, name) for kind, name in files.items()}
   result = {
       'workdir': os.path.abspath(workdir),
       'dataset': config.data.name,
@@ -195,18 +181,18 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
       # report.MAX_PICTURED, at most the mistakes made.
       'misclassified_shown': len(mistakes),
       'misclassified_asked': num_misclassified,
-      'files': {kind: os.path.basename(path) for kind, path in files.items()},
+      'files': files,
   }
   what = (f'{config.data.name} {tfds_split}, step {loaded.step}, '
           f'{loaded.describe()}')
   report.confusion_png(summary['confusion_matrix'], class_names,
-                       files['confusion'], title=what)
+                       path['confusion'], title=what)
   report.misclassified_grid_png(
       ds.images[mistakes], ds.labels[mistakes],
       probabilities[mistakes].argmax(-1), probabilities[mistakes].max(-1),
-      class_names, files['misclassified'],
+      class_names, path['misclassified'],
       title=f'{len(mistakes)} most confident mistakes: {what}')
-  workdir_lib.write_json(files['json'], result)
+  workdir_lib.write_json(path['json'], result)
   return result
 
 

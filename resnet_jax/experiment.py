@@ -209,12 +209,11 @@ class Experiment:
 
   @property
   def _unroll_loops(self) -> bool:
-    # XLA's CPU backend runs the train step ~30x slower inside a lax.scan
-    # than outside one (ResNet-20 on 2 cores: 9.8 s against 0.31 s, JAX
-    # 0.10.2), so on CPUs the loops over steps and runs are written out in
-    # the program: compilation grows with k and r instead, which CPUs keep
-    # small. XLA then schedules the written-out steps' arithmetic together,
-    # so k > 1 matches k = 1 to float32 rounding there, not bit for bit.
+    # XLA:CPU runs the train step ~30x slower inside a lax.scan (ResNet-20 on
+    # 2 cores: 9.8 s against 0.31 s, JAX 0.10.2): on CPUs the loops over
+    # steps and runs are written out (runs.scan), compilation growing with k
+    # and r instead. XLA then schedules the written-out steps together, so
+    # k > 1 matches k = 1 to float32 rounding there, not bit for bit.
     return self.dp.devices[0].platform == 'cpu'
 
   @functools.cached_property
@@ -240,13 +239,7 @@ class Experiment:
       length = jax.tree.leaves(batches)[0].shape[1]
       inputs = (jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batches),
                 first_step + jnp.arange(length, dtype=jnp.int32))
-      if not unroll:
-        return jax.lax.scan(body, state, inputs)
-      sums = []
-      for t in range(length):
-        state, step_sums = body(state, runs.take(inputs, t))
-        sums.append(step_sums)
-      return state, runs.stack(sums)
+      return runs.scan(body, state, inputs, unroll)
 
     def train_steps(state, batches, augment_keys, first_step, *data,
                     axis_name):

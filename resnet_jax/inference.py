@@ -1,12 +1,9 @@
-"""A trained run loaded for inference: its config, model and one checkpoint.
+"""A trained run loaded for inference, for evaluate.py and predict.py.
 
-`load` rebuilds the model from a workdir's config.json (or a release's,
-releases.py), restores one checkpoint's variables, and gives logits of uint8
-pixels: the model in inference mode after the normalisation the run trained
-with. One run of the checkpoint's config.num_runs (run i: seed config.seed +
-i), or their ensemble (the mean of the runs' logits). Loading writes
-nothing, so a run can be inspected while it trains. evaluate.py and
-predict.py are built on it.
+`load` rebuilds the model from a workdir's (or a release's) config.json and
+restores one checkpoint of one run, or of all for their ensemble (the mean
+of the runs' logits); its logits are of uint8 pixels, normalised as in
+training. Loading writes nothing, so a run can be inspected while it trains.
 """
 
 from collections.abc import Callable
@@ -159,8 +156,8 @@ class Loaded:
 
 
 def batched_logits(apply_fn, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """`apply_fn` over `images` in batches, each image once (the last batch
-  zero-padded, so that a jitted `apply_fn` compiles once)."""
+  """`apply_fn` over `images` in batches, the last zero-padded (so that a
+  jitted `apply_fn` compiles once)."""
   if batch_size < 1:
     raise ValueError(f'batch size must be positive, got {batch_size}')
   outputs = []
@@ -173,20 +170,13 @@ def batched_logits(apply_fn, images: np.ndarray, batch_size: int) -> np.ndarray:
     outputs.append(np.asarray(jax.device_get(apply_fn(chunk)))[:real])
   if not outputs:
     raise ValueError('no images to classify')
-  logits = np.concatenate(outputs).astype(np.float32, copy=False)
-  if len(logits) != len(images):
-    raise RuntimeError(f'computed {len(logits)} logits for {len(images)} '
-                       'images')
-  return logits
+  return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
 def read_config(workdir: str,
                 data_dir: str | None = None) -> ml_collections.ConfigDict:
-  """The config the run in `workdir` trained with, from its config.json.
-
-  Validated as the trainer's (a hand-edited one fails in one line naming the
-  field); with `data_dir`, the dataset is there instead.
-  """
+  """The config.json the run in `workdir` trained with, validated as the
+  trainer's; with `data_dir`, the dataset is there instead."""
   if not os.path.isdir(workdir):
     raise ValueError(f'workdir {workdir} does not exist or is not a directory')
   path = os.path.join(workdir, CONFIG_FILE)
@@ -198,8 +188,7 @@ def read_config(workdir: str,
     with open(path) as f:
       # JSON has no tuples: tuple fields (mean, std, ...) come back as lists.
       config = ml_collections.ConfigDict(json.load(f))
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError,
-          AttributeError, ValueError) as e:
+  except (OSError, ValueError, TypeError, AttributeError) as e:
     raise ValueError(f'{path} is not a config written by the trainer: '
                      f'{str(e) or type(e).__name__}') from None
   if 'num_runs' not in config:
@@ -305,12 +294,8 @@ def is_release(workdir: str) -> bool:
 
 
 def _read_release(workdir: str) -> tuple[dict, dict]:
-  """(variables with a run axis of size 1, release.json's record).
-
-  Raises:
-    ValueError: release.json unreadable, the weights missing, or their
-      sha256 not the recorded one.
-  """
+  """(variables with a run axis of size 1, release.json's record), the
+  weights checked against the sha256 it records."""
   record_path = os.path.join(workdir, RELEASE_FILE)
   try:
     with open(record_path) as f:
@@ -350,14 +335,9 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
   """Loads a checkpoint of the runs in `workdir` (or a release) for inference.
 
   `checkpoint`: 'latest' (the newest that reads back intact), 'best' (by
-  validation accuracy) or a step. `run`: which run; `ensemble`: all of them.
-  `data_dir`: where the run's dataset is, if not where config.json says (it
-  is read only for checkpoints older than the recorded normalisation).
-  config.json must agree with the checkpoint's record of the recipe.
-
-  Raises:
-    ValueError: one line: no such workdir, run or checkpoint, a config.json
-      or checkpoint of another model, data needed but missing.
+  validation accuracy) or a step. `data_dir`: where the dataset is, if not
+  where config.json says (read only for checkpoints older than the recorded
+  normalisation). Any failure is a one-line ValueError.
   """
   checkpoint = parse_checkpoint(checkpoint)
   config = read_config(workdir, data_dir)
@@ -395,29 +375,26 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
       config, dp=parallel.DataParallel('jit'), train_ds=train_ds,
       image_shape=tuple(int(n) for n in stored['image_shape']),
       normalization=normalization)
-  metadata = exp.checkpoint_metadata(training=False)
-  if training:
-    # config.json must describe the recipe the checkpoint was trained by.
-    metadata['training'] = experiment.recipe(config)
+  target = exp.abstract_state()
   if released is not None:
-    target = exp.abstract_state()
-    _check_shapes(released, {'params': target.params,
-                             'batch_stats': target.batch_stats}, workdir)
-    state = released | {'step': np.array([stored['step']])}
+    variables, step = released, stored['step']
+    _check_shapes(variables, {'params': target.params,
+                              'batch_stats': target.batch_stats}, workdir)
   else:
-    # The checkpoints must be of the model config.json describes: the
-    # checkpointer compares its metadata before restoring anything.
+    # The checkpoints must be of the model (and recipe) config.json
+    # describes: the checkpointer compares its metadata before restoring.
+    metadata = exp.checkpoint_metadata(training=False)
+    if training:
+      metadata['training'] = experiment.recipe(config)
     with checkpoints.Checkpointer(directory, metadata=metadata,
                                   read_only=True) as checkpointer:
-      state = checkpointer.restore(exp.abstract_state(), step=step)
-      state = {'step': state.step, 'params': state.params,
-               'batch_stats': state.batch_stats}
+      state = checkpointer.restore(target, step=step)
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    step = state.step[0]
   return Loaded(
-      config=config, model=exp.model,
-      all_variables={'params': state['params'],
-                     'batch_stats': state['batch_stats']},
+      config=config, model=exp.model, all_variables=variables,
       run=None if ensemble else run,
-      step=int(state['step'][0]), image_shape=exp.image_shape, mean=exp.mean,
+      step=int(step), image_shape=exp.image_shape, mean=exp.mean,
       std=exp.std, class_names=_class_names(config, stored),
       logits_fn=exp.logits_fn, train_data=training.get('train_data'))
 

@@ -33,8 +33,19 @@ _SCALAR_METADATA = scalar_metadata.create_summary_metadata('', '')
 _file_numbers = itertools.count()
 
 
-class MetricWriter:
-  """Logs scalars and hyperparameters, and writes them for TensorBoard.
+class _Closes:
+  """`with writer:` closes it at the end."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
+
+class MetricWriter(_Closes):
+  """Logs scalars (unless `log` is False) and writes them into a new event
+  file in `logdir` (none when it is None).
 
   Every write goes to the file at once (no thread, no queue): a killed run
   loses nothing it logged, at most the end of the record being written.
@@ -42,10 +53,6 @@ class MetricWriter:
 
   def __init__(self, logdir: str | os.PathLike[str] | None, *,
                log: bool = True):
-    """Logs only when `logdir` is None; else writes a new event file there.
-
-    With `log` False, scalars go to the file alone.
-    """
     self._log = log
     self._records = None
     if logdir is not None:
@@ -58,11 +65,10 @@ class MetricWriter:
       self._write(event_pb2.Event(file_version='brain.Event:2'))
 
   def _write(self, event: event_pb2.Event, step: int = 0):
-    if self._records is not None:
-      event.wall_time = time.time()  # Tells which of two writes is later.
-      event.step = step
-      self._records.write(event.SerializeToString())
-      self._records.flush()
+    event.wall_time = time.time()  # Tells which of two writes is later.
+    event.step = step
+    self._records.write(event.SerializeToString())
+    self._records.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     if self._log:  # clu's LoggingWriter's line, which people and tests read.
@@ -87,9 +93,7 @@ class MetricWriter:
       summary = hparams_summary.hparams_pb(dict(hparams))
       self._write(event_pb2.Event(summary=summary))
 
-  def flush(self):
-    if self._records is not None:
-      self._records.flush()
+  def flush(self):  # The file is flushed at each write.
     logging.flush()
 
   def close(self):
@@ -99,12 +103,6 @@ class MetricWriter:
       self._records = None
     logging.flush()
 
-  def __enter__(self) -> 'MetricWriter':
-    return self
-
-  def __exit__(self, *exc_info):
-    self.close()
-
 
 def create_writer(logdir: str | os.PathLike[str], *,
                   just_logging: bool) -> MetricWriter:
@@ -112,13 +110,12 @@ def create_writer(logdir: str | os.PathLike[str], *,
   return MetricWriter(None if just_logging else logdir)
 
 
-class RunsWriter:
+class RunsWriter(_Closes):
   """The trainer's writer for config.num_runs runs trained together.
 
-  Scalars come per run. Their mean is logged and written into `logdir` (for
-  one run, that run's value: the files of a single run are as before); with
-  several runs each run's own values also go to `logdir`/run_<i>, which
-  TensorBoard shows as runs side by side.
+  The runs' mean is logged and written into `logdir` (one run's value when
+  alone); with several runs each run's own values also go to
+  `logdir`/run_<i>, which TensorBoard shows side by side.
   """
 
   def __init__(self, logdir: str | os.PathLike[str], num_runs: int, *,
@@ -140,18 +137,11 @@ class RunsWriter:
     self.mean.write_hparams(hparams)
 
   def flush(self):
-    for writer in [self.mean, *self.runs]:
-      writer.flush()
+    self.mean.flush()  # Each run's file is flushed at each write.
 
   def close(self):
     for writer in [self.mean, *self.runs]:
       writer.close()
-
-  def __enter__(self) -> 'RunsWriter':
-    return self
-
-  def __exit__(self, *exc_info):
-    self.close()
 
 
 def run_dir(run: int) -> str:

@@ -8,12 +8,8 @@ import jax
 
 
 class Stopwatch:
-  """Training time, with compilation and pauses (evaluation, saving) left out.
-
-  After big_vision's Chrono: the first step (tracing and compiling) is not
-  counted, and everything the loop does between steps runs inside `pause()`,
-  so the rates are those of training alone.
-  """
+  """Training time without the first step (compiling) or `pause()` blocks
+  (evaluation, saving), as big_vision's Chrono."""
 
   def __init__(self, earlier_seconds: float = 0.0):
     # earlier_seconds: wall time of the processes this run resumes from.
@@ -21,16 +17,18 @@ class Stopwatch:
     self._earlier = earlier_seconds
     self._first_step_done = None  # (step, time) once the first step ran.
     self._paused = 0.0  # Seconds paused since the first step.
-    self._mark = None  # (step, training seconds) at the last `rate` call.
+    self._mark = None  # (step, training seconds) at the last steps_per_second.
 
   def seconds_since_first_step(self) -> float:
-    """Wall seconds since the first step finished (0 before)."""
-    if self._first_step_done is None:
-      return 0.0
+    """Wall seconds since the first step finished (it must have)."""
     return time.monotonic() - self._first_step_done[1]
 
   def _training_seconds(self) -> float:
-    return time.monotonic() - self._first_step_done[1] - self._paused
+    return self.seconds_since_first_step() - self._paused
+
+  def _steps_after_first(self, step: int) -> int:
+    first = self._first_step_done
+    return 0 if first is None else max(step - first[0], 0)
 
   def step_done(self, step: int, outputs) -> None:
     """Call after each step; waits for the first one to finish, only."""
@@ -60,21 +58,15 @@ class Stopwatch:
 
   def images_per_second(self, step: int, batch_size: int) -> float | None:
     """Training images per second from after the first step to `step`."""
-    if self._first_step_done is None or step <= self._first_step_done[0]:
-      return None
-    steps = step - self._first_step_done[0]
-    return steps * batch_size / max(self._training_seconds(), 1e-9)
+    steps = self._steps_after_first(step)
+    return (steps * batch_size / max(self._training_seconds(), 1e-9)
+            if steps else None)
 
   def wall_seconds_per_step(self, step: int) -> float | None:
-    """Wall seconds per step from after the first step to `step`.
-
-    Everything counts (evaluations and saves too): what the rest of the run
-    will take per step, for an estimate of when it ends.
-    """
-    if self._first_step_done is None or step <= self._first_step_done[0]:
-      return None
-    return ((time.monotonic() - self._first_step_done[1]) /
-            (step - self._first_step_done[0]))
+    """Wall seconds per step after the first, pauses included: for when the
+    run will end."""
+    steps = self._steps_after_first(step)
+    return self.seconds_since_first_step() / steps if steps else None
 
   @property
   def wall_seconds(self) -> float:
@@ -98,13 +90,9 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-  """Console lines that say how far training is and when it will end.
-
-  `report` at every log: steps done, steps/s, the time left to the end and
-  to the next validation. `heartbeat` prints one between logs when the
-  console has been quiet FIRST_QUIET_S after the first step (QUIET_S later),
-  from the steps the host knows are done: it never waits for the devices.
-  """
+  """Console lines of how far training is and when it (and the next
+  validation) will be done: at every log (`report`), and between logs when
+  the console has been quiet FIRST_QUIET_S, later QUIET_S (`heartbeat`)."""
   FIRST_QUIET_S = 30.0
   QUIET_S = 300.0
 
@@ -126,8 +114,8 @@ class Progress:
   def line(self, done: int, steps_per_second: float | None = None) -> str:
     """'step 300/64,000 (0.5%), 4.2 steps/s, 4h25m left; validation ...'.
 
-    `steps_per_second`: the rate to show (the logged one); by default the
-    wall-clock rate since the first step, which the times left use.
+    Shows `steps_per_second` (the logged rate) if given, else the wall-clock
+    one, which the times left use.
     """
     per_step = self._clock.wall_seconds_per_step(done)
     if steps_per_second is None and per_step:
@@ -146,16 +134,13 @@ class Progress:
     return text
 
   def report(self, done: int, steps_per_second: float | None = None) -> None:
-    """Logs `line(done, steps_per_second)`."""
     logging.info('%s', self.line(done, steps_per_second))
     self._quiet_since = time.monotonic()
     self._quiet_s = self.QUIET_S
 
   def heartbeat(self, done: int) -> None:
-    """Logs `line(done)` if the console has been quiet too long.
-
-    `done`: steps the host knows have finished (it does not wait for more).
-    """
+    """Reports `done` (steps the host knows are done: it never waits for the
+    devices) if the console has been quiet too long."""
     if self._clock.wall_seconds_per_step(done) is None:
       return  # Not even a step after the first finished yet.
     quiet = (self._clock.seconds_since_first_step()

@@ -1,13 +1,10 @@
 """Compiles the steps (steps.py, written once) for a device layout.
 
-- 'jit': one device.
-- 'pmap': every local device, the state with a leading device axis.
-- 'shard_map': jit of shard_map over a one-axis mesh of every device of every
-  process (the state replicated, the batch sharded): the multi-host layout.
-
-The last two reduce gradients, batch-norm statistics and metrics over the
-'batch' axis, so all three compute the same update from the same global
-batch. The state is donated to each train step.
+'jit': one device. 'pmap': every local device, the state with a leading
+device axis. 'shard_map': every device of every process (the multi-host
+layout), the state replicated and the batch sharded. The last two reduce
+gradients, batch-norm statistics and metrics over the 'batch' axis, so all
+three compute the same update from the same global batch.
 """
 
 import dataclasses
@@ -32,12 +29,12 @@ def cpu_device_count(cores: int, batch_sizes) -> int:
 
 
 def configure_cpu_devices(config) -> int | None:
-  """Splits the CPU into config.cpu_devices devices before JAX starts.
+  """Splits the CPU into config.cpu_devices devices (0: one per core, fewer
+  until the batch sizes divide) before JAX starts; returns the count, or None
+  where XLA_FLAGS or a running backend decides.
 
   One device per core trains faster under pmap (ResNet-20 on 2 cores: 380-406
-  images/s against 312-337 on one device). 0: one per available core, fewer
-  until the batch sizes divide. GPUs and TPUs are unaffected; XLA_FLAGS'
-  device count wins. Returns the count set, or None if it left things alone.
+  images/s against 312-337 on one device). GPUs and TPUs are unaffected.
   """
   if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
     return None
@@ -54,13 +51,8 @@ def configure_cpu_devices(config) -> int | None:
 
 
 def initialize_distributed(config) -> None:
-  """Joins the processes of a multi-host job, as config.distributed says.
-
-  Call before anything starts JAX's backends. With `enabled` and no other
-  field set, JAX finds the coordinator, the number of processes and this
-  process's index itself (TPU VMs, Slurm, Open MPI); otherwise they are
-  taken from the config. On CPUs the processes talk through Gloo.
-  """
+  """Joins the processes of a multi-host job (config.distributed) before JAX's
+  backends start. Fields left unset JAX finds itself (TPU VMs, Slurm, MPI)."""
   settings = config.distributed
   if not settings.enabled:
     return
@@ -128,9 +120,7 @@ class DataParallel:
 
   def get_state(self, state):
     """One copy of a replicated state (the inverse of `put_state`)."""
-    if self.mode == 'pmap':
-      return jax.tree.map(lambda x: x[0], state)
-    return state
+    return _first(state) if self.mode == 'pmap' else state
 
   def put_batch(self, batch):
     """Splits this process's batch of host arrays over its devices.
@@ -166,7 +156,8 @@ class DataParallel:
           fn, axis_name=AXIS, devices=self.devices,
           in_axes=tuple(None if l == 'shared' else 0 for l in layouts),
           donate_argnums=donate_argnums)
-      # Metrics were summed over the axis, so every device holds the total.
+      # Metrics (the last output) were summed over the axis, so every device
+      # holds the total: device 0's copy is returned.
       return lambda *args: _first_of_last(pmapped(*args))
     in_specs = tuple(P(AXIS) if l == 'batch' else P() for l in layouts)
     # check_vma=False keeps pmap's semantics, where a gradient is per device
@@ -191,8 +182,11 @@ class DataParallel:
     return self.compile(step_fn, ('state', 'batch'), donate=False)
 
 
+def _first(tree):
+  return jax.tree.map(lambda x: x[0], tree)
+
+
 def _first_of_last(outputs):
-  """Takes device 0's copy of the metrics (the last output) of a pmapped step."""
   if isinstance(outputs, tuple):
-    return (*outputs[:-1], jax.tree.map(lambda x: x[0], outputs[-1]))
-  return jax.tree.map(lambda x: x[0], outputs)
+    return (*outputs[:-1], _first(outputs[-1]))
+  return _first(outputs)

@@ -63,8 +63,7 @@ def read_image(path: str, image_shape, resize: bool = False) -> np.ndarray:
           f'{width}x{height}; pass --resize to scale and centre-crop it')
     image = ImageOps.fit(image, (width, height),
                          method=Image.Resampling.BICUBIC)
-  pixels = np.asarray(image, np.uint8)
-  return pixels.reshape(height, width, channels)
+  return np.asarray(image, np.uint8).reshape(height, width, channels)
 
 
 @dataclasses.dataclass

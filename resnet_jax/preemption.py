@@ -1,20 +1,11 @@
-"""Noticing a preemption (SIGTERM) or Ctrl-C at a step every process agrees on.
+"""Stopping at a saved step on SIGTERM (a preemption) or Ctrl-C (SIGINT).
 
-TPU VMs, Slurm and Kubernetes send SIGTERM some seconds before they kill a
-job; a person presses Ctrl-C (SIGINT). The trainer asks `reached(step)` after
-every step; when it says yes, the trainer saves a checkpoint of that step and
-stops with status 128 + the signal's number (143 for SIGTERM, 130 for
-SIGINT).
-
-- One process: a handler notes the first SIGTERM or SIGINT; the step after it
-  arrives is the step saved. A second one ends the process at once, as the
-  signal would by default.
-- Several processes (jax.distributed): JAX's preemption sync manager hears
-  SIGTERM (on any process; its coordination service tells the others) and
-  picks a step that all of them reach, so that all save the same step.
-  `jax.distributed.initialize` starts it; nothing is installed here, and
-  Ctrl-C keeps its default meaning (one process stopping alone would leave
-  the others waiting in their collectives).
+The trainer asks `reached(step)` after every step; on yes it saves that step
+and exits with 128 + the signal's number. One process: a handler notes the
+first signal, and a second one ends the process at once. Several processes:
+JAX's preemption sync manager (started by jax.distributed.initialize) picks a
+step all of them reach; Ctrl-C keeps its default meaning, since one process
+stopping alone would leave the others waiting in their collectives.
 """
 
 import os
@@ -24,8 +15,6 @@ import time
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
-
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Preempted(Exception):
@@ -39,17 +28,11 @@ class Preempted(Exception):
     super().__init__(
         f'{what}: saved a checkpoint at step {step}{seconds_text}; rerun '
         'the same command to resume from it')
-    self.step = step
-    self.seconds = seconds
-    self.signum = signum
-
-  @property
-  def exit_status(self) -> int:
-    return 128 + self.signum
+    self.exit_status = 128 + signum
 
 
 class PreemptionWatcher:
-  """Context manager: between enter and exit, SIGTERM or SIGINT ask for a stop."""
+  """Context manager: inside it, SIGTERM or SIGINT ask for a stop."""
 
   def __init__(self):
     self._received_at = None
@@ -59,7 +42,7 @@ class PreemptionWatcher:
 
   def __enter__(self):
     if not self._multi_process:
-      for signum in SIGNALS:
+      for signum in (signal.SIGTERM, signal.SIGINT):
         self._previous_handlers[signum] = signal.signal(signum,
                                                         self._on_signal)
     return self
@@ -83,14 +66,12 @@ class PreemptionWatcher:
   def reached(self, step: int) -> bool:
     """Whether to save `step` and stop. Every process must call it each step."""
     if self._multi_process:
-      if multihost_utils.reached_preemption_sync_point(step):
-        self._received_at = self._received_at or time.monotonic()
-        return True
-      return False
+      return multihost_utils.reached_preemption_sync_point(step)
     return self._received_at is not None
 
   def seconds_since_signal(self) -> float | None:
-    """Seconds since the signal arrived (single process; None if unknown)."""
-    if self._received_at is None or self._multi_process:
+    """Seconds since the signal arrived (None if none was, or with several
+    processes, where only JAX heard it)."""
+    if self._received_at is None:
       return None
     return time.monotonic() - self._received_at

@@ -24,25 +24,27 @@ from resnet_jax import workdir as workdir_lib
 LOSS_TAGS = ('train_loss', 'val_loss', 'test_loss')
 ACCURACY_TAGS = ('train_accuracy', 'val_accuracy', 'test_accuracy')
 LEARNING_RATE_TAG = 'learning_rate'
-_LABELS = {'train': 'train', 'val': 'validation', 'test': 'test'}
+_LABELS = {'val': 'validation'}  # Else the tag's split as it is.
 
 
 # ----------------------------------------------------------------------------
 # Numbers.
 
 
+def _log_softmax(logits) -> np.ndarray:
+  shifted = np.asarray(logits, np.float64)
+  shifted = shifted - shifted.max(axis=-1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def softmax(logits) -> np.ndarray:
   """Class probabilities, computed in float64."""
-  logits = np.asarray(logits, np.float64)
-  exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-  return exp / exp.sum(axis=-1, keepdims=True)
+  return np.exp(_log_softmax(logits))
 
 
 def cross_entropy(logits, labels) -> np.ndarray:
   """Per-example softmax cross-entropy (natural log), as the eval step's."""
-  logits = np.asarray(logits, np.float64)
-  shifted = logits - logits.max(axis=-1, keepdims=True)
-  log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+  log_probs = _log_softmax(logits)
   return -np.take_along_axis(log_probs, np.asarray(labels)[:, None], -1)[:, 0]
 
 
@@ -56,9 +58,8 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
   for name, values in (('label', labels), ('prediction', predictions)):
     if values.size and (values.min() < 0 or values.max() >= num_classes):
       raise ValueError(f'a {name} is outside 0..{num_classes - 1}')
-  counts = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(counts, (labels, predictions), 1)
-  return counts
+  return np.bincount(labels * num_classes + predictions,
+                     minlength=num_classes**2).reshape(num_classes, -1)
 
 
 def overall_accuracy(confusion) -> float:
@@ -138,16 +139,13 @@ def classification_summary(labels, logits,
   names = display_names(class_names, num_classes)
   confusion = confusion_matrix(labels, logits.argmax(-1), num_classes)
   metrics = per_class_metrics(confusion)
-  per_class = []
-  for i, name in enumerate(names):
-    per_class.append({
-        'index': i, 'name': name,
-        'support': int(metrics['support'][i]),
-        'predicted': int(metrics['predicted'][i]),
-        'correct': int(metrics['correct'][i]),
-        **{key: _json_number(metrics[key][i])
-           for key in ('accuracy', 'precision', 'recall', 'f1')},
-    })
+  per_class = [{
+      'index': i, 'name': name,
+      **{key: int(metrics[key][i]) for key in ('support', 'predicted',
+                                                'correct')},
+      **{key: _json_number(metrics[key][i])
+         for key in ('accuracy', 'precision', 'recall', 'f1')},
+  } for i, name in enumerate(names)]
   return {
       'num_examples': int(confusion.sum()),
       'accuracy': _json_number(overall_accuracy(confusion)),
@@ -196,15 +194,14 @@ def confusion_png(confusion, class_names: Sequence[str] | None, path: str,
   """A heat map of the confusion matrix with counts in the cells.
 
   A cell's colour is its share of the true class (its row), so rows of
-  classes of any size read alike; the number is the count. Rows are true
-  classes, columns predictions, the diagonal the correct ones. Above 25
-  classes the counts are left out (they would not be legible).
+  classes of any size read alike. Above 25 classes the counts are left out
+  (they would not be legible).
   """
   confusion = np.asarray(confusion, np.int64)
   num_classes = confusion.shape[0]
   names = display_names(class_names, num_classes)
-  shares = _ratio(confusion, confusion.sum(axis=1, keepdims=True))
-  shares = np.nan_to_num(shares)
+  shares = np.nan_to_num(_ratio(confusion, confusion.sum(axis=1,
+                                                        keepdims=True)))
   size = min(max(4.0, 0.55 * num_classes + 2.0), 16.0)
   fig = mpl_figure.Figure(figsize=(size + 1.2, size), dpi=100,
                           layout='constrained')
@@ -272,19 +269,14 @@ def misclassified_grid_png(images, labels, predictions, confidences,
 # ----------------------------------------------------------------------------
 # Training curves from TensorBoard event files.
 
-# What `read_scalars` returns: tag -> (steps, values).
-Scalars = Mapping[str, tuple[np.ndarray, np.ndarray]]
+Scalars = Mapping[str, tuple[np.ndarray, np.ndarray]]  # tag: (steps, values)
 
 
-def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_scalars(workdir: str) -> Scalars:
   """Every scalar tag in the workdir's event files: tag -> (steps, values).
 
-  Steps are sorted and unique; where a resumed run logged a step again, its
-  later value wins (see metric_writer.scalars). A file cut short by a crash is
-  read up to its last complete event.
-
-  Raises:
-    ValueError: an event file is damaged other than cut short at its end.
+  Steps are sorted and unique. Which value of a step logged twice wins, and
+  which damage to a file is a ValueError: as in metric_writer.scalars.
   """
   # Not at the top: tensorboard's protos are only needed here.
   from resnet_jax import metric_writer  # pylint: disable=g-import-not-at-top
@@ -351,7 +343,8 @@ def curves_png(scalars: Scalars, path: str, title: str = '',
     fig.suptitle(title, fontsize=11)
   colours = {'train': 'tab:blue', 'val': 'tab:orange', 'test': 'tab:green'}
   for ax, tags, name in ((loss_ax, LOSS_TAGS, 'loss (cross-entropy)'),
-                         (accuracy_ax, ACCURACY_TAGS, 'accuracy')):
+                         (accuracy_ax, ACCURACY_TAGS, 'accuracy'),
+                         (lr_ax, (), 'learning rate')):
     shown = [_plot(ax, scalars, tag, runs, color=colours[tag.split('_')[0]])
              for tag in tags]
     ax.set_title(name, fontsize=10)
@@ -359,7 +352,7 @@ def curves_png(scalars: Scalars, path: str, title: str = '',
     ax.grid(alpha=0.3)
     if any(shown):
       ax.legend(fontsize=8)
-    else:
+    elif ax is not lr_ax or LEARNING_RATE_TAG not in scalars:
       ax.text(0.5, 0.5, 'not logged', ha='center', va='center',
               transform=ax.transAxes)
   if 'val_accuracy' in scalars:
@@ -370,9 +363,6 @@ def curves_png(scalars: Scalars, path: str, title: str = '',
         (steps[best], values[best]), textcoords='offset points',
         xytext=(-10, -30), ha='right', fontsize=8,
         arrowprops={'arrowstyle': '->', 'lw': 0.8})
-  lr_ax.set_title('learning rate', fontsize=10)
-  lr_ax.set_xlabel('step')
-  lr_ax.grid(alpha=0.3)
   if LEARNING_RATE_TAG in scalars:
     steps, values = scalars[LEARNING_RATE_TAG]
     # Each logged rate is the last of the steps up to it: a step schedule
@@ -380,13 +370,7 @@ def curves_png(scalars: Scalars, path: str, title: str = '',
     lr_ax.plot(steps, values, color='tab:purple', drawstyle='steps-pre')
     if values.size and values.min() > 0 and values.max() / values.min() > 20:
       lr_ax.set_yscale('log')  # Step schedules: each tenth gets its row.
-  else:
-    lr_ax.text(0.5, 0.5, 'not logged', ha='center', va='center',
-               transform=lr_ax.transAxes)
   return _save(fig, path)
-
-
-CURVES_FILE = 'curves.png'
 
 
 def write_curves(workdir: str) -> str:
@@ -403,15 +387,14 @@ def write_curves(workdir: str) -> str:
                      'events.out.tfevents.* file with any): nothing to draw')
   schedule = _schedule(workdir)
   if schedule is not None:
-    scalars = dict(scalars, **{LEARNING_RATE_TAG: schedule})
-  return curves_png(scalars, os.path.join(workdir, CURVES_FILE),
-                           title=_title(workdir), runs=_runs(workdir))
+    scalars = {**scalars, LEARNING_RATE_TAG: schedule}
+  return curves_png(scalars, os.path.join(workdir, 'curves.png'),
+                    title=_title(workdir), runs=_runs(workdir))
 
 
 def read_summary(workdir) -> dict:
-  """The workdir's summary.json (train.py's); {} while training or if it is
-  not one. The one reader of it: curves, releases and the Table 6 sweep
-  (whose workdirs may be gs://)."""
+  """The workdir's summary.json (train.py's; gs:// too), {} while training or
+  if it is not one."""
   path = epath.Path(workdir) / 'summary.json'
   try:
     summary = json.loads(path.read_text()) if path.exists() else {}
@@ -434,13 +417,10 @@ def _schedule(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
   from resnet_jax import schedules
   try:
     config = inference.read_config(workdir)
-  except ValueError:
-    return None
-  total_steps = read_summary(workdir).get('steps') or (
-      config.num_train_steps if config.num_epochs <= 0 else None)
-  if not isinstance(total_steps, int) or total_steps <= 0:
-    return None
-  try:
+    total_steps = read_summary(workdir).get('steps') or (
+        config.num_train_steps if config.num_epochs <= 0 else None)
+    if not isinstance(total_steps, int) or total_steps <= 0:
+      return None
     rate = schedules.create_learning_rate_fn(
         config.schedule, config.batch_size, total_steps)
   except ValueError:

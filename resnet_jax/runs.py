@@ -25,9 +25,8 @@ def over_runs(fn, num_runs: int, in_axes: tuple, vectorize: bool = False,
 
   `in_axes` says where each positional argument has its run axis (None: the
   same for every run), as for jax.vmap. With `vectorize`, jax.vmap; else a
-  loop over the runs (see the module docstring), unrolled in the program
-  with `unroll` (see experiment.py: for CPUs). For one run the run axis is indexed and
-  put back: the program is the one without runs.
+  loop over the runs, written out with `unroll` (see `scan`). For one run
+  the run axis is indexed and put back: the program is the one without runs.
   """
   if num_runs > 1 and vectorize:
     return jax.vmap(fn, in_axes=in_axes)
@@ -46,11 +45,23 @@ def over_runs(fn, num_runs: int, in_axes: tuple, vectorize: bool = False,
 
     if num_runs == 1:
       return jax.tree.map(lambda x: x[None], one_run(take(per_run, 0)))
-    if unroll:
-      return stack([one_run(take(per_run, i)) for i in range(num_runs)])
-    return jax.lax.map(one_run, per_run)
+    return scan(lambda _, run_args: (None, one_run(run_args)), None, per_run,
+                unroll)[1]
 
   return mapped
+
+
+def scan(body, carry, xs, unroll: bool):
+  """jax.lax.scan(body, carry, xs), or with `unroll` the same loop written
+  out in the program: XLA:CPU runs a step ~30x slower inside a scan (the
+  trainer's loops over steps and runs, on CPUs: see experiment.py)."""
+  if not unroll:
+    return jax.lax.scan(body, carry, xs)
+  ys = []
+  for i in range(len(jax.tree.leaves(xs)[0])):
+    carry, y = body(carry, take(xs, i))
+    ys.append(y)
+  return carry, stack(ys)
 
 
 def stack(trees: list):

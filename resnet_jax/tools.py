@@ -1,8 +1,6 @@
-"""What every command does: quiet start-up and one error path.
+"""What every command does: quiet start-up and one error path (`run`).
 
-Every command runs through `run`: a ValueError anywhere ends it with one line
-`error: ...` on stderr and status 1, never a traceback; --help exits 0. It
-imports nothing of the project, so every module may use its helpers.
+It imports nothing of the project, so every module may use its helpers.
 """
 
 import logging as python_logging
@@ -46,11 +44,8 @@ def flatten(tree, prefix: str = '') -> dict[str, Any]:
 
 
 def config_error(error: Exception, config_file: str | None = None) -> str:
-  """One line for an error of ml_collections loading --config or --config.*.
-
-  It wraps the cause (a missing get_config, a field the config lacks) in
-  errors that say less; `config_file` is the --config given, if any.
-  """
+  """One line for an error of ml_collections loading --config (`config_file`)
+  or --config.*: the cause it wraps (no get_config, no such field)."""
   chain = [error]
   while (inner := (chain[-1].__cause__ or chain[-1].__context__ or next(
       (a for a in chain[-1].args if isinstance(a, Exception)), None))
@@ -82,11 +77,8 @@ class _QuietLibraries(python_logging.Filter):
 
 
 def quiet_start(default_verbosity: int | None = None) -> None:
-  """Silences TensorFlow's C++ banners and libraries' INFO lines.
-
-  `default_verbosity` (e.g. logging.WARNING for the inspection commands)
-  applies unless --verbosity was given, which always brings them back.
-  """
+  """Silences TensorFlow's C++ banners and libraries' INFO lines, and sets
+  `default_verbosity`, unless --verbosity was given."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before any TF import.
   python_logging.getLogger('matplotlib').setLevel(python_logging.ERROR)
   if flags.FLAGS['verbosity'].present:
@@ -96,38 +88,11 @@ def quiet_start(default_verbosity: int | None = None) -> None:
     logging.set_verbosity(default_verbosity)
 
 
-def guarded(main):
-  """`main` with every ValueError turned into `error: ...`, exit status 1.
-
-  Ctrl-C where the command does not handle it itself (the trainer saves a
-  checkpoint first) ends it with one line and status 130.
-  """
-
-  def wrapped(argv):
-    try:
-      return main(argv)
-    except ValueError as e:
-      logging.debug('Failed:', exc_info=True)  # The traceback with -v 1.
-      fail(e)
-    except KeyboardInterrupt:  # Ctrl-C where nothing handles it.
-      print('error: interrupted (Ctrl-C)', file=sys.stderr, flush=True)
-      sys.exit(128 + signal.SIGINT)
-
-  return wrapped
-
-
-# absl's help flags print the help, then exit with status 1.
-_HELP_FLAGS = ('help', 'helpshort', 'helpfull', 'helpxml')
-
-
 def _help_succeeds() -> None:
-  """Makes --help (-?, --helpshort, --helpfull, --helpxml) exit with status 0.
-
-  Asking for help is no error; absl ends it with status 1, which scripts
-  and CI read as a failure.
-  """
+  """Makes --help (-?, --helpshort, --helpfull, --helpxml) exit with status 0,
+  not absl's 1, which scripts and CI read as a failure."""
   app.define_help_flags()  # Idempotent; app.run would define them.
-  for name in _HELP_FLAGS:
+  for name in ('help', 'helpshort', 'helpfull', 'helpxml'):
     flag = flags.FLAGS[name]
     if getattr(flag, 'exits_zero', False):
       continue
@@ -145,13 +110,25 @@ def _help_succeeds() -> None:
 def run(main, **kwargs) -> None:
   """`absl.app.run(main)` through the project's one error path.
 
-  A command that fails ends at once: background threads (Orbax's writers)
-  may wait forever on work that failed, and must not keep it alive. --help
-  ends with status 0.
+  A ValueError in `main` ends it with `error: ...` and status 1; Ctrl-C that
+  it does not handle (the trainer does) with one line and status 130. It ends
+  at once: background threads (Orbax's writers) may wait forever on work
+  that failed, and must not keep it alive.
   """
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except ValueError as e:
+      logging.debug('Failed:', exc_info=True)  # The traceback with -v 1.
+      fail(e)
+    except KeyboardInterrupt:
+      print('error: interrupted (Ctrl-C)', file=sys.stderr, flush=True)
+      sys.exit(128 + signal.SIGINT)
+
   _help_succeeds()
   try:
-    app.run(guarded(main), **kwargs)
+    app.run(guarded, **kwargs)
   except SystemExit as e:
     if e.code in (None, 0):
       raise

@@ -35,9 +35,10 @@ def check(workdir: str, data=None) -> None:
     raise ValueError('--workdir is empty; name a directory for the run')
   if '://' in workdir:
     return  # An object store: Orbax and the event writer write there.
-  if (data is not None and data.get('name') == datasets.IMAGE_FOLDER and
-      data.get('data_dir') and '://' not in data.get('data_dir')):
-    root = os.path.realpath(os.path.expanduser(data.get('data_dir')))
+  data_dir = data and data.get('name') == datasets.IMAGE_FOLDER and data.get(
+      'data_dir')
+  if data_dir and '://' not in data_dir:
+    root = os.path.realpath(os.path.expanduser(data_dir))
     if os.path.commonpath([root, os.path.realpath(workdir)]) == root:
       raise ValueError(
           f'--workdir={workdir} is inside the image folder {root} '
@@ -62,11 +63,10 @@ def check(workdir: str, data=None) -> None:
 
 
 def write_file(path, data: bytes | str) -> None:
-  """Writes `data` into a temporary file, then renames it to `path`.
+  """Writes `data` to a temporary file renamed to `path`: never half a file.
 
-  So `path` is never half written: on a full disk, or with `path` a folder,
-  the old file (if any) stays as it was, the temporary one is removed, and
-  a ValueError says what failed in one line.
+  On failure (a full disk, `path` a folder) the old file stays, and a
+  ValueError says what failed in one line.
   """
   path = epath.Path(path)
   partial = path.parent / f'{path.name}.partial'
@@ -98,10 +98,7 @@ class Lock:
 
   def acquire(self) -> None:
     """Takes the workdir if it exists and is not yet held; writes nothing.
-
-    Raises:
-      WorkdirBusyError: another live process holds it.
-    """
+    Raises WorkdirBusyError if another live process holds it."""
     if self._fd is not None or '://' in self._workdir or not os.path.isdir(
         self._workdir):
       return
