@@ -39,7 +39,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', 'configs/resnet20.py')
 _INPUT = flags.DEFINE_enum(
     'input', 'device', ['host', 'device'],
     'host: batches gathered and copied by the host pipeline; device: the '
-    'split on the devices, batches gathered in the step (device_data.py).')
+    'split on the devices, batches gathered in the step (batching.gathering).')
 _WARMUP = flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps after compiling.')
 _STEPS = flags.DEFINE_integer('timed_steps', 20, 'Timed repetitions of each step.')
 _LOOP_STEPS = flags.DEFINE_integer(

@@ -10,6 +10,11 @@ Evaluation covers every example once: each process pads its contiguous shard
 into the same number of batches (the eval step is a collective), `mask` 0 on
 padding. The host hands out raw uint8 images and int32 labels; augmentation
 and normalisation run on the device.
+
+Or the training split is placed on the devices once (`place`, replicated:
+batches draw from all of it), and each step receives only its rows
+(`train_rows`, the rows a host batch would copy: the same batches) and
+gathers them inside the jitted step (`gathering`).
 """
 
 import collections
@@ -125,3 +130,24 @@ def prefetch(iterator: Iterable, put_fn: Callable, size: int = 2) -> Iterator:
       yield queue.popleft()
   while queue:
     yield queue.popleft()
+
+
+def place(ds: datasets.InMemoryDataset, dp) -> dict:
+  """The split's images and labels on `dp`'s devices, laid out like a state."""
+  return dp.put_state({'image': ds.images, 'label': ds.labels})
+
+
+def gathering(step_fn):
+  """A train step on batches to one on rows of the data on the devices.
+
+  `step_fn(state, batch, rng, **kwargs)` becomes
+  `step(state, {'rows': ...}, rng, data, **kwargs)`, for
+  `DataParallel.train_step(..., with_data=True)`.
+  """
+
+  def step(state, batch, rng, data, **kwargs):
+    rows = batch['rows']
+    gathered = {'image': data['image'][rows], 'label': data['label'][rows]}
+    return step_fn(state, gathered, rng, **kwargs)
+
+  return step

@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   # they are shuffled with this seed before slicing; TFDS splits are not.
   config.data.split_shuffle_seed = 0
   # True: the training split is copied to every device once and each step
-  # gathers its batch there (device_data.py); False: the host copies each
+  # gathers its batch there (batching.place); False: the host copies each
   # batch over. Same batches either way. Needs the split to fit in device
   # memory (CIFAR: 138 MB).
   config.data.on_device = True

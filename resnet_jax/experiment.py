@@ -26,7 +26,6 @@ from resnet_jax import batching
 from resnet_jax import checkpoints
 from resnet_jax import config_checks
 from resnet_jax import datasets
-from resnet_jax import device_data
 from resnet_jax import models
 from resnet_jax import optimizer
 from resnet_jax import parallel
@@ -34,7 +33,6 @@ from resnet_jax import runs
 from resnet_jax import schedules
 from resnet_jax import steps
 from resnet_jax import tools
-from resnet_jax import train_state
 
 # Config fields that may change when a run resumes: they decide how a run is
 # observed, laid out, saved or where its files are, not what it computes.
@@ -150,10 +148,10 @@ class Experiment:
   def _augment_keys(self) -> jax.Array:
     return jnp.stack(self._keys(1))
 
-  def init_state(self) -> train_state.TrainState:
+  def init_state(self) -> steps.TrainState:
     """The freshly initialised runs, on the host side (not yet placed)."""
     return runs.stack([
-        train_state.create_train_state(key, self.model, self.tx,
+        steps.create_train_state(key, self.model, self.tx,
                                        self.image_shape)
         for key in self._keys(0)])
 
@@ -204,7 +202,7 @@ class Experiment:
   def _train_data(self) -> tuple:
     # The split on the devices, for steps that gather their own batch.
     if self.config.data.on_device:
-      return (device_data.place(self.train_ds, self.dp),)
+      return (batching.place(self.train_ds, self.dp),)
     return ()
 
   @property
@@ -226,7 +224,7 @@ class Experiment:
             padding=self.config.data.crop_padding,
             flip=self.config.data.random_flip))
     if self.config.data.on_device:
-      step_fn = device_data.gathering(step_fn)
+      step_fn = batching.gathering(step_fn)
     unroll = self._unroll_loops
 
     def run_steps(state, batches, augment_key, first_step, *data, axis_name):

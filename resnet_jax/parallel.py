@@ -172,7 +172,7 @@ class DataParallel:
 
     Takes a state from `put_state` and a batch from `put_batch`; returns one
     copy of the metrics. With `with_data`, the step takes a fourth argument
-    laid out like the state: the dataset on the devices (device_data.py).
+    laid out like the state: the dataset on the devices (batching.place).
     """
     layouts = ('state', 'batch', 'shared') + (('state',) if with_data else ())
     return self.compile(step_fn, layouts, donate=True)

@@ -1,4 +1,5 @@
-"""The train and eval steps: pure functions, written once for every layout.
+"""The train state and the train and eval steps: pure, written once for every
+layout.
 
 Each step works on the examples it is given. When `axis_name` names a
 data-parallel axis (under `jax.pmap` or `jax.shard_map`, see parallel.py), the
@@ -14,12 +15,33 @@ count), so they add up exactly over devices, over steps and over a padded
 final batch: divide by 'count' for means.
 """
 
+from typing import Any
+
+from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import optax
 
 from resnet_jax import augment
-from resnet_jax.train_state import TrainState
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState (step, apply_fn, params, tx, opt_state) plus batch_stats.
+
+  `apply_fn` and `tx` are static: the arrays are the whole state, so it can be
+  jitted, donated, replicated and checkpointed as one pytree.
+  """
+  batch_stats: Any
+
+
+def create_train_state(rng: jax.Array, model, tx: optax.GradientTransformation,
+                       image_shape) -> TrainState:
+  """Initialises `model` for images of `image_shape` (H, W, C): He
+  initialisation, batch-norm statistics at mean 0, variance 1."""
+  variables = jax.jit(model.init, static_argnames='train')(
+      rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables['params'],
+                           batch_stats=variables['batch_stats'], tx=tx)
 
 
 def _sum_over(x, axis_name):

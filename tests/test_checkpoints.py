@@ -12,7 +12,7 @@ import pytest
 
 from resnet_jax import checkpoints
 from resnet_jax import models
-from resnet_jax import train_state
+from resnet_jax import steps
 
 
 def _run_metadata(depth=8, dataset='cifar10'):
@@ -22,7 +22,7 @@ def _run_metadata(depth=8, dataset='cifar10'):
 
 
 def _fresh_state(depth=8):
-  return train_state.create_train_state(
+  return steps.create_train_state(
       jax.random.key(0), models.ResNet(depth=depth),
       optax.sgd(0.1, momentum=0.9), (32, 32, 3))
 

@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resnet_jax import augment, batching, datasets, device_data, models
-from resnet_jax import optimizer, parallel, steps, train_state
+from resnet_jax import augment, batching, datasets, models
+from resnet_jax import optimizer, parallel, steps
 
 GLOBAL_BATCH = 16
 
@@ -27,7 +27,7 @@ def _train(mode, dataset, on_device, num_steps=4):
   tx = optimizer.create_optimizer(ml_collections.ConfigDict(dict(
       momentum=0.9, nesterov=False, weight_decay=5e-4, weight_decay_mode='l2',
       weight_decay_on='all')), lambda step: 0.1)
-  state = dp.put_state(train_state.create_train_state(
+  state = dp.put_state(steps.create_train_state(
       jax.random.key(0), models.ResNet(depth=8, bn_axis_name=dp.axis_name),
       tx, (8, 8, 3)))
   step_fn = functools.partial(
@@ -35,8 +35,8 @@ def _train(mode, dataset, on_device, num_steps=4):
       augment_fn=functools.partial(augment.augment, mean=(120.,) * 3,
                                    std=(60.,) * 3, padding=2, flip=True))
   if on_device:
-    data = (device_data.place(dataset, dp),)
-    train_step = dp.train_step(device_data.gathering(step_fn), with_data=True)
+    data = (batching.place(dataset, dp),)
+    train_step = dp.train_step(batching.gathering(step_fn), with_data=True)
     batch = lambda **source: {'rows': batching.train_rows(
         dataset.num_examples, **source).astype(np.int32)}
   else:
@@ -65,7 +65,7 @@ def test_training_on_device_data_is_bit_identical_to_host_batches(
 
 def test_the_data_is_on_every_device_once():
   dp = parallel.DataParallel('shard_map')
-  data = device_data.place(datasets.InMemoryDataset(
+  data = batching.place(datasets.InMemoryDataset(
       images=np.zeros((10, 4, 4, 3), np.uint8),
       labels=np.zeros(10, np.int32), class_names=('a',)), dp)
   assert data['image'].sharding.is_fully_replicated

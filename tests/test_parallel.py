@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cli import REPO
-from resnet_jax import models, optimizer, parallel, schedules, steps, train_state
+from resnet_jax import models, optimizer, parallel, schedules, steps
 
 GLOBAL_BATCH = 16
 IMAGE_SHAPE = (8, 8, 3)
@@ -26,7 +26,7 @@ def run(mode, num_steps=2, batch_size=GLOBAL_BATCH):
       momentum=0.9, nesterov=True, weight_decay=5e-4, weight_decay_mode='l2',
       weight_decay_on='all')), lr)
   model = models.ResNet(depth=8, bn_axis_name=dp.axis_name)
-  state = dp.put_state(train_state.create_train_state(
+  state = dp.put_state(steps.create_train_state(
       jax.random.key(0), model, tx, IMAGE_SHAPE))
   train_step = dp.train_step(functools.partial(
       steps.train_step, learning_rate_fn=lr))
@@ -64,7 +64,7 @@ def test_data_parallel_step_equals_the_single_device_step(mode, single_device):
 def test_batch_stats_are_identical_on_every_device():
   dp = parallel.DataParallel('pmap')
   model = models.ResNet(depth=8, bn_axis_name=dp.axis_name)
-  state = dp.put_state(train_state.create_train_state(
+  state = dp.put_state(steps.create_train_state(
       jax.random.key(0), model, optimizer.create_optimizer(
           ml_collections.ConfigDict(dict(
               momentum=0.9, nesterov=False, weight_decay=0.0,
@@ -86,7 +86,7 @@ def test_batch_stats_are_identical_on_every_device():
 
 def test_train_step_donates_the_state():
   dp = parallel.DataParallel('jit')
-  state = dp.put_state(train_state.create_train_state(
+  state = dp.put_state(steps.create_train_state(
       jax.random.key(0), models.ResNet(depth=8), optimizer.create_optimizer(
           ml_collections.ConfigDict(dict(
               momentum=0.9, nesterov=False, weight_decay=0.0,

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import models, optimizer, steps, train_state
+from resnet_jax import models, optimizer, steps
 import reference
 
 IMAGE_SHAPE = (8, 8, 3)
@@ -23,7 +23,7 @@ def make_batch(n=8, seed=0, num_classes=10):
 
 def make_state(tx, depth=8, seed=0, **model_kwargs):
   model = models.ResNet(depth=depth, **model_kwargs)
-  state = train_state.create_train_state(jax.random.key(seed), model, tx,
+  state = steps.create_train_state(jax.random.key(seed), model, tx,
                                          IMAGE_SHAPE)
   # Non-trivial batch-norm parameters and statistics, so that every term of
   # batch norm is exercised.
