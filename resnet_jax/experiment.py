@@ -151,8 +151,7 @@ class Experiment:
   def init_state(self) -> steps.TrainState:
     """The freshly initialised runs, on the host side (not yet placed)."""
     return runs.stack([
-        steps.create_train_state(key, self.model, self.tx,
-                                       self.image_shape)
+        steps.create_train_state(key, self.model, self.tx, self.image_shape)
         for key in self._keys(0)])
 
   def abstract_state(self):

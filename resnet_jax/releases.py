@@ -49,21 +49,21 @@ def path(name: str) -> str:
                    'the path of a release directory')
 
 
-def write(out: str, variables: dict, record: dict) -> dict:
-  """Writes `variables` (one run, no run axis) and release.json into `out`.
+def _write_record(out: str, record: dict) -> None:
+  workdir_lib.write_file(os.path.join(out, inference.RELEASE_FILE),
+                         json.dumps(record, indent=2) + '\n')
 
-  Returns `record` with the weights' file, size and sha256 added.
-  """
+
+def _write_weights(out: str, variables: dict, record: dict) -> dict:
+  """Writes `variables` (one run, no run axis) and release.json into `out`;
+  returns `record` with the weights' file, size and sha256 added."""
   data = flax.serialization.msgpack_serialize(
       jax.tree.map(np.asarray, jax.device_get(variables)))
-  with open(os.path.join(out, inference.WEIGHTS_FILE), 'wb') as f:
-    f.write(data)
+  workdir_lib.write_file(os.path.join(out, inference.WEIGHTS_FILE), data)
   record = record | {'weights': {
       'file': inference.WEIGHTS_FILE, 'bytes': len(data),
       'sha256': hashlib.sha256(data).hexdigest()}}
-  with open(os.path.join(out, inference.RELEASE_FILE), 'w') as f:
-    json.dump(record, f, indent=2)
-    f.write('\n')
+  _write_record(out, record)
   return record
 
 
@@ -119,9 +119,12 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
     os.makedirs(out, exist_ok=True)
     workdir_lib.write_json(os.path.join(out, inference.CONFIG_FILE),
                            json.loads(config.to_json_best_effort()))
-    record = write(out, loaded.variables, record)  # Loadable, for the check.
-    return write(out, loaded.variables, record | {
-        'cpu_check': count_correct(out, check_split) if check_split else None})
+    # Loadable first, for the check; then its record again, with the check.
+    record = _write_weights(out, loaded.variables, record)
+    record['cpu_check'] = (count_correct(out, check_split) if check_split
+                           else None)
+    _write_record(out, record)
+    return record
   except BaseException:
     # `out` was empty: all in it is this release's, half written.
     shutil.rmtree(out, ignore_errors=True)
