@@ -3,8 +3,9 @@
   python -m resnet_jax.evaluate --workdir=runs/resnet20 --split=test --tta
   python -m resnet_jax.evaluate --workdir=runs/resnet20 --ensemble
 
---split is 'validation', 'test' (the run's eval_split, test_split) or any
-split of its dataset, e.g. 'train[45000:]'; --run=i picks run i (seed
+--split is 'validation', 'test' (the run's eval_split, test_split; where it
+has none, the dataset's split of that name, such as an image folder's test/)
+or any split of its dataset, e.g. 'train[45000:]'; --run=i picks run i (seed
 config.seed + i), --ensemble the mean of all runs' logits. Every example is
 classified once. Written into the workdir, named by `file_tag`
 (eval_test.json, eval_test_run1.json, eval_test_ensemble.json, ...):
@@ -63,7 +64,12 @@ def file_tag(split: str, run: int, ensemble: bool) -> str:
 
 
 def resolve_split(config, split: str) -> str:
-  """The split string to load: the alias's config field, or `split` itself."""
+  """The split string to load: the alias's config field, or `split` itself.
+
+  'test' and 'validation' name the run's test_split and eval_split; where the
+  run has none (the releases trained with test_split=''), they name the
+  dataset's own split of that name, e.g. an image folder's test/ folder.
+  """
   split = (split or '').strip()
   if not split:
     raise ValueError("--split is empty: use 'validation', 'test' or a split "
@@ -71,6 +77,8 @@ def resolve_split(config, split: str) -> str:
   if split in SPLIT_ALIASES:
     field = SPLIT_ALIASES[split]
     resolved = config.data.get(field)
+    if not resolved and datasets.has_split(config.data, split):
+      return split
     if not resolved:
       # What does work on this run: its other held-out split, if any.
       others = [alias for alias, other in SPLIT_ALIASES.items()
@@ -82,7 +90,8 @@ def resolve_split(config, split: str) -> str:
               f'it did not train on (it trained on '
               f'{config.data.train_split!r})')
       raise ValueError(f'this run has no {split} split '
-                       f'(config.data.{field} is empty); {hint}')
+                       f'(config.data.{field} is empty) and '
+                       f'{config.data.name} has none named {split!r}; {hint}')
     return resolved
   datasets.parse_split(split)  # A malformed name fails here, in words.
   if not datasets.has_split(config.data, split):
@@ -135,7 +144,10 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
   loaded = inference.load(workdir, checkpoint, run=run, ensemble=ensemble,
                           data_dir=data_dir)
   try:
-    datasets.check_available(config.data)
+    # TFDS: fails fast offline. An image folder needs this split's folder
+    # only (load_split checks it), not the train/ that check_available wants.
+    if config.data.name != datasets.IMAGE_FOLDER:
+      datasets.check_available(config.data)
     ds = datasets.load_split(config.data, tfds_split)
   except datasets.DatasetUnavailableError as e:
     # The advice for a trainer's config does not fit here: say the flag.

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from cli import REPO
 from cli import run_module
 import fake_cifar
 from configs import smoke
@@ -108,17 +109,64 @@ def test_file_names_carry_the_split_in_safe_characters(split, tag):
   assert evaluate.split_tag(split) == tag
 
 
-def test_the_split_names_resolve_through_the_config():
+def test_the_split_names_resolve_through_the_config(cifar10_dir):
   config = smoke.get_config()
+  config.data.data_dir = cifar10_dir  # Prepared: splits train and test.
   assert evaluate.resolve_split(config, 'validation') == 'train[90%:]'
   assert evaluate.resolve_split(config, 'test') == 'test'
-  config.data.test_split = ''
-  with pytest.raises(ValueError, match='no test split'):
-    evaluate.resolve_split(config, 'test')
+  # A run without them: the dataset's own split of that name, if it has one.
+  config.data.update(eval_split='', test_split='')
+  assert evaluate.resolve_split(config, 'test') == 'test'
+  with pytest.raises(ValueError, match="no validation split .*empty. and "
+                     "cifar10 has none named 'validation'; it has no held-"):
+    evaluate.resolve_split(config, 'validation')
   with pytest.raises(ValueError, match='--split is empty'):
     evaluate.resolve_split(config, ' ')
   with pytest.raises(ValueError, match='malformed split'):
     evaluate.resolve_split(config, 'train[1:2:3]')
+
+
+def write_noise_images(split_dir, class_names, per_class):
+  rng = np.random.default_rng(0)
+  for name in class_names:
+    (split_dir / name).mkdir(parents=True)
+    for i in range(per_class):
+      Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+          split_dir / name / f'{i}.png')
+
+
+def test_test_and_validation_name_an_image_folders_own_split_folders(
+    tmp_path):
+  config = smoke.get_config()
+  config.data.update(name='image_folder', data_dir=str(tmp_path),
+                     eval_split='', test_split='')
+  write_noise_images(tmp_path / 'train', ['ant', 'bee'], 2)
+  with pytest.raises(ValueError, match="no test split .* image_folder has "
+                     "none named 'test'; it has no held-out split"):
+    evaluate.resolve_split(config, 'test')
+  write_noise_images(tmp_path / 'test', ['ant', 'bee'], 1)
+  write_noise_images(tmp_path / 'validation', ['ant', 'bee'], 1)
+  assert evaluate.resolve_split(config, 'test') == 'test'
+  assert evaluate.resolve_split(config, 'validation') == 'validation'
+  # The run's own split comes first.
+  config.data.eval_split = 'train[:50%]'
+  assert evaluate.resolve_split(config, 'validation') == 'train[:50%]'
+
+
+def test_a_release_evaluates_the_test_folder_of_an_image_folder(tmp_path):
+  """--split=test on a run trained without a test split (the releases:
+  test_split='') classifies the folder's test/ images."""
+  release = shutil.copytree(REPO / 'pretrained' / 'resnet20',
+                            tmp_path / 'release')
+  assert json.loads((release / 'config.json').read_text())['data'][
+      'test_split'] == ''
+  write_noise_images(tmp_path / 'images' / 'test',
+                     datasets.CIFAR10_CLASS_NAMES, 2)
+  result = evaluate.run(str(release), split='test', num_misclassified=0,
+                        data_dir=str(tmp_path / 'images'))
+  assert (result['split'], result['tfds_split']) == ('test', 'test')
+  assert result['num_examples'] == 20 and result['training_examples'] == 0
+  assert json.loads((release / 'eval_test.json').read_text()) == result
 
 
 # ----------------------------------------------------------------------------
