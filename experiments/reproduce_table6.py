@@ -2,7 +2,7 @@
 
   python -m experiments.reproduce_table6 --depths=20,32 --num_seeds=2 \
       --num_epochs=2 --root=/tmp/table6 --config.data.name=image_folder \
-      --config.data.data_dir=/tmp/cifar10-jpeg75 --config.data.test_split=
+      --config.data.data_dir=data/cifar10-jpeg75 --config.data.test_split=
 
 runs one trainer per depth (--dry_run prints them) for every seed at once,
 as config.num_runs runs (seeds --first_seed, ...), into
