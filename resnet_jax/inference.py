@@ -353,7 +353,7 @@ def _check_promises(workdir: str, record: dict) -> None:
     if part == CONFIG_FILE:
       what = f'{os.path.join(workdir, CONFIG_FILE)} changed'
     elif part not in record:
-      what = f'{RELEASE_FILE} of {workdir} lacks its {part!r}'
+      what = f'{RELEASE_FILE} of {workdir} lost its {part!r}'
     else:
       what = f'the {part!r} of {os.path.join(workdir, RELEASE_FILE)} changed'
     raise ValueError(f'{what} since the release (its sha256 is not the one '
