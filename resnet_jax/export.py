@@ -1,7 +1,7 @@
-"""Exports one run (or a release) for serving: an ONNX model or a jax.export file.
+"""Exports one run (or a release) for serving: ONNX, or a jax.export file.
 
-  python -m resnet_jax.export --workdir=pretrained/resnet20 --out=resnet20.onnx
-  python -m resnet_jax.export --workdir=pretrained/resnet20 --out=resnet20.jax
+  python -m resnet_jax.export --workdir=resnet_jax/pretrained/resnet20 \
+      --out=resnet20.onnx    # or --out=resnet20.jax
 
 Both take uint8 images (N, H, W, C), any N, and return float32 logits
 (N, classes): the normalisation is inside, as `inference.Loaded.logits`
@@ -42,11 +42,10 @@ def jax_export(loaded: inference.Loaded) -> bytes:
   The weights are constants inside: deserialize it and call it on images.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from jax import export as jax_export_lib  # pylint: disable=g-import-not-at-top
   variables = loaded.variables
   logits = jax.jit(lambda images: loaded.logits_fn(variables, images))
-  batch, = jax_export_lib.symbolic_shape('batch')
-  exported = jax_export_lib.export(logits, platforms=JAX_PLATFORMS)(
+  batch, = jax.export.symbolic_shape('batch')
+  exported = jax.export.export(logits, platforms=JAX_PLATFORMS)(
       jax.ShapeDtypeStruct((batch, *loaded.image_shape), np.uint8))
   return bytes(exported.serialize())
 
@@ -220,7 +219,8 @@ def output_format(out: str, format_: str | None) -> str:
   """'onnx' or 'jax': `format_`, or else --out's suffix."""
   if format_:
     if format_ not in FORMATS:
-      raise ValueError(f'--format={format_}: choose one of {", ".join(FORMATS)}')
+      raise ValueError(f'--format={format_}: choose one of '
+                       f'{", ".join(FORMATS)}')
     return format_
   suffix = os.path.splitext(out)[1].lstrip('.').lower()
   if suffix not in FORMATS:

@@ -392,8 +392,8 @@ def _read_release(workdir: str) -> tuple[dict, dict]:
                      f'{expected} that {RELEASE_FILE} records: the weights '
                      'were changed or damaged; take the release again')
   if name == WEIGHTS_FILE:
-    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-    variables = _unflatten_weights(safetensors_numpy.load(data))
+    import safetensors.numpy  # pylint: disable=g-import-not-at-top
+    variables = _unflatten_weights(safetensors.numpy.load(data))
   else:
     variables = flax.serialization.msgpack_restore(data)
   for path, x in jax.tree_util.tree_leaves_with_path(variables):

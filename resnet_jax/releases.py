@@ -76,8 +76,8 @@ def _write_weights(out: str, variables: dict, record: dict) -> dict:
   """Writes `variables` (one run, no run axis) and release.json into `out`;
   returns `record` with the weights' file, size and sha256 added, and the
   sha256 of config.json and of the prediction fields (inference.promises)."""
-  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-  data = safetensors_numpy.save(inference.flatten_weights(
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  data = safetensors.numpy.save(inference.flatten_weights(
       jax.tree.map(np.asarray, jax.device_get(variables))))
   workdir_lib.write_file(os.path.join(out, inference.WEIGHTS_FILE), data)
   record = record | {'weights': {

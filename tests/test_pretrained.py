@@ -35,8 +35,9 @@ RELEASES = sorted(p.parent for p in releases.PRETRAINED.glob(
 
 def test_the_readme_shows_each_releases_recorded_figures():
   readme = (REPO / 'README.md').read_text()
-  shown = re.findall(r'^\| `pretrained/(\w+)` \| ([\d.]+)% \| ([\d,]+) \|',
-                     readme, re.MULTILINE)
+  shown = re.findall(
+      r'^\| `resnet_jax/pretrained/(\w+)` \| ([\d.]+)% \| ([\d,]+) \|',
+      readme, re.MULTILINE)
   assert {name for name, _, _ in shown} == {p.name for p in RELEASES} >= {
       'resnet20', 'resnet56'}
   for name, accuracy, params in shown:
