@@ -31,9 +31,7 @@ import numpy as np
 
 from resnet_jax import checkpoints
 from resnet_jax import datasets
-from resnet_jax import evaluate
 from resnet_jax import inference
-from resnet_jax import report
 from resnet_jax import workdir as workdir_lib
 
 # The shipped releases: package data, so that an installed package has them.
@@ -155,6 +153,7 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
         'released_again': released_from}
     data_note = data_note or earlier.get('data_note', '')
   else:
+    from resnet_jax import report  # pylint: disable=g-import-not-at-top
     summary = report.read_summary(workdir)
     figures = (summary['runs'][run] if summary.get('steps') == loaded.step
                else {})
@@ -228,6 +227,8 @@ def count_correct(workdir: str, split: str) -> dict:
   loaded), 'device', 'jax'}.
   """
   loaded = inference.load(workdir)
+  # Imported here: loading a release (`path`) needs no matplotlib.
+  from resnet_jax import evaluate  # pylint: disable=g-import-not-at-top
   tfds_split = evaluate.resolve_split(loaded.config, split)
   ds = datasets.load_split(loaded.config.data, tfds_split)
   # Refuses training data changed since the run (a reshuffled folder).
