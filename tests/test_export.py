@@ -135,3 +135,19 @@ def test_bad_input_is_refused_in_one_line(tmp_path):
   assert result.returncode == 1 and error_line(result) == (
       f'error: workdir {tmp_path}/none does not exist or is not a directory')
   assert sorted(p.name for p in tmp_path.iterdir()) == ['model.onnx']
+
+
+@pytest.mark.slow
+def test_a_chosen_run_of_a_workdir_exports(run_dir, tmp_path):
+  out = tmp_path / 'run1.onnx'
+  result = run_module('resnet_jax.export', f'--workdir={run_dir}', '--run=1',
+                      '--checkpoint=2', f'--out={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  images = _images(7)
+  expected = inference.load(str(run_dir), checkpoint=2, run=1).logits(
+      images, batch_size=7)
+  other = inference.load(str(run_dir), checkpoint=2, run=0).logits(
+      images, batch_size=7)
+  assert np.abs(expected - other).max() > 100 * TOLERANCE  # Runs differ.
+  np.testing.assert_allclose(_onnx_logits(out.read_bytes(), images),
+                             expected, atol=TOLERANCE, rtol=0)
