@@ -58,7 +58,8 @@ def _onnx_logits(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize('block,preact,shortcut,width', [
     ('basic', False, 'A', 1), ('basic', True, 'B', 2),
-    ('bottleneck', False, 'B', 1), ('bottleneck', True, 'A', 1)])
+    pytest.param('bottleneck', False, 'B', 1, marks=pytest.mark.slow),
+    pytest.param('bottleneck', True, 'A', 1, marks=pytest.mark.slow)])
 def test_the_onnx_graph_computes_every_kind_of_model(block, preact, shortcut,
                                                      width):
   depth = 8 if block == 'basic' else 11
