@@ -14,6 +14,7 @@ logits by 1e-3 or more).
 
 import functools
 import pathlib
+import sys
 import types
 import zipfile
 
@@ -153,3 +154,11 @@ def test_a_chosen_run_of_a_workdir_exports(run_dir, tmp_path):
   assert np.abs(expected - other).max() > 100 * TOLERANCE  # Runs differ.
   np.testing.assert_allclose(_onnx_logits(out.read_bytes(), images),
                              expected, atol=TOLERANCE, rtol=0)
+
+
+def test_onnx_without_the_extra_says_what_to_install(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'onnx', None)  # As if not installed.
+  with pytest.raises(ValueError, match=r"^ONNX export needs the onnx package: "
+                     r"pip install 'resnet_jax\[export\]'$"):
+    export.export(RELEASE, str(tmp_path / 'm.onnx'))
+  assert not list(tmp_path.iterdir())
