@@ -1,14 +1,18 @@
-"""Releases one run of a workdir as a small workdir of its own.
+"""Releases one run of a workdir (or a release, again) as a small workdir.
 
   python -m experiments.release --workdir=runs/resnet20 --run=0 \
-      --checkpoint=latest --out=pretrained/resnet20 [--data_note='...']
+      --checkpoint=latest --out=releases/resnet20 [--data_note='...']
 
-writes into --out (absent or empty) config.json, weights.msgpack and
-release.json (resnet_jax/releases.py, `release`), with the CPU check: how
-many images of --check_split this machine classifies correctly.
-`evaluate`, `predict` and `resnet_jax.pretrained` load it as any workdir.
-Refused with one line `error: ...` when --out is not empty or the run or
-checkpoint does not exist.
+writes into --out (absent or empty; `~` is home) config.json,
+weights.safetensors and release.json (resnet_jax/releases.py, `release`),
+with the CPU check: how many images of --check_split this machine classifies
+correctly. Everything is checked first, then written into a temporary
+directory renamed to --out. Of a release (--workdir=resnet_jax/pretrained/
+resnet20), its step, seed and recorded accuracy are kept, and the data's
+fingerprint is taken again. `evaluate`, `predict`, `export` and
+`resnet_jax.pretrained` load it as any workdir. Refused with one line
+`error: ...` when --out is not empty, a symbolic link or not writable, or
+the run or checkpoint does not exist.
 """
 
 import shlex
@@ -46,7 +50,7 @@ def define_flags():
   """The command line's flags (defined only when run as a program)."""
   inference.define_selection_flags(ensemble=False)
   flags.DEFINE_string('out', None, 'A new (or empty) directory, e.g. '
-                      'pretrained/resnet20.')
+                      'releases/resnet20.')
   flags.DEFINE_string('data_note', '', "A sentence on the data for "
                       "release.json, e.g. 'the JPEG copy of CIFAR-10'.")
   flags.DEFINE_string('check_split', 'validation', 'The split the CPU check '

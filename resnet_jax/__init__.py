@@ -6,8 +6,9 @@
 """
 
 
-def pretrained(name: str = 'resnet20'):
-  """A released model of pretrained/ (or a release's path), ready to use.
+def pretrained(name='resnet20'):
+  """A released model, ready to use: a shipped release by name ('resnet20',
+  'resnet56'), or any release by its path ('./my_release', a pathlib.Path).
 
   Returns inference.Loaded: `predict(images)` gives class names,
   `probabilities(images)` and `logits(images)` arrays (N, classes), for uint8

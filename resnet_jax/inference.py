@@ -27,12 +27,18 @@ from resnet_jax import experiment
 from resnet_jax import models
 from resnet_jax import parallel
 from resnet_jax import runs
+from resnet_jax import tools
 
 CONFIG_FILE = 'config.json'
-# A release (releases.py) holds one run's variables in Flax's msgpack format,
-# and a record of them, with their sha256, beside its config.json.
+# A release (releases.py) holds one run's variables as safetensors, flat
+# names ('params/stem_conv/kernel'), and a record of them beside its
+# config.json. Releases made before hold Flax msgpack (still read).
 RELEASE_FILE = 'release.json'
-WEIGHTS_FILE = 'weights.msgpack'
+WEIGHTS_FILE = 'weights.safetensors'
+MSGPACK_WEIGHTS_FILE = 'weights.msgpack'
+# release.json's fields that change what a release predicts; with config.json
+# and the weights, each is checked against the sha256 release.json records.
+PREDICTION_FIELDS = ('class_names', 'image_shape', 'recorded')
 CHECKPOINT_CHOICES = ('latest', 'best')
 
 
@@ -293,17 +299,88 @@ def is_release(workdir: str) -> bool:
   return os.path.isfile(os.path.join(workdir, RELEASE_FILE))
 
 
+def field_sha256(value) -> str:
+  """sha256 of a JSON value written canonically (sorted keys, no spaces)."""
+  return hashlib.sha256(json.dumps(
+      value, sort_keys=True, separators=(',', ':')).encode()).hexdigest()
+
+
+def file_sha256(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def promises(workdir: str, record: dict) -> dict:
+  """What release.json's 'sha256' records: config.json's bytes and each of
+  PREDICTION_FIELDS (absent ones as None)."""
+  return {CONFIG_FILE: file_sha256(os.path.join(workdir, CONFIG_FILE))} | {
+      name: field_sha256(record.get(name)) for name in PREDICTION_FIELDS}
+
+
+def flatten_weights(variables: dict) -> dict[str, np.ndarray]:
+  """{'params': {'head': {'bias': x}}} -> {'params/head/bias': x}."""
+  return {'/'.join(str(k.key) for k in path): np.asarray(x)
+          for path, x in jax.tree_util.tree_leaves_with_path(variables)}
+
+
+def _unflatten_weights(flat: dict[str, np.ndarray]) -> dict:
+  tree = {}
+  for name, x in flat.items():
+    *parents, leaf = name.split('/')
+    node = tree
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = x
+  return tree
+
+
+def _check_promises(workdir: str, record: dict) -> None:
+  """Raises ValueError naming the first part of the release (config.json or
+  a prediction field of release.json) that is not as released."""
+  recorded = record.get('sha256')
+  if not isinstance(recorded, dict):
+    raise ValueError(
+        f'{os.path.join(workdir, RELEASE_FILE)} records no sha256 of its '
+        f'config and prediction fields: it was changed; take the release '
+        'again')
+  try:
+    found = promises(workdir, record)
+  except OSError as e:
+    raise ValueError(f'cannot read {e.filename}: {e.strerror}') from None
+  for part, sha256 in found.items():
+    if recorded.get(part) == sha256:
+      continue
+    if part == CONFIG_FILE:
+      what = f'{os.path.join(workdir, CONFIG_FILE)} changed'
+    elif part not in record:
+      what = f'{RELEASE_FILE} of {workdir} lost its {part!r}'
+    else:
+      what = f'the {part!r} of {os.path.join(workdir, RELEASE_FILE)} changed'
+    raise ValueError(f'{what} since the release (its sha256 is not the one '
+                     f'{RELEASE_FILE} records): it would change the '
+                     'predictions; take the release again')
+
+
 def _read_release(workdir: str) -> tuple[dict, dict]:
-  """(variables with a run axis of size 1, release.json's record), the
-  weights checked against the sha256 it records."""
+  """(variables with a run axis of size 1, release.json's record), all that
+  changes a prediction checked against the sha256s the record holds."""
   record_path = os.path.join(workdir, RELEASE_FILE)
   try:
     with open(record_path) as f:
       record = json.load(f)
-    expected = record['weights']['sha256']
+    weights = record['weights']
+    expected, name = weights['sha256'], weights['file']
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'{record_path} is not a release record: {e}') from None
-  weights_path = os.path.join(workdir, WEIGHTS_FILE)
+    raise ValueError(f'{record_path} is not a release record: '
+                     f'{tools.one_line(e, named=True)}') from None
+  if name not in (WEIGHTS_FILE, MSGPACK_WEIGHTS_FILE):
+    raise ValueError(f'{record_path} names weights {name!r}, not '
+                     f'{WEIGHTS_FILE}: it was changed; take the release again')
+  # Releases before safetensors recorded the weights' sha256 only; each part
+  # they did not promise is checked where it is recorded.
+  if name == WEIGHTS_FILE or 'sha256' in record:
+    _check_promises(workdir, record)
+  weights_path = os.path.join(workdir, name)
   try:
     with open(weights_path, 'rb') as f:
       data = f.read()
@@ -314,7 +391,27 @@ def _read_release(workdir: str) -> tuple[dict, dict]:
     raise ValueError(f'{weights_path} has sha256 {sha256}, not the '
                      f'{expected} that {RELEASE_FILE} records: the weights '
                      'were changed or damaged; take the release again')
-  variables = flax.serialization.msgpack_restore(data)
+  if name == WEIGHTS_FILE:
+    import safetensors.numpy  # pylint: disable=g-import-not-at-top
+    variables = _unflatten_weights(safetensors.numpy.load(data))
+  else:
+    variables = flax.serialization.msgpack_restore(data)
+  for path, x in jax.tree_util.tree_leaves_with_path(variables):
+    if not np.isfinite(x).all():
+      raise ValueError(
+          f'{weights_path} holds NaN or infinite values (in '
+          f'{jax.tree_util.keystr(path)}), though its sha256 is the one '
+          'recorded: the model that was released is broken')
+  if isinstance(record.get('step'), bool) or not isinstance(
+      record.get('step'), int):
+    raise ValueError(f'{record_path} has no step (it has '
+                     f'{record.get("step")!r}); take the release again')
+  image_shape = record.get('image_shape')
+  if (not isinstance(image_shape, list) or len(image_shape) != 3 or
+      not all(isinstance(n, int) and n > 0 for n in image_shape)):
+    raise ValueError(f'{record_path} has no image_shape [height, width, '
+                     f'channels] (it has {image_shape!r}); take the release '
+                     'again')
   return jax.tree.map(lambda x: np.asarray(x)[None], variables), record
 
 
@@ -340,16 +437,24 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
   normalisation). Any failure is a one-line ValueError.
   """
   checkpoint = parse_checkpoint(checkpoint)
+  # A release: one weights file, no checkpoints; its config.json is checked
+  # against the release's record before it is read.
+  released, stored = (_read_release(workdir) if is_release(workdir)
+                      else (None, None))
+  weights = [name for name in (WEIGHTS_FILE, MSGPACK_WEIGHTS_FILE)
+             if os.path.exists(os.path.join(workdir, name))]
+  if released is None and weights:  # Trainers write no such file.
+    raise ValueError(
+        f'{os.path.join(workdir, RELEASE_FILE)} is missing: {workdir} holds '
+        f"a release's {weights[0]} without the record that checks it; take "
+        'the release again')
   config = read_config(workdir, data_dir)
   check_run(config, workdir, run, ensemble)
-  if is_release(workdir):
-    # A release: one weights file, no checkpoints.
-    released, stored = _read_release(workdir)
+  if released is not None:
     if checkpoint not in (*CHECKPOINT_CHOICES, stored['step']):
       raise ValueError(f'{workdir} is a release of step {stored["step"]} '
                        f'only; --checkpoint={checkpoint} is not in it')
   else:
-    released = None
     directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     if not os.path.isdir(directory):
       raise ValueError(f'no checkpoint in {workdir}: {directory} does not '

@@ -1,18 +1,22 @@
 """Released models: making them (`release`) and finding them (`path`).
 
-A release (experiments/release.py is the command line; pretrained/<name>/) is
-a directory of three files:
+A release (experiments/release.py is the command line; the shipped ones are
+package data, resnet_jax/pretrained/<name>/) is a directory of three files:
 
-- weights.msgpack: one run's {'params', 'batch_stats'}, in Flax's msgpack
-  format (`flax.serialization.msgpack_restore` reads it without this package);
+- weights.safetensors: one run's {'params', 'batch_stats'} under flat names
+  ('params/stem_conv/kernel'), readable without this package (safetensors'
+  numpy, Flax or PyTorch loaders);
 - release.json: what they are: step, seed, class names, image shape, the
-  normalisation, the weights' size and sha256, the recorded accuracy and the
-  CPU check that tests/test_pretrained.py repeats;
+  normalisation, the weights' size and sha256, the sha256 of config.json and
+  of its own fields that change a prediction ('sha256'), the recorded
+  accuracy and the CPU check that tests/test_pretrained.py repeats;
 - config.json: the run's config (num_runs=1), as in any workdir.
 
 The committed releases also keep a README.md for people, written by hand.
-inference.load reads a release as it reads a workdir, refusing weights whose
-sha256 is not the one recorded.
+inference.load reads a release as it reads a workdir, refusing any part that
+changes a prediction and is not as released. A release can be released again
+(`release` of a release: a new format, the current data fingerprint), keeping
+its step, seed and recorded accuracy.
 """
 
 import hashlib
@@ -20,33 +24,45 @@ import json
 import os
 import pathlib
 import shutil
+import uuid
 
-import flax.serialization
 import jax
 import numpy as np
 
 from resnet_jax import checkpoints
 from resnet_jax import datasets
-from resnet_jax import evaluate
 from resnet_jax import inference
-from resnet_jax import report
 from resnet_jax import workdir as workdir_lib
 
-# Where the repository keeps its releases.
-PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / 'pretrained'
+# The shipped releases: package data, so that an installed package has them.
+PRETRAINED = pathlib.Path(__file__).resolve().parent / 'pretrained'
 
 
-def path(name: str) -> str:
-  """A release's directory: `name` itself, or pretrained/<name>."""
-  if inference.is_release(name):
-    return name
-  if os.sep not in name and inference.is_release(str(PRETRAINED / name)):
+def shipped() -> list[str]:
+  """The names of the releases shipped with the package."""
+  return sorted(p.parent.name
+                for p in PRETRAINED.glob(f'*/{inference.RELEASE_FILE}'))
+
+
+def path(name: str | os.PathLike) -> str:
+  """A release's directory: a shipped release's name ('resnet20'), or a
+  release's path (a path object, or a string with a slash: './resnet20').
+
+  A name never means a directory of the working directory, so that a folder
+  called resnet20 there cannot stand in for the shipped release.
+  """
+  if isinstance(name, os.PathLike) or '/' in name or os.sep in name or (
+      name in ('.', '..', '~')):
+    directory = os.path.expanduser(os.fspath(name))
+    if not inference.is_release(directory):
+      raise ValueError(f'{directory} is not a release: it has no '
+                       f'{inference.RELEASE_FILE}')
+    return directory
+  if name in shipped():
     return str(PRETRAINED / name)
-  known = sorted(p.parent.name
-                 for p in PRETRAINED.glob(f'*/{inference.RELEASE_FILE}'))
-  raise ValueError(f'no release {name!r}: the releases are '
-                   f'{", ".join(known) or "none"} (in {PRETRAINED}), or give '
-                   'the path of a release directory')
+  raise ValueError(f'no release {name!r}: the shipped releases are '
+                   f'{", ".join(shipped()) or "none"}; give the path of '
+                   f'another release with a slash (./{name})')
 
 
 def _write_record(out: str, record: dict) -> None:
@@ -56,38 +72,70 @@ def _write_record(out: str, record: dict) -> None:
 
 def _write_weights(out: str, variables: dict, record: dict) -> dict:
   """Writes `variables` (one run, no run axis) and release.json into `out`;
-  returns `record` with the weights' file, size and sha256 added."""
-  data = flax.serialization.msgpack_serialize(
-      jax.tree.map(np.asarray, jax.device_get(variables)))
+  returns `record` with the weights' file, size and sha256 added, and the
+  sha256 of config.json and of the prediction fields (inference.promises)."""
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  data = safetensors.numpy.save(inference.flatten_weights(
+      jax.tree.map(np.asarray, jax.device_get(variables))))
   workdir_lib.write_file(os.path.join(out, inference.WEIGHTS_FILE), data)
   record = record | {'weights': {
       'file': inference.WEIGHTS_FILE, 'bytes': len(data),
       'sha256': hashlib.sha256(data).hexdigest()}}
+  # Each part hashed on its own, so that a reader names the part changed:
+  # config.json by its bytes (any field of it), release.json's prediction
+  # fields by their canonical JSON (the rest of release.json, such as the
+  # CPU check, is a report, rewritten below).
+  record['sha256'] = inference.promises(out, record)
   _write_record(out, record)
   return record
+
+
+def _checked_out(out: str) -> tuple[str, str]:
+  """(--out with ~ expanded, its nearest existing ancestor), or ValueError
+  if a release cannot be written there. Nothing is written."""
+  if not out.strip():
+    raise ValueError('--out is empty; name a new directory for the release')
+  out = os.path.expanduser(out)
+  if os.path.islink(out):
+    raise ValueError(f'--out={out} is a symbolic link; name a new directory')
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    raise ValueError(f'--out={out} exists and is not empty; releases go to a '
+                     'new directory')
+  ancestor = os.path.dirname(os.path.abspath(out))
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise ValueError(f'--out={out}: {ancestor} is not a directory')
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    raise ValueError(f'--out={out}: {ancestor} is not writable')
+  return out, ancestor
 
 
 def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
             data_note: str = '', check_split: str = 'validation',
             data_dir: str | None = None, command: str = '') -> dict:
-  """Writes run `run` of `workdir`'s checkpoint as a release into `out`.
+  """Writes run `run` of `workdir`'s checkpoint (or a release) as a release
+  into `out`.
 
   config.json holds the run alone (num_runs=1, its seed; a measured
   normalisation written in as constants, so that the release needs no data;
   `data_dir`, where the dataset is here). release.json records, besides, how
   many images of `check_split` (none when empty) this machine classifies
-  correctly: the CPU check. `command` is recorded as what released it.
-  Returns release.json's record.
+  correctly: the CPU check, and, the data being at hand then, its current
+  fingerprint (checked to be the data the run trained on). Of a release: its
+  step, seed, accuracy and provenance are kept. `command` is recorded as
+  what released it. Returns release.json's record.
+
+  Everything is checked, then written into a temporary directory beside
+  `out`, renamed to `out` when complete (Orbax commits its checkpoints so).
 
   Raises:
-    ValueError: `out` exists and is not empty; no such workdir, run or
-      checkpoint. Nothing stays in `out` then.
+    ValueError: `out` exists and is not empty, is a symbolic link or cannot
+      be written; no such workdir, run or checkpoint; a write failed.
+      Nothing stays in `out` then.
   """
-  if not out.strip():
-    raise ValueError('--out is empty; name a new directory for the release')
-  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-    raise ValueError(f'--out={out} exists and is not empty; releases go to a '
-                     'new directory')
+  out, ancestor = _checked_out(out)
+  workdir = os.path.expanduser(workdir)
   loaded = inference.load(workdir, checkpoint, run=run)  # Checks them.
   config = inference.read_config(workdir, data_dir)
   num_runs, config.num_runs, config.seed = config.num_runs, 1, loaded.seed
@@ -95,13 +143,34 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
   if config.data.normalization == 'measured':  # Needs no training data.
     config.data.update({'normalization': 'constants', 'mean': mean,
                         'std': std})
-  summary = report.read_summary(workdir)
-  figures = summary['runs'][run] if summary.get('steps') == loaded.step else {}
+  released_from = {'workdir': workdir, 'run': run, 'num_runs': num_runs,
+                   'checkpoint': str(checkpoint), 'command': command}
+  if inference.is_release(workdir):  # Again: as first released.
+    with open(os.path.join(workdir, inference.RELEASE_FILE)) as f:
+      earlier = json.load(f)
+    validation = earlier.get('validation')
+    released_from = earlier.get('released_from', {}) | {
+        'released_again': released_from}
+    data_note = data_note or earlier.get('data_note', '')
+  else:
+    from resnet_jax import report  # pylint: disable=g-import-not-at-top
+    summary = report.read_summary(workdir)
+    figures = (summary['runs'][run] if summary.get('steps') == loaded.step
+               else {})
+    validation = ({'accuracy': figures['final_val_accuracy'],
+                   'loss': figures['final_val_loss'],
+                   'examples': summary['eval_examples']}
+                  if 'final_val_accuracy' in figures else None)
+  train_data = loaded.train_data
+  if check_split:  # The data is needed: its fingerprint as computed now.
+    train_ds = datasets.load_split(config.data, config.data.train_split)
+    inference._check_train_data(  # pylint: disable=protected-access
+        train_data, train_ds, 'The release would describe other data')
+    train_data = train_ds.source
   record = {
       'model': f'resnet{config.model.depth}', 'dataset': config.data.name,
       'data_note': data_note, 'step': loaded.step, 'seed': loaded.seed,
-      'released_from': {'workdir': workdir, 'run': run, 'num_runs': num_runs,
-                        'checkpoint': str(checkpoint), 'command': command},
+      'released_from': released_from,
       'class_names': loaded.class_names and list(loaded.class_names),
       'image_shape': list(loaded.image_shape),
       # What inference normalises with, as a checkpoint records it.
@@ -109,28 +178,46 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
       'num_params': sum(x.size for x in jax.tree.leaves(
           loaded.variables['params'])),
       # The training data's fingerprint: readers refuse a changed folder.
-      'training': {'train_data': loaded.train_data},
-      'validation': {'accuracy': figures['final_val_accuracy'],
-                     'loss': figures['final_val_loss'],
-                     'examples': summary['eval_examples']}
-                    if 'final_val_accuracy' in figures else None}
-  created = not os.path.exists(out)
+      'training': {'train_data': train_data},
+      'validation': validation}
+  partial = None
+  created = []  # Missing parents of `out`, made here.
   try:
-    os.makedirs(out, exist_ok=True)
-    workdir_lib.write_json(os.path.join(out, inference.CONFIG_FILE),
+    parent = os.path.dirname(os.path.abspath(out))
+    for directory in reversed([
+        d for d in _parents(parent) if d.startswith(ancestor + os.sep)]):
+      if not os.path.isdir(directory):
+        os.mkdir(directory)
+        created.append(directory)
+    partial = os.path.join(
+        parent, f'.{os.path.basename(out)}.{uuid.uuid4().hex[:8]}.partial')
+    os.mkdir(partial)
+    workdir_lib.write_json(os.path.join(partial, inference.CONFIG_FILE),
                            json.loads(config.to_json_best_effort()))
     # Loadable first, for the check; then its record again, with the check.
-    record = _write_weights(out, loaded.variables, record)
-    record['cpu_check'] = (count_correct(out, check_split) if check_split
+    record = _write_weights(partial, loaded.variables, record)
+    record['cpu_check'] = (count_correct(partial, check_split) if check_split
                            else None)
-    _write_record(out, record)
+    _write_record(partial, record)
+    os.replace(partial, out)  # `out` is absent or an empty directory.
+    partial = created = None
     return record
-  except BaseException:
-    # `out` was empty: all in it is this release's, half written.
-    shutil.rmtree(out, ignore_errors=True)
-    if not created:
-      os.makedirs(out, exist_ok=True)
-    raise
+  except OSError as e:
+    raise ValueError(f'cannot write the release into {out}: '
+                     f'{e.strerror or e}') from None
+  finally:
+    if partial:  # Failed: nothing of it stays.
+      shutil.rmtree(partial, ignore_errors=True)
+    for directory in reversed(created or []):
+      shutil.rmtree(directory, ignore_errors=True)
+
+
+def _parents(directory: str) -> list[str]:
+  """`directory` and its ancestors, nearest first."""
+  found = [directory]
+  while os.path.dirname(found[-1]) != found[-1]:
+    found.append(os.path.dirname(found[-1]))
+  return found
 
 
 def count_correct(workdir: str, split: str) -> dict:
@@ -140,6 +227,8 @@ def count_correct(workdir: str, split: str) -> dict:
   loaded), 'device', 'jax'}.
   """
   loaded = inference.load(workdir)
+  # Imported here: loading a release (`path`) needs no matplotlib.
+  from resnet_jax import evaluate  # pylint: disable=g-import-not-at-top
   tfds_split = evaluate.resolve_split(loaded.config, split)
   ds = datasets.load_split(loaded.config.data, tfds_split)
   # Refuses training data changed since the run (a reshuffled folder).

@@ -14,7 +14,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COMMANDS = ('resnet_jax.main', 'resnet_jax.evaluate', 'resnet_jax.predict',
-            'resnet_jax.curves', 'experiments.release',
+            'resnet_jax.curves', 'resnet_jax.export', 'experiments.release',
             'experiments.benchmark', 'experiments.reproduce_table6')
 
 

@@ -6,12 +6,17 @@ it classified correctly on the CPU. Here the public API,
 `resnet_jax.pretrained(name).predict`, classifies that split again: any
 later change to the model, the preprocessing or the loading that alters what
 a released model computes fails here. The JPEG copy of CIFAR-10 in ../shared
-holds the validation images (CI has it).
+holds the validation images (CI has it). The releases ship in the package:
+an installed wheel has them, by name, from any directory.
 """
 
 import json
+import os
 import pathlib
 import re
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -30,8 +35,9 @@ RELEASES = sorted(p.parent for p in releases.PRETRAINED.glob(
 
 def test_the_readme_shows_each_releases_recorded_figures():
   readme = (REPO / 'README.md').read_text()
-  shown = re.findall(r'^\| `pretrained/(\w+)` \| ([\d.]+)% \| ([\d,]+) \|',
-                     readme, re.MULTILINE)
+  shown = re.findall(
+      r'^\| `resnet_jax/pretrained/(\w+)` \| ([\d.]+)% \| ([\d,]+) \|',
+      readme, re.MULTILINE)
   assert {name for name, _, _ in shown} == {p.name for p in RELEASES} >= {
       'resnet20', 'resnet56'}
   for name, accuracy, params in shown:
@@ -76,3 +82,54 @@ def test_one_line_gives_a_model_that_names_classes(jpeg_dir):
     resnet_jax.pretrained('resnet1000')
   assert sum(x.size for x in jax.tree.leaves(model.variables['params'])) == (
       269_722)
+
+
+def test_a_name_means_a_shipped_release_and_a_path_any(tmp_path,
+                                                        monkeypatch):
+  # A decoy in the working directory: resnet20 as released, but its
+  # record says step 1 (and a config.json edit would change nothing here).
+  shutil.copytree(releases.PRETRAINED / 'resnet20', tmp_path / 'resnet20')
+  record_path = tmp_path / 'resnet20' / inference.RELEASE_FILE
+  record = json.loads(record_path.read_text())
+  record_path.write_text(json.dumps(record | {'step': 1}))
+  monkeypatch.chdir(tmp_path)
+  assert resnet_jax.pretrained('resnet20').step == record['step'] == 64000
+  assert resnet_jax.pretrained('./resnet20').step == 1
+  assert resnet_jax.pretrained(pathlib.Path('resnet20')).step == 1
+  with pytest.raises(ValueError, match=r'^\./nothing is not a release: it has '
+                     'no release.json$'):
+    resnet_jax.pretrained('./nothing')
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_has_the_releases_from_any_directory(tmp_path):
+  # Built from a copy: building writes build/ beside the sources.
+  source, wheels, target = (tmp_path / d for d in ('src', 'wheels', 'site'))
+  shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+      '.git', 'build', '*.egg-info', '__pycache__', 'runs', 'data', '.*'))
+  for command in (['wheel', '--no-deps', '--no-build-isolation', '-q',
+                   str(source), '-w', str(wheels)],
+                  ['install', '--no-deps', '-q', '--target', str(target)]):
+    if command[0] == 'install':
+      command += [str(p) for p in wheels.glob('*.whl')]
+    result = subprocess.run([sys.executable, '-m', 'pip', *command],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+  elsewhere = tmp_path / 'elsewhere'
+  (elsewhere / 'resnet20').mkdir(parents=True)  # A decoy: not a release.
+  (elsewhere / 'resnet20' / 'release.json').write_text('{}')
+  script = (
+      'import numpy as np, resnet_jax\n'
+      'print(resnet_jax.__file__)\n'
+      'for name in ("resnet20", "resnet56"):\n'
+      '  m = resnet_jax.pretrained(name)\n'
+      '  x = np.zeros((2, 32, 32, 3), np.uint8)\n'
+      '  print(name, m.step, m.num_classes, len(m.predict(x)))\n')
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  result = subprocess.run([sys.executable, '-c', script], cwd=elsewhere,
+                          env=env | {'PYTHONPATH': str(target)},
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines() == [
+      str(target / 'resnet_jax' / '__init__.py'), 'resnet20 64000 10 2',
+      'resnet56 64000 10 2']

@@ -84,6 +84,8 @@ NOT_RUN = (
      'times hundreds of steps: minutes'),
     (r'bash experiments/', 'benchmark tables: minutes to hours'),
     (r'python -m experiments\.reproduce_table6 ', 'trains several runs: hours'),
+    (r'python -m resnet_jax\.export --workdir=resnet_jax/pretrained/',
+     'tests/test_export.py runs these and checks the files (export extra)'),
 )
 
 

@@ -1,13 +1,16 @@
 """Releasing one run's weights (releases.release, experiments/release.py)
 and loading them."""
 
+import errno
 import hashlib
 import json
+import os
+import re
 import shutil
 
-import flax.serialization
 import numpy as np
 import pytest
+from safetensors import numpy as safetensors_numpy
 
 from cli import run_module
 from resnet_jax import evaluate
@@ -34,7 +37,7 @@ def test_a_release_holds_one_runs_config_weights_and_a_manifest(run_dir,
   assert (config['num_runs'], config['seed']) == (1, 1)
   # No generated README: release.json is the manifest, read as JSON.
   assert sorted(p.name for p in released.iterdir()) == [
-      'config.json', 'release.json', 'weights.msgpack']
+      'config.json', 'release.json', 'weights.safetensors']
   record = json.loads((released / 'release.json').read_text())
   assert (record['model'], record['step'], record['seed'],
           record['class_names'][0], record['data_note']) == (
@@ -49,16 +52,15 @@ def test_a_release_holds_one_runs_config_weights_and_a_manifest(run_dir,
       'accuracy': summary['runs'][1]['final_val_accuracy'],
       'loss': summary['runs'][1]['final_val_loss'],
       'examples': summary['eval_examples']}
-  # One run's weights, no optimizer state, readable by Flax alone.
-  weights = flax.serialization.msgpack_restore(
-      (released / 'weights.msgpack').read_bytes())
-  assert set(weights) == {'params', 'batch_stats'}
-  assert weights['params']['head']['kernel'].shape == (64, 10)
+  # One run's weights, no optimizer state, readable without this package.
+  weights = safetensors_numpy.load_file(released / 'weights.safetensors')
+  assert {name.split('/')[0] for name in weights} == {'params', 'batch_stats'}
+  assert weights['params/head/kernel'].shape == (64, 10)
   assert record['weights'] == {
-      'file': 'weights.msgpack',
-      'bytes': (released / 'weights.msgpack').stat().st_size,
+      'file': 'weights.safetensors',
+      'bytes': (released / 'weights.safetensors').stat().st_size,
       'sha256': hashlib.sha256(
-          (released / 'weights.msgpack').read_bytes()).hexdigest()}
+          (released / 'weights.safetensors').read_bytes()).hexdigest()}
 
 
 @pytest.mark.slow
@@ -87,18 +89,16 @@ def test_the_check_holds_and_fails_on_a_changed_record(
 def test_changed_or_missing_weights_are_refused_in_one_line(released,
                                                             tmp_path):
   changed = shutil.copytree(released, tmp_path / 'changed')
-  data = bytearray((changed / 'weights.msgpack').read_bytes())
+  data = bytearray((changed / 'weights.safetensors').read_bytes())
   data[-1] ^= 1
-  (changed / 'weights.msgpack').write_bytes(bytes(data))
-  with pytest.raises(ValueError, match='weights.msgpack has sha256 .* not the '
-                     '.* that release.json records'):
+  (changed / 'weights.safetensors').write_bytes(bytes(data))
+  with pytest.raises(ValueError, match='weights.safetensors has sha256 .* not '
+                     'the .* that release.json records'):
     inference.load(str(changed))
-  for name, match in (('weights.msgpack', 'cannot read the weights'),
-                      ('release.json', 'no checkpoint in')):
-    missing = shutil.copytree(released, tmp_path / f'no_{name}')
-    (missing / name).unlink()
-    with pytest.raises(ValueError, match=match):
-      inference.load(str(missing))
+  missing = shutil.copytree(released, tmp_path / 'no_weights')
+  (missing / 'weights.safetensors').unlink()
+  with pytest.raises(ValueError, match='cannot read the weights'):
+    inference.load(str(missing))
   result = run_module('resnet_jax.predict', f'--workdir={changed}',
                       str(tmp_path / 'x.png'))
   assert result.returncode == 1 and 'Traceback' not in result.stderr
@@ -151,3 +151,162 @@ def test_no_release_into_a_full_dir_of_no_run_or_of_no_checkpoint(
   assert result.stderr.strip().splitlines()[-1] == (
       f'error: --out={full} exists and is not empty; releases go to a new '
       'directory')
+
+
+@pytest.fixture(name='again', scope='module')
+def fixture_again(tmp_path_factory):
+  """The shipped ResNet-20 released again (no data here: no CPU check)."""
+  out = tmp_path_factory.mktemp('again') / 'resnet20'
+  releases.release(str(releases.PRETRAINED / 'resnet20'), str(out),
+                   check_split='')
+  return out
+
+
+def test_a_release_released_again_keeps_its_record_and_predictions(again):
+  shipped = releases.PRETRAINED / 'resnet20'
+  before, after = (json.loads((d / 'release.json').read_text())
+                   for d in (shipped, again))
+  for field in ('step', 'seed', 'validation', 'class_names', 'data_note',
+                'num_params', 'recorded'):
+    assert after[field] == before[field], field
+  assert after['released_from'] == before['released_from'] | {
+      'released_again': after['released_from']['released_again']}
+  assert after['weights']['file'] == 'weights.safetensors'
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3),
+                                             dtype=np.uint8)
+  np.testing.assert_array_equal(
+      inference.load(str(again)).logits(images, batch_size=4),
+      inference.load(str(shipped)).logits(images, batch_size=4))
+
+
+def _edit_json(path, change):
+  path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+def _nan_weights(release):
+  """A NaN in the weights, with release.json's sha256 made to match."""
+  path = release / 'weights.safetensors'
+  weights = safetensors_numpy.load_file(path)
+  weights['params/head/bias'][3] = np.nan
+  path.write_bytes(safetensors_numpy.save(weights))
+  _edit_json(release / 'release.json', lambda r: r | {'weights': r[
+      'weights'] | {'sha256': hashlib.sha256(path.read_bytes()).hexdigest()}})
+
+
+def _config_change(section, field, value):
+  return lambda d: _edit_json(d / 'config.json', lambda c: c | {
+      section: c[section] | {field: value}})
+
+
+CHANGED = "changed since the release .*: it would change the predictions"
+# Each damage to a release that changes what it predicts, and its one line.
+DAMAGES = {
+    'class names swapped': (lambda d: _edit_json(
+        d / 'release.json', lambda r: r | {'class_names': [
+            r['class_names'][1], r['class_names'][0], *r['class_names'][2:]]}),
+                            f"the 'class_names' of .*release.json {CHANGED}"),
+    'normalisation recorded': (lambda d: _edit_json(
+        d / 'release.json', lambda r: r | {'recorded': {'normalization': {
+            'mean': [0, 0, 0], 'std': [1, 1, 1]}}}),
+                               f"the 'recorded' of .*release.json {CHANGED}"),
+    'image_shape missing': (lambda d: _edit_json(
+        d / 'release.json', lambda r: {
+            k: v for k, v in r.items() if k != 'image_shape'}),
+                            f"release.json of .* lost its 'image_shape' "
+                            'since the release'),
+    'no sha256 recorded': (lambda d: _edit_json(
+        d / 'release.json', lambda r: {
+            k: v for k, v in r.items() if k != 'sha256'}),
+                           'records no sha256 of its config'),
+    'config normalisation': (_config_change('data', 'mean', [0., 0., 0.]),
+                             f'config.json {CHANGED}'),
+    'bn_epsilon': (_config_change('model', 'bn_epsilon', 1e-3),
+                   f'config.json {CHANGED}'),
+    'dtype': (_config_change('model', 'dtype', 'bfloat16'),
+              f'config.json {CHANGED}'),
+    'NaN weights, hash matching': (_nan_weights, r'weights.safetensors holds '
+                                   r"NaN or infinite values \(in \['params'\]"
+                                   r"\['head'\]\['bias'\]\)"),
+    'release.json missing': (lambda d: (d / 'release.json').unlink(),
+                             'release.json is missing: .* holds a release.s '
+                             'weights.safetensors without the record'),
+}
+
+
+@pytest.mark.parametrize('damage', DAMAGES)
+def test_each_damage_that_changes_a_prediction_is_named(again, tmp_path,
+                                                        damage):
+  change, message = DAMAGES[damage]
+  damaged = shutil.copytree(again, tmp_path / 'damaged')
+  change(damaged)
+  with pytest.raises(ValueError, match=message):
+    inference.load(str(damaged))
+
+
+@pytest.mark.slow
+def test_evaluate_predict_and_export_refuse_a_damaged_release(again,
+                                                              tmp_path):
+  for module, damage, args in (
+      ('resnet_jax.evaluate', 'class names swapped', ['--split=validation']),
+      ('resnet_jax.predict', 'NaN weights, hash matching', ['x.png']),
+      ('resnet_jax.export', 'release.json missing', [
+          f'--out={tmp_path}/m.jax'])):
+    change, message = DAMAGES[damage]
+    damaged = shutil.copytree(again, tmp_path / module)
+    change(damaged)
+    result = run_module(module, f'--workdir={damaged}', *args)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert re.search(
+        message, result.stderr.strip().splitlines()[-1]), result.stderr
+
+
+def test_out_is_checked_before_anything_is_written(again, tmp_path,
+                                                   monkeypatch):
+  source = str(releases.PRETRAINED / 'resnet20')
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  (tmp_path / 'link').symlink_to(elsewhere)
+  (tmp_path / 'file').write_text('mine')
+  for out, message in (
+      (tmp_path / 'link', 'is a symbolic link; name a new directory'),
+      (tmp_path / 'file' / 'release', 'file is not a directory')):
+    with pytest.raises(ValueError, match=message):
+      releases.release(source, str(out), check_split='')
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'elsewhere', 'file', 'link']
+  assert not list(elsewhere.iterdir())
+  # A write that fails halfway (a full disk): nothing half-written stays,
+  # not even the parents made for it.
+  real_write = releases.workdir_lib.write_file
+
+  def full_disk(path, data):
+    if str(path).endswith('.safetensors'):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    real_write(path, data)
+
+  monkeypatch.setattr(releases.workdir_lib, 'write_file', full_disk)
+  with pytest.raises(ValueError, match='cannot write the release into .*'
+                     'new/release: No space left on device'):
+    releases.release(source, str(tmp_path / 'new' / 'release'),
+                     check_split='')
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'elsewhere', 'file', 'link']
+
+
+def test_a_tilde_in_out_means_home(tmp_path, monkeypatch):
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'home').mkdir()
+  releases.release(str(releases.PRETRAINED / 'resnet20'), '~/mine/r20',
+                   check_split='')
+  assert inference.is_release(str(tmp_path / 'home' / 'mine' / 'r20'))
+  assert not (tmp_path / '~').exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes anywhere')
+def test_an_unwritable_out_is_refused(tmp_path):
+  locked = tmp_path / 'locked'
+  locked.mkdir(mode=0o500)
+  with pytest.raises(ValueError, match='locked is not writable'):
+    releases.release(str(releases.PRETRAINED / 'resnet20'),
+                     str(locked / 'r20'), check_split='')
