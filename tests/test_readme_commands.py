@@ -53,7 +53,7 @@ RUN = {
     'data/cifar10-jpeg75': (0, ()),
     'git -C data/cifar10-jpeg75 checkout d7d05618': (1, ()),
     # The release, on the JPEG copy's test/ (the stand-in's).
-    'python -m resnet_jax.evaluate --workdir=pretrained/resnet20 --split=test '
+    'python -m resnet_jax.evaluate --workdir=resnet_jax/pretrained/resnet20 --split=test '
     '--tta': (2, ()),
     # The first training of "On a fresh machine": into runs/resnet20.
     'python -m resnet_jax.main --config=configs/resnet20.py':
@@ -198,7 +198,7 @@ def test_the_readme_commands_run_in_a_fresh_clone(tmp_path):
       100, fake_cifar.CLASS_NAMES)
   assert (clone / 'runs/resnet20/eval_test.json').is_file()
   release_test = json.loads(
-      (clone / 'pretrained/resnet20/eval_test.json').read_text())
+      (clone / 'resnet_jax/pretrained/resnet20/eval_test.json').read_text())
   assert (release_test['tfds_split'], release_test['num_examples']) == (
       'test', 50)
   assert (clone / 'runs/resnet20/curves.png').is_file()
