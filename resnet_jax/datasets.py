@@ -277,13 +277,19 @@ def read_regular_file(path: str) -> bytes:
     OSError: `path` is missing, unreadable or not a regular file; its
       strerror says which in a few words.
   """
-  fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+  not_regular = 'not a regular file (a FIFO, device or socket)'
+  try:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+  except OSError as e:
+    if e.errno == errno.ENXIO:  # A socket: it cannot be opened.
+      raise OSError(errno.EINVAL, not_regular, path) from None
+    raise
   try:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
       raise OSError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
-                    'is a directory' if stat.S_ISDIR(mode) else
-                    'not a regular file (a FIFO, device or socket)', path)
+                    'is a directory' if stat.S_ISDIR(mode) else not_regular,
+                    path)
     with os.fdopen(fd, 'rb', closefd=False) as f:
       return f.read()
   finally:
@@ -309,8 +315,8 @@ def decode(data: bytes, formats=('JPEG', 'PNG')) -> np.ndarray | str:
                                          image.format in _GREY16_FORMATS):
         grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
-      return (f'its pixels ({image.format} mode {image.mode}) have no exact '
-              '8-bit RGB form; save it as 8-bit RGB')
+      return (f'pixels of mode {image.mode} ({image.format}) have no exact '
+              '8-bit RGB form; save the image as 8-bit RGB')
   except Image.UnidentifiedImageError:
     return ('not a JPEG or PNG image' if formats == ('JPEG', 'PNG') else
             'not an image (Pillow does not recognise it)')
