@@ -366,7 +366,8 @@ def _load_image_folder_base(root: str, base: str, class_names: tuple,
       continue
     entry = f'{os.path.relpath(path, root)}\t{len(data)}\n'.encode()
     listing.update(entry)
-    files.update(entry + data)
+    files.update(entry)
+    files.update(data)
     images.append(decode(data))
   bad = [(p, why) for p, why in zip(paths, images) if isinstance(why, str)]
   if bad:
