@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging as logging_lib
+import sys
 import time
 from typing import Any
 
@@ -47,6 +48,24 @@ def _unexpected(record: logging_lib.LogRecord) -> bool:
 
 
 logging_lib.getLogger('absl').addFilter(_unexpected)
+
+
+def _unless_closed_loop(unraisablehook):
+  """`unraisablehook` without the tracebacks that tensorstore reports (through
+  it) for each write of a failed save that ends after Orbax closed its event
+  loop: the save's CheckpointWriteError says what failed. Only a callback's
+  (no frame above asyncio's call_soon_threadsafe) is dropped."""
+  def hook(unraisable):
+    traceback = unraisable.exc_traceback
+    if not (unraisable.exc_type is RuntimeError and
+            str(unraisable.exc_value) == 'Event loop is closed' and
+            traceback and traceback.tb_frame.f_code.co_name ==
+            'call_soon_threadsafe'):
+      unraisablehook(unraisable)
+  return hook
+
+
+sys.unraisablehook = _unless_closed_loop(sys.unraisablehook)
 
 
 class IncompatibleCheckpointError(ValueError):

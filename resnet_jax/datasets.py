@@ -11,16 +11,20 @@ TFDS data, and is kept off the GPUs, which belong to JAX.
 """
 
 import dataclasses
+import errno
 import functools
 import hashlib
+import io
 import os
 import random
 import re
 import socket
+import stat
 import threading
 import urllib.parse
 import urllib.request
 
+from absl import logging
 import numpy as np
 from PIL import Image
 
@@ -250,27 +254,83 @@ def _image_folder_split(config, base: str):
   return root, split_dir, class_names
 
 
-def decode_image(path: str, formats=('JPEG', 'PNG')) -> np.ndarray | str:
-  """uint8 RGB pixels (H, W, 3) of an image file, else why it cannot be read.
+# Pillow modes whose convert('RGB') is exact: the twin's bytes, looked up
+# (palette), repeated (grey, bilevel 0/255), alpha or padding dropped, or by
+# the standard formulas (CMYK with K, JPEG's YCbCr), as TF's decoders do.
+_RGB_MODES = ('1', 'L', 'LA', 'P', 'PA', 'RGB', 'RGBA', 'RGBX', 'CMYK',
+              'YCbCr')
+# 16-bit grey in either byte order, and the 32-bit 'I' into which PNG and
+# PPM/PGM widen 16-bit samples (PGM's maxval scaled to 65535): the twin is
+# the high byte, as decode_png(channels=3) and libpng's strip_16 give it.
+_GREY16_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+_GREY16_FORMATS = ('PNG', 'PPM')
+
+
+def read_regular_file(path: str) -> bytes:
+  """The bytes of `path`, a regular file or a symlink to one.
+
+  Opened without blocking and checked before reading, so that nothing a user
+  passes (a FIFO, /dev/zero, a terminal, a directory) is waited on or read
+  forever.
+
+  Raises:
+    OSError: `path` is missing, unreadable or not a regular file; its
+      strerror says which in a few words.
+  """
+  not_regular = 'not a regular file (a FIFO, device or socket)'
+  try:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+  except OSError as e:
+    if e.errno == errno.ENXIO:  # A socket: it cannot be opened.
+      raise OSError(errno.EINVAL, not_regular, path) from None
+    raise
+  try:
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+      raise OSError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
+                    'is a directory' if stat.S_ISDIR(mode) else not_regular,
+                    path)
+    with os.fdopen(fd, 'rb', closefd=False) as f:
+      return f.read()
+  finally:
+    os.close(fd)
+
+
+def decode(data: bytes, formats=('JPEG', 'PNG')) -> np.ndarray | str:
+  """uint8 RGB pixels (H, W, 3) of an image file's bytes, else why not.
 
   The one decoder (image folders and predict's files), decoding as TF did:
   Pillow's libjpeg uses the accurate integer IDCT (TF's decode_jpeg with
-  dct_method='INTEGER_ACCURATE'); grey, palette and alpha images become RGB
-  as in decode_png(channels=3): grey repeated (16-bit cut to its high byte),
-  the palette looked up, alpha dropped; the EXIF orientation is not applied.
+  dct_method='INTEGER_ACCURATE'); every other mode becomes its 8-bit RGB
+  twin as in decode_png(channels=3) (see _RGB_MODES, _GREY16_MODES); modes
+  without one (float, 32-bit, premultiplied alpha, LAB, HSV) are refused.
+  The EXIF orientation is not applied.
   """
   try:
-    with Image.open(path, formats=formats) as image:
-      if image.mode == 'I;16':
-        grey = (np.asarray(image) >> 8).astype(np.uint8)
+    with Image.open(io.BytesIO(data), formats=formats) as image:
+      if image.mode in _RGB_MODES:
+        return np.asarray(image if image.mode == 'RGB' else
+                          image.convert('RGB'))
+      if image.mode in _GREY16_MODES or (image.mode == 'I' and
+                                         image.format in _GREY16_FORMATS):
+        grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
-      return np.asarray(image if image.mode == 'RGB' else image.convert('RGB'))
+      return (f'pixels of mode {image.mode} ({image.format}) have no exact '
+              '8-bit RGB form; save the image as 8-bit RGB')
   except Image.UnidentifiedImageError:
     return ('not a JPEG or PNG image' if formats == ('JPEG', 'PNG') else
             'not an image (Pillow does not recognise it)')
   except Exception as e:  # pylint: disable=broad-except
     # Damage shows as OSError, SyntaxError, ValueError... depending on where.
     return getattr(e, 'strerror', None) or str(e) or type(e).__name__
+
+
+def decode_image(path: str, formats=('JPEG', 'PNG')) -> np.ndarray | str:
+  """`decode` of the file at `path` (read_regular_file), else why not."""
+  try:
+    return decode(read_regular_file(path), formats)
+  except OSError as e:
+    return e.strerror or str(e)
 
 
 def _folder_state(split_dir: str) -> tuple:
@@ -296,7 +356,19 @@ def _load_image_folder_base(root: str, base: str, class_names: tuple,
     paths += [os.path.join(split_dir, name, f) for f in files]
     labels += [class_names.index(name)] * len(files)
   # One by one: threads were slower (Pillow holds the GIL). ~4 s for 50,000.
-  images = [decode_image(path) for path in paths]
+  # Each file is read once, for its pixels and the fingerprint.
+  listing, files, images = hashlib.sha256(), hashlib.sha256(), []
+  for path in paths:
+    try:
+      data = read_regular_file(path)
+    except OSError as e:
+      images.append(e.strerror or str(e))
+      continue
+    entry = f'{os.path.relpath(path, root)}\t{len(data)}\n'.encode()
+    listing.update(entry)
+    files.update(entry)
+    files.update(data)
+    images.append(decode(data))
   bad = [(p, why) for p, why in zip(paths, images) if isinstance(why, str)]
   if bad:
     (path, why), more = bad[0], len(bad) - 1
@@ -316,32 +388,55 @@ def _load_image_folder_base(root: str, base: str, class_names: tuple,
   # meaning the same images.
   order = list(range(len(paths)))
   random.Random(base).shuffle(order)
-  # The names and sizes (all that runs recorded before, see same_data), then
-  # the pixels: any change to the images changes the source.
-  listing, pixels = hashlib.sha256(), hashlib.sha256()
-  for path, image in zip(paths, images):
-    listing.update(f'{os.path.relpath(path, root)}\t'
-                   f'{os.path.getsize(path)}\n'.encode())
+  files = files.hexdigest()[:16]
+  pixels = hashlib.sha256()  # For records of pixels (see same_data).
+  for image in images:
     pixels.update(image)
+  _PIXELS_OF_FILES[files] = pixels.hexdigest()[:16]
   source = (f'image folder {base!r}: {len(paths)} files, sha256 of names and '
-            f'sizes {listing.hexdigest()[:16]}{_PIXELS}'
-            f'{pixels.hexdigest()[:16]}')
+            f'sizes {listing.hexdigest()[:16]}{_FILES}{files}')
   return (np.stack([images[i] for i in order]),
           np.asarray(labels, np.int32)[order], class_names, source)
 
 
+# An image folder's source ends with the sha256 of its files: each one's
+# path below the root (class folder and name), size and bytes, which the user
+# controls; no library's version changes it. Runs recorded before it hold the
+# names and sizes only (the first releases), or those and the sha256 of the
+# pixels decoded (which a Pillow or libjpeg upgrade could change).
+_FILES = ', of files '
 _PIXELS = ', of pixels '
+# The pixels' digest of each folder loaded here, by its files' digest.
+_PIXELS_OF_FILES: dict[str, str] = {}
+_warned_names_only = set()
 
 
 def same_data(recorded: str | None, source: str) -> bool:
   """Whether `source` (InMemoryDataset.source) is the data a run recorded.
 
-  Records from before the pixels were hashed name an image folder's file
-  names and sizes only: those match while the names and sizes do.
+  New records match exactly: the same split of the same files. An image
+  folder's older records keep working: one of pixels matches while the
+  names, sizes and pixels as decoded here do; one of names and sizes only
+  matches while they do, with a warning (once per record) that it cannot
+  tell a change that keeps them, such as same-size files swapped between
+  classes.
   """
-  return recorded == source or (
-      recorded is not None and _PIXELS not in recorded and
-      source.startswith(recorded + _PIXELS))
+  if recorded is None or recorded == source:
+    return recorded is not None
+  head, _, files = source.partition(_FILES)
+  if not files:
+    return False
+  if recorded.startswith(head + _PIXELS):
+    return recorded == head + _PIXELS + _PIXELS_OF_FILES.get(files, '?')
+  if recorded != head:
+    return False
+  if recorded not in _warned_names_only:
+    _warned_names_only.add(recorded)
+    logging.warning(
+        'the data is recorded by its file names and sizes only (%s): files '
+        'changed or swapped between classes that keep them are not told '
+        "apart; a run trained again records the files' contents", recorded)
+  return True
 
 
 # ----------------------------------------------------------------------------

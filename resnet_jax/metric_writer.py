@@ -8,6 +8,7 @@ pure-Python TFRecord framing only.
 """
 
 from collections.abc import Iterator, Mapping
+import contextlib
 import itertools
 import os
 import socket
@@ -54,21 +55,33 @@ class MetricWriter(_Closes):
   def __init__(self, logdir: str | os.PathLike[str] | None, *,
                log: bool = True):
     self._log = log
-    self._records = None
+    self._records = self._path = None
     if logdir is not None:
       directory = epath.Path(logdir)
-      directory.mkdir(parents=True, exist_ok=True)
       # TensorFlow's name: TensorBoard finds files by their prefix.
-      name = (f'events.out.tfevents.{int(time.time()):010d}.'
-              f'{socket.gethostname()}.{os.getpid()}.{next(_file_numbers)}.v2')
-      self._records = record_writer.RecordWriter((directory / name).open('wb'))
+      self._path = directory / (
+          f'events.out.tfevents.{int(time.time()):010d}.'
+          f'{socket.gethostname()}.{os.getpid()}.{next(_file_numbers)}.v2')
+      with self._failure():
+        directory.mkdir(parents=True, exist_ok=True)
+        self._records = record_writer.RecordWriter(self._path.open('wb'))
       self._write(event_pb2.Event(file_version='brain.Event:2'))
+
+  @contextlib.contextmanager
+  def _failure(self):
+    """A file-system error (a full disk) as one line naming the file: the
+    file object's own OSError does not."""
+    try:
+      yield
+    except OSError as e:
+      raise ValueError(f'cannot write {self._path}: {e.strerror or e}') from e
 
   def _write(self, event: event_pb2.Event, step: int = 0):
     event.wall_time = time.time()  # Tells which of two writes is later.
     event.step = step
-    self._records.write(event.SerializeToString())
-    self._records.flush()
+    with self._failure():
+      self._records.write(event.SerializeToString())
+      self._records.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     if self._log:  # clu's LoggingWriter's line, which people and tests read.
@@ -98,9 +111,10 @@ class MetricWriter(_Closes):
 
   def close(self):
     """Closes the file; more calls do nothing."""
-    if self._records is not None:
-      self._records.close()
-      self._records = None
+    records, self._records = self._records, None
+    if records is not None:
+      with self._failure():
+        records.close()
     logging.flush()
 
 

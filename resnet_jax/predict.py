@@ -5,8 +5,9 @@
 
 Prints each file's --top_k classes (a table per image, or one JSON document
 with --json), from one run (--run) or the --ensemble. Files are decoded by
-the image folders' decoder (datasets.decode_image), so a dataset's file is
-classified as evaluate classified it. An image must have the model's size
+the image folders' decoder (datasets.decode), so a dataset's file is
+classified as evaluate classified it; only regular files (and symlinks to
+them) are read. An image must have the model's size
 unless --resize: then it is scaled to cover that size and centre-cropped
 (Pillow's ImageOps.fit). A bad file gets one line `error: <file>: <reason>`;
 the others are still classified, and the exit status is 1.
@@ -40,17 +41,21 @@ def read_image(path: str, image_shape, resize: bool = False) -> np.ndarray:
   """The image at `path` as uint8 (H, W, C) of `image_shape` (see module doc).
 
   Raises:
-    ImageError: missing, unreadable, not an image, or of another size
-      without `resize`.
+    ImageError: missing, unreadable, not a regular file, not an image, of
+      pixels with no exact 8-bit RGB form, or of another size without
+      `resize`.
   """
   height, width, channels = image_shape
-  if not os.path.exists(path):
-    raise ImageError('no such file')
-  if os.path.isdir(path):
-    raise ImageError('is a directory')
-  pixels = datasets.decode_image(path, formats=None)
+  try:  # Only a regular file: a FIFO or /dev/zero would be read forever.
+    data = datasets.read_regular_file(path)
+  except FileNotFoundError:
+    raise ImageError('no such file') from None
+  except OSError as e:
+    raise ImageError(e.strerror or str(e)) from None
+  pixels = datasets.decode(data, formats=None)
   if isinstance(pixels, str):
-    raise ImageError(pixels if pixels.startswith('not an image') else
+    raise ImageError(pixels if pixels.startswith(('not an image',
+                                                     'pixels of mode')) else
                      f'cannot read the image ({pixels})')
   if channels != pixels.shape[-1]:
     raise ImageError(f'has {pixels.shape[-1]} channels, the model takes '

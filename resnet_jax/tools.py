@@ -61,6 +61,15 @@ def config_error(error: Exception, config_file: str | None = None) -> str:
   return one_line(error)
 
 
+def os_error(error: OSError) -> str:
+  """An OSError (a full disk, a name too long, no permission) in one line:
+  the file or files it names, then the system's reason, as `cp` says it."""
+  files = ' -> '.join(str(f) for f in (error.filename, error.filename2)
+                      if f is not None)
+  reason = error.strerror or one_line(error, named=True)
+  return f'{files}: {reason}' if files else reason
+
+
 def fail(message) -> None:
   """Ends the command with `error: <message>` (a str or an error), status 1."""
   print(f'error: {one_line(message)}', file=sys.stderr, flush=True)
@@ -110,8 +119,9 @@ def _help_succeeds() -> None:
 def run(main, **kwargs) -> None:
   """`absl.app.run(main)` through the project's one error path.
 
-  A ValueError in `main` ends it with `error: ...` and status 1; Ctrl-C that
-  it does not handle (the trainer does) with one line and status 130. It ends
+  A ValueError in `main` ends it with `error: ...` and status 1, and so does
+  an OSError (`os_error`: the file system's, not a bug); Ctrl-C that it does
+  not handle (the trainer does) with one line and status 130. It ends
   at once: background threads (Orbax's writers) may wait forever on work
   that failed, and must not keep it alive.
   """
@@ -119,9 +129,9 @@ def run(main, **kwargs) -> None:
   def guarded(argv):
     try:
       return main(argv)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
       logging.debug('Failed:', exc_info=True)  # The traceback with -v 1.
-      fail(e)
+      fail(os_error(e) if isinstance(e, OSError) else e)
     except KeyboardInterrupt:
       print('error: interrupted (Ctrl-C)', file=sys.stderr, flush=True)
       sys.exit(128 + signal.SIGINT)

@@ -1,7 +1,9 @@
 """Loading splits: split names, image folders, TFDS, availability."""
 
+import hashlib
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -127,9 +129,9 @@ def test_image_folder_decodes_each_split_once_until_it_changes(
     folder, monkeypatch):
   config, _ = folder
   decoded = []
-  decode = datasets.decode_image
-  monkeypatch.setattr(datasets, 'decode_image',
-                      lambda path: decoded.append(path) or decode(path))
+  decode = datasets.decode
+  monkeypatch.setattr(datasets, 'decode',
+                      lambda data: decoded.append(data) or decode(data))
   datasets.load_split(config, 'train[:5]')
   assert datasets.load_split(config, 'train[5:]').num_examples == 7
   assert len(decoded) == 12  # Once for both slices.
@@ -150,31 +152,112 @@ def test_a_class_added_to_another_split_relabels_a_loaded_split(tmp_path):
   assert sorted(relabelled.labels) == [1, 2]
 
 
-def test_an_image_folder_source_names_its_files_sizes_and_pixels(folder):
-  config, _ = folder
-  path = next(pathlib.Path(config.data_dir).glob('train/cat/*.png'))
+def _uncompressed(path: pathlib.Path) -> pathlib.Path:
+  """The PNG at `path` saved again uncompressed: its size fixed by its shape."""
+  Image.open(path).save(path, compress_level=0)
+  return path
+
+
+def _changed_in_place(path: pathlib.Path) -> None:
+  """One pixel of the uncompressed PNG at `path` changed, its name and size
+  kept."""
   image = np.asarray(Image.open(path)).copy()
-  Image.fromarray(image).save(path, compress_level=0)  # Its size: fixed.
-  source = datasets.load_split(config, 'train[:5]').source
-  assert source.startswith("train[:5] of image folder 'train': 12 files, "
-                           'sha256 of names and sizes ')
-  # One pixel changed, the file's name and size kept: another source.
-  image[5, 5, 1] += 1
   size = path.stat().st_size
+  image[5, 5, 1] += 1
   Image.fromarray(image).save(path, compress_level=0)
   assert path.stat().st_size == size
+
+
+def _old_records(config, split: str) -> tuple[str, str]:
+  """What earlier versions recorded for `split` of the folder: its files'
+  names and sizes, then also the sha256 of its decoded pixels (computed here
+  as they did, independently of datasets.py)."""
+  root = pathlib.Path(config.data_dir)
+  paths = sorted((root / 'train').glob('*/*.png'))
+  listing = hashlib.sha256(''.join(
+      f'{p.relative_to(root)}\t{p.stat().st_size}\n' for p in paths).encode())
+  pixels = hashlib.sha256()
+  for path in paths:
+    pixels.update(np.asarray(Image.open(path).convert('RGB')))
+  names = (f"{split} of image folder 'train': {len(paths)} files, sha256 of "
+           f'names and sizes {listing.hexdigest()[:16]}')
+  return names, f'{names}, of pixels {pixels.hexdigest()[:16]}'
+
+
+def test_an_image_folder_source_names_its_files_sizes_and_bytes(folder):
+  config, _ = folder
+  path = _uncompressed(next(pathlib.Path(config.data_dir).glob('train/cat/*')))
+  source = datasets.load_split(config, 'train[:5]').source
+  names, _ = _old_records(config, 'train[:5]')
+  assert re.fullmatch(re.escape(names) + ', of files [0-9a-f]{16}', source)
+  # One pixel changed, the file's name and size kept: another source.
+  _changed_in_place(path)
   changed = datasets.load_split(config, 'train[:5]').source
   assert changed != source
-  # A record from before pixels were hashed (names and sizes only) matches
-  # while the names and sizes do; a full record must match exactly.
-  legacy = source.split(', of pixels ')[0]
-  assert legacy != source
-  assert datasets.same_data(legacy, source)
-  assert datasets.same_data(legacy, changed)  # All it can tell.
   assert datasets.same_data(source, source)
   assert not datasets.same_data(source, changed)
-  assert not datasets.same_data(legacy.replace('12 files', '13 files'),
+  assert not datasets.same_data(changed.replace('12 files', '13 files'),
+                                changed)
+
+
+def test_the_source_does_not_depend_on_the_decoder(folder, monkeypatch):
+  config, _ = folder
+  before = datasets.load_split(config, 'train')
+  # Another Pillow or libjpeg: other pixels from the same files. A new time
+  # on one file makes the folder load again (the cache's key).
+  decode = datasets.decode
+  monkeypatch.setattr(datasets, 'decode',
+                      lambda data, *a: 255 - decode(data, *a))
+  os.utime(next(pathlib.Path(config.data_dir).glob('train/*/*.png')),
+           (1, 1))
+  after = datasets.load_split(config, 'train')
+  np.testing.assert_array_equal(after.images, 255 - before.images)
+  assert after.source == before.source
+  assert datasets.same_data(before.source, after.source)
+
+
+def test_records_of_earlier_versions_still_match_unchanged_data(
+    folder, caplog):
+  config, _ = folder
+  path = _uncompressed(next(pathlib.Path(config.data_dir).glob('train/*/*')))
+  names, pixels = _old_records(config, 'train[:5]')
+  source = datasets.load_split(config, 'train[:5]').source
+  assert datasets.same_data(pixels, source)
+  assert datasets.same_data(names, source)
+  assert 'file names and sizes only' in caplog.text  # It cannot tell all.
+  assert not datasets.same_data(pixels.replace('train[:5]', 'train[:6]'),
                                 source)
+  # A pixel changed in place: the pixels' record tells, the names' cannot.
+  _changed_in_place(path)
+  changed = datasets.load_split(config, 'train[:5]').source
+  assert not datasets.same_data(pixels, changed)
+  assert datasets.same_data(names, changed)
+
+
+def test_files_of_one_size_swapped_between_classes_are_other_data(
+    folder, caplog):
+  config, _ = folder
+  root = pathlib.Path(config.data_dir) / 'train'
+  ant, cat = sorted(root.glob('ant/*.png'))[0], sorted(root.glob('cat/*'))[0]
+  for path in (ant, cat):
+    _uncompressed(path)
+  assert ant.stat().st_size == cat.stat().st_size
+  names, _ = _old_records(config, 'train')
+  source = datasets.load_split(config, 'train').source
+  ant_bytes, cat_bytes = ant.read_bytes(), cat.read_bytes()
+  ant.write_bytes(cat_bytes)
+  cat.write_bytes(ant_bytes)
+  swapped = datasets.load_split(config, 'train').source
+  assert not datasets.same_data(source, swapped)
+  # The oldest records (the first releases') cannot tell, and say so.
+  caplog.clear()
+  assert datasets.same_data(names, swapped)
+  assert len(caplog.records) == 1
+  assert caplog.records[0].levelname == 'WARNING'
+  assert caplog.records[0].getMessage() == (
+      f'the data is recorded by its file names and sizes only ({names}): '
+      'files changed or swapped between classes that keep them are not '
+      'told apart; a run trained again records the files\' contents')
 
 
 def test_image_folder_without_test_split(folder):

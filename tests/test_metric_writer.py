@@ -1,10 +1,12 @@
 """TensorBoard events without TensorFlow (metric_writer.py)."""
 
+import errno
 import logging
 import os
 import subprocess
 import sys
 
+from etils import epath
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
@@ -143,3 +145,49 @@ def test_tensorflow_is_neither_imported_nor_needed(tmp_path,
   assert result.stdout.splitlines() == [
       "{('train_loss', 3): 0.25, ('val_accuracy', 3): 0.5}", 'False']
   assert '[3] train_loss=0.25, val_accuracy=0.5' in result.stderr
+
+
+class _FullDisk:
+  """A file that takes `room` bytes, then fails as a full disk does."""
+
+  def __init__(self, file, room: int):
+    self._file, self._room = file, room
+
+  def write(self, data):
+    if len(data) > self._room:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    self._room -= len(data)
+    return self._file.write(data)
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_keeps_what_was_written(
+    tmp_path, monkeypatch):
+  path_class = type(epath.Path('/'))
+  real_open = path_class.open
+  monkeypatch.setattr(path_class, 'open', lambda self, mode: _FullDisk(
+      real_open(self, mode), room=400))
+  writer = metric_writer.MetricWriter(tmp_path)
+  monkeypatch.undo()  # The open file stays full; reading is unaffected.
+  with pytest.raises(ValueError, match=(
+      r'^cannot write .*/events\.out\.tfevents\.[^/]*: No space left on '
+      r'device$')):
+    for step in range(100):
+      writer.write_scalars(step, {'train_loss': float(step)})
+  writer.close()
+  written = metric_writer.scalars(tmp_path)
+  assert 0 < len(written) < 100
+  assert written == {('train_loss', s): float(s) for s in range(len(written))}
+
+
+def test_a_directory_name_the_file_system_refuses_is_one_line(tmp_path):
+  logdir = tmp_path / ('x' * 300)  # Linux allows 255 bytes per name.
+  with pytest.raises(ValueError, match=(
+      rf'^cannot write {logdir}/events\.out\.tfevents\.[^/]*: File name too '
+      'long$')):
+    metric_writer.MetricWriter(logdir)
