@@ -184,19 +184,28 @@ def hand_batch(c, ds, step: int):
   return batch, np.asarray(images)
 
 
-def hand_step(c, ds, state, step: int):
-  """Step `step` driven by hand from the config: (new state, metric sums)."""
+def hand_steps(c, ds):
+  """`step(state, k)`: step k driven by hand from the config, from a state
+  at step k: (new state, metric sums)."""
   model, lr, tx = hand_parts(c, ds.num_examples)
-  batch, _ = hand_batch(c, ds, step)
-  hand_state = steps.TrainState(
-      step=state.step, apply_fn=model.apply,
-      params=state.params, batch_stats=state.batch_stats, tx=tx,
-      opt_state=state.opt_state)
   step_fn = jax.jit(functools.partial(
       steps.train_step, learning_rate_fn=lr,
       label_smoothing=c.label_smoothing,
       augment_fn=functools.partial(
           augment.augment, mean=c.data.mean, std=c.data.std,
           padding=c.data.crop_padding, flip=c.data.random_flip)))
-  new_state, sums = step_fn(hand_state, batch, step_key(c, step))
-  return _host_copy(new_state), _host_copy(sums)
+
+  def step(state, k):
+    batch, _ = hand_batch(c, ds, k)
+    hand_state = steps.TrainState(
+        step=state.step, apply_fn=model.apply, params=state.params,
+        batch_stats=state.batch_stats, tx=tx, opt_state=state.opt_state)
+    new_state, sums = step_fn(hand_state, batch, step_key(c, k))
+    return _host_copy(new_state), _host_copy(sums)
+
+  return step
+
+
+def hand_step(c, ds, state, step: int):
+  """Step `step` driven by hand from the config: (new state, metric sums)."""
+  return hand_steps(c, ds)(state, step)

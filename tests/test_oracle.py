@@ -65,8 +65,8 @@ def test_the_initial_state_is_the_one_the_seed_documents(setup):
   c, ds, _ = setup
   model, _, _ = oracle.hand_parts(c)
   key = jax.random.split(jax.random.key(c.seed))[0]  # Purpose 0: init.
-  variables = model.init(key, jnp.zeros((1, *oracle.IMAGE_SHAPE)),
-                         train=False)
+  variables = jax.jit(model.init, static_argnames='train')(
+      key, jnp.zeros((1, *oracle.IMAGE_SHAPE)), train=False)
   jax.tree.map(np.testing.assert_array_equal,
                oracle.initial_state(c, ds).params, variables['params'])
 
@@ -140,7 +140,7 @@ def _gradient64(c, state, images, labels):
                  c.label_smoothing / 10)
       return jnp.mean(-jnp.sum(targets * jax.nn.log_softmax(logits), -1))
 
-    grads = jax.grad(loss)(as64(state.params))
+    grads = jax.jit(jax.grad(loss))(as64(state.params))
     return jax.tree.map(np.asarray, grads)
 
 
@@ -328,11 +328,12 @@ def test_padding_is_black_pixels_normalised_like_the_image():
   mean, std = np.array([125.31, 122.95, 113.87]), np.array([62.99, 62.09,
                                                             66.70])
   image = np.random.default_rng(0).integers(1, 256, (1, 6, 6, 3), np.uint8)
+  transform = jax.jit(lambda key: augment.augment(
+      image, augment.example_keys(key, 1, None), mean=mean, std=std,
+      padding=2, flip=False))
   seen = set()
   for i in range(40):
-    keys = augment.example_keys(jax.random.key(i), 1, None)
-    out = np.asarray(augment.augment(image, keys, mean=mean, std=std,
-                                     padding=2, flip=False))[0]
+    out = np.asarray(transform(jax.random.key(i)))[0]
     pixels = out * std + mean  # Back to pixel space.
     padded = np.pad(image[0], ((2, 2), (2, 2), (0, 0))).astype(np.float64)
     offsets = [(t, l) for t in range(5) for l in range(5)
