@@ -49,10 +49,17 @@ def setup():
 
 @pytest.fixture(scope='module')
 def trainer(setup):
-  """{mode: (new state, sums)} of the trainer's step in every layout."""
+  """`trainer(mode)`: (new state, sums) of the trainer's step in a layout,
+  compiled once per module."""
   c, ds, state = setup
-  return {mode: oracle.trainer_step(c, ds, state, STEP, mode)
-          for mode in parallel.MODES}
+  done = {}
+
+  def step(mode):
+    if mode not in done:
+      done[mode] = oracle.trainer_step(c, ds, state, STEP, mode)
+    return done[mode]
+
+  return step
 
 
 @pytest.fixture(scope='module')
@@ -74,7 +81,7 @@ def test_the_initial_state_is_the_one_the_seed_documents(setup):
 @pytest.mark.parametrize('mode', parallel.MODES)
 def test_the_trainers_step_equals_the_pure_step_driven_by_hand(
     mode, trainer, hand):
-  got_state, got = trainer[mode]
+  got_state, got = trainer(mode)
   want_state, want = hand
   # One step; the largest reduction is a batch-norm statistic or a kernel
   # gradient over batch x height x width = 16 x 8 x 8 terms.
@@ -172,7 +179,7 @@ def float64(setup):
 def test_label_smoothing_reaches_the_loss(setup, trainer, float64):
   c, _, _ = setup
   batch, _, logits, _ = float64
-  _, sums = trainer['jit']
+  _, sums = trainer('jit')
   want = _smoothed_cross_entropy(logits, batch['label'], c.label_smoothing)
   assert float(sums['loss']) == pytest.approx(want.sum(), rel=REL)
   unsmoothed = _smoothed_cross_entropy(logits, batch['label'], 0.0).sum()
@@ -189,7 +196,7 @@ def test_augmentation_and_normalisation_reach_the_images(
   # those of another value.
   c, ds, state = setup
   batch, _, logits, stats = float64
-  new_state, sums = trainer['jit']
+  new_state, sums = trainer('jit')
   _assert_close(new_state.batch_stats['stem_bn'], stats['stem_bn'])
   want = _smoothed_cross_entropy(logits, batch['label'], c.label_smoothing)
   assert float(sums['loss']) == pytest.approx(want.sum(), rel=REL)
@@ -203,7 +210,7 @@ def test_batch_norm_momentum_and_epsilon_reach_the_statistics(
     setup, trainer, float64, field):
   c, _, state = setup
   _, images, _, stats = float64
-  new_state, _ = trainer['jit']
+  new_state, _ = trainer('jit')
   _assert_close(new_state.batch_stats, stats)
   default = {'bn_momentum': 0.9, 'bn_epsilon': 1e-5}[field]
   _, other = _forward64(c, state, images,
@@ -273,7 +280,7 @@ def _warmup_rate(c, step):
 
 def test_the_schedule_sets_the_rate_of_the_step(setup, trainer):
   c, _, _ = setup
-  _, sums = trainer['jit']
+  _, sums = trainer('jit')
   rate = _warmup_rate(c, STEP)
   assert float(sums['learning_rate']) == pytest.approx(rate, rel=1e-6)
   # The default schedule ('paper') would have used the base rate.
@@ -286,7 +293,7 @@ def test_the_schedule_sets_the_rate_of_the_step(setup, trainer):
 def test_the_optimizer_fields_and_the_rate_reach_the_update(
     setup, trainer, gradient64, other):
   c, _, state = setup
-  new_state, _ = trainer['jit']
+  new_state, _ = trainer('jit')
   # Updates (new - old parameters) are compared, relative to their own
   # largest entry: on the parameters' scale they would hide in rounding.
   moved = lambda params: jax.tree.map(
