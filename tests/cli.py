@@ -99,9 +99,9 @@ runpy.run_module('resnet_jax.main', run_name='__main__')
 '''
 
 
-def cli_command(*args, mocked=True, fault=None, own_devices=False):
+def cli_command(*args, mocked=True, fault=None, own_devices=False, env=None):
   """The command and environment that `run_cli` runs (see there)."""
-  env = dict(os.environ, RESNET_JAX_TEST_FAULT=fault or '')
+  env = dict(os.environ, RESNET_JAX_TEST_FAULT=fault or '', **(env or {}))
   if mocked:
     # TFDS's default data_dir: a --config.data.data_dir in args still wins.
     env['TFDS_DATA_DIR'] = fake_cifar.data_dir()
@@ -110,7 +110,8 @@ def cli_command(*args, mocked=True, fault=None, own_devices=False):
   return [sys.executable, '-c', _MAIN, *args], env
 
 
-def run_cli(*args, mocked=True, fault=None, own_devices=False, timeout=300):
+def run_cli(*args, mocked=True, fault=None, own_devices=False, timeout=300,
+            env=None):
   """Runs `python -m resnet_jax.main *args` from the repository root.
 
   Args:
@@ -121,9 +122,10 @@ def run_cli(*args, mocked=True, fault=None, own_devices=False, timeout=300):
     own_devices: without conftest's 8 CPU devices, so that
       --config.cpu_devices decides.
     timeout: seconds before the test fails.
+    env: environment variables to set besides the test's own.
   """
   command, env = cli_command(*args, mocked=mocked, fault=fault,
-                             own_devices=own_devices)
+                             own_devices=own_devices, env=env)
   return subprocess.run(command, cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=timeout)
 

@@ -169,5 +169,5 @@ def test_prefetch_keeps_order_and_puts_ahead():
     k = len(received) - 1  # While item k is in use, k+1 and k+2 are put.
     assert put == list(range(min(k + 3, 6)))
   assert received == [0, 10, 20, 30, 40, 50]
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='prefetch size must be >= 1, got 0'):
     next(bt.prefetch(iter([]), put_fn, size=0))

@@ -171,16 +171,22 @@ def test_overrides_are_typed_and_reach_the_trainer_unchanged(monkeypatch):
   assert config.schedule.warmup_steps == 400  # configs/resnet110.py's.
 
 
-@pytest.mark.parametrize('args', [
-    ['--config.seed=3'], ['--config.num_runs=2'], ['--config.model.depth=56'],
-    ['--depths=21'], ['--depths=20,20'], ['--num_seeds=0'],
-    ['--first_seed=-1'], ['--num_epochs=1', '--config.num_epochs=2'],
-    ['--num_epochs=0'], ['--config=configs/resnet56.py']])
+@pytest.mark.parametrize('args, message', [
+    (['--config.seed=3'], '--config.seed, --config.num_runs'),
+    (['--config.num_runs=2'], '--config.seed, --config.num_runs'),
+    (['--config.model.depth=56'], '--config.seed, --config.num_runs'),
+    (['--depths=21'], r'--depths: there is no configs/resnet21.py'),
+    (['--depths=20,20'], '--depths: give each value once'),
+    (['--num_seeds=0'], '--first_seed, --num_seeds'),
+    (['--first_seed=-1'], '--first_seed, --num_seeds'),
+    (['--num_epochs=1', '--config.num_epochs=2'], '--num_epochs: give'),
+    (['--num_epochs=0'], '--num_epochs: give'),
+    (['--config=configs/resnet56.py'], '--config: each run uses')])
 def test_bad_flags_are_refused_before_anything_runs(monkeypatch, tmp_path,
-                                                    args):
+                                                    args, message):
   _flags(monkeypatch, f'--root={tmp_path}', *args)
   monkeypatch.setattr(table6, 'sweep', None)  # Nothing may run.
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=message):
     table6.main(['reproduce_table6'])
   assert not os.listdir(tmp_path)
 

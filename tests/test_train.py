@@ -93,13 +93,21 @@ def test_two_calls_at_most_in_flight_and_their_time_counted(
 
 
 def test_an_unprepared_dataset_fails_fast_with_instructions(tmp_path):
+  # Downloads go through a proxy on a local port nothing listens on: the
+  # download host is unreachable whether or not this machine has a network.
+  with socket.socket() as closed:
+    closed.bind(('127.0.0.1', 0))
+    proxy = f'http://127.0.0.1:{closed.getsockname()[1]}'
   start = time.time()
   result = run_cli('--config=configs/smoke.py', f'--workdir={tmp_path}/run',
-                   f'--config.data.data_dir={tmp_path}/no_data', mocked=False)
+                   f'--config.data.data_dir={tmp_path}/no_data', mocked=False,
+                   env={'https_proxy': proxy, 'HTTPS_PROXY': proxy,
+                        'no_proxy': '', 'NO_PROXY': ''})
   assert time.time() - start < 60
   assert result.returncode == 1, result.stderr[-2000:]
   last_line = error_line(result)
   assert last_line.startswith('error: ') and 'image_folder' in last_line
+  assert f'127.0.0.1:{proxy.rsplit(":", 1)[1]} is not reachable' in last_line
   assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
