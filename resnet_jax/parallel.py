@@ -1,10 +1,15 @@
 """Compiles the steps (steps.py, written once) for a device layout.
 
-'jit': one device. 'pmap': every local device, the state with a leading
-device axis. 'shard_map': every device of every process (the multi-host
-layout), the state replicated and the batch sharded. The last two reduce
-gradients, batch-norm statistics and metrics over the 'batch' axis, so all
-three compute the same update from the same global batch.
+'sharded' (the default, the layout JAX's docs teach): `jax.jit` over a mesh
+of every device of every process, the state replicated and the batch split
+along its first axis (`NamedSharding`). The steps are written for one device
+(axis_name=None) and XLA's partitioner adds the reductions, so gradients,
+batch-norm statistics and metrics are over the global batch; on one device it
+is plain `jit`. 'shard_map': the same mesh and placement, the steps run per
+device and reduce over the 'batch' axis themselves. 'pmap': every local
+device, the state with a leading device axis (JAX keeps `pmap` in maintenance
+only). 'jit': one device. All four compute the same update from the same
+global batch.
 """
 
 import dataclasses
@@ -19,7 +24,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 AXIS = 'batch'
-MODES = ('jit', 'pmap', 'shard_map')
+MODES = ('sharded', 'jit', 'pmap', 'shard_map')
+# The modes whose mesh spans every process (multi-host).
+GLOBAL_MODES = ('sharded', 'shard_map')
 
 
 def cpu_device_count(cores: int, batch_sizes) -> int:
@@ -73,20 +80,21 @@ class DataParallel:
     if self.mode not in MODES:
       raise ValueError(f'unknown parallelism {self.mode!r}; choose one of '
                        f'{MODES}')
-    if self.mode != 'shard_map' and jax.process_count() > 1:
+    if self.mode not in GLOBAL_MODES and jax.process_count() > 1:
       raise ValueError(
-          f'parallelism={self.mode!r} runs within one process; use '
-          f"'shard_map' with several processes ({jax.process_count()})")
+          f'parallelism={self.mode!r} runs within one process; use one of '
+          f'{GLOBAL_MODES} with several processes ({jax.process_count()})')
     devices = tuple(self.devices) or tuple(
-        jax.devices() if self.mode == 'shard_map' else jax.local_devices())
+        jax.devices() if self.mode in GLOBAL_MODES else jax.local_devices())
     if self.mode == 'jit':
       devices = devices[:1]
     object.__setattr__(self, 'devices', devices)
 
   @property
   def axis_name(self) -> str | None:
-    """The axis the steps reduce over; None on a single device."""
-    return None if self.mode == 'jit' else AXIS
+    """The axis the steps reduce over; None where they are written for one
+    device ('jit', and 'sharded', whose reductions XLA adds)."""
+    return AXIS if self.mode in ('pmap', 'shard_map') else None
 
   @property
   def num_devices(self) -> int:
@@ -110,7 +118,7 @@ class DataParallel:
       return jax.tree.map(
           lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))),
                                    sharding), state)
-    if self.mode == 'shard_map':
+    if self.mode in GLOBAL_MODES:
       if jax.process_count() > 1:
         # Through the host: arrays restored from a checkpoint sit on one
         # device, and no device is copied from across hosts.
@@ -125,15 +133,15 @@ class DataParallel:
   def put_batch(self, batch):
     """Splits this process's batch of host arrays over its devices.
 
-    Under 'shard_map' the processes' batches, in process order, make one
-    global batch. The transfer is asynchronous. The batch size must divide
+    Under 'sharded' and 'shard_map' the processes' batches, in process order,
+    make one global batch. The transfer is asynchronous. The batch size must divide
     over the devices (experiment.build checks the configured ones).
     """
     if self.mode == 'pmap':
       n, sharding = self.num_devices, NamedSharding(self.mesh, P(AXIS))
       return jax.tree.map(lambda x: jax.device_put(
           x.reshape(n, x.shape[0] // n, *x.shape[1:]), sharding), batch)
-    if self.mode == 'shard_map':
+    if self.mode in GLOBAL_MODES:
       sharding = NamedSharding(self.mesh, P(AXIS))
       return jax.tree.map(
           lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
@@ -151,6 +159,11 @@ class DataParallel:
     donate_argnums = (0,) if donate else ()
     if self.mode == 'jit':
       return jax.jit(fn, donate_argnums=donate_argnums)
+    if self.mode == 'sharded':
+      # The arguments keep the shardings they were placed with; every output
+      # (the state, the metrics) is replicated, as the next step takes it.
+      return jax.jit(fn, out_shardings=NamedSharding(self.mesh, P()),
+                     donate_argnums=donate_argnums)
     if self.mode == 'pmap':
       pmapped = jax.pmap(
           fn, axis_name=AXIS, devices=self.devices,
