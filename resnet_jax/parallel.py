@@ -45,10 +45,11 @@ XLA_FLAGS = {
     'xla_backend_extra_options':
         'xla_cpu_use_multi_output_fusion,xla_cpu_flatten_after_fusion',
     # XLA:CPU aborts the process when a device reaches an all-reduce more than
-    # this many seconds after another (default 40): a loaded machine starves
-    # one device's threads that long (2 of 5 runs at load 10) and a suspended
-    # process (Ctrl-Z, a laptop asleep) outlasts any bound, so wait as long as
-    # it takes (-1). A genuine hang still logs XLA's "may be stuck" after 20 s.
+    # this many seconds (default 40) after XLA's "may be stuck" warning (20 s)
+    # after another: a loaded machine starved one device's threads that long
+    # (2 of 5 runs at load 10), and a suspended process (Ctrl-Z, a laptop
+    # asleep) outlasts any bound. So wait as long as it takes (-1); a genuine
+    # hang still logs the warning.
     'xla_cpu_collective_call_terminate_timeout_seconds': '-1',
 }
 

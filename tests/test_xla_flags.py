@@ -67,8 +67,10 @@ print(json.dumps({'xla_flags': os.environ.get('XLA_FLAGS', ''),
 '''
 
 
-def _fresh(*args):
+def _fresh(*args, xla_flags=None):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  if xla_flags:
+    env['XLA_FLAGS'] = xla_flags
   result = subprocess.run([sys.executable, '-c', *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -135,7 +137,10 @@ print(float(f(jnp.ones(2))[0]))
 
 @pytest.mark.slow
 def test_a_device_late_to_an_all_reduce_slows_the_step_and_never_aborts_it():
-  # XLA:CPU's own limit is 40 s: 45 s late, the process aborted (SIGABRT,
-  # "Termination timeout ... Exiting to ensure a consistent program state").
-  result = _fresh(LATE, '45')
+  # XLA:CPU aborts the process (SIGABRT, "Termination timeout ... Exiting to
+  # ensure a consistent program state") when a participant is more than
+  # its warning time (20 s; 1 s here, the user's flag) plus 40 s late: 45 s
+  # late, it did.
+  result = _fresh(LATE, '45', xla_flags=(
+      '--xla_cpu_collective_call_warn_stuck_timeout_seconds=1'))
   assert result.stdout.split() == ['3.0']  # (1 + 0) + (1 + 1).
