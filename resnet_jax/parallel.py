@@ -39,7 +39,8 @@ def cpu_device_count(cores: int, batch_sizes) -> int:
 XLA_FLAGS = {
     # Fusions stop duplicating their producers (XLA recomputed each stage's
     # batch-norm/ReLU/residual chain inside every consumer) and share them
-    # in multi-output fusions instead: the same numbers, the step 1.2x faster
+    # in multi-output fusions instead: the same numbers to float32 rounding
+    # (tests/test_xla_flags.py), the step 1.2x faster
     # at ResNet-20, 1.9x at ResNet-56 (issue 34). Read by XLA:CPU's compiler
     # only; GPU compilers skip `xla_` entries (they pass the rest to LLVM).
     'xla_backend_extra_options':
@@ -47,9 +48,9 @@ XLA_FLAGS = {
     # XLA:CPU aborts the process when a device reaches an all-reduce more than
     # this many seconds (default 40) after XLA's "may be stuck" warning (20 s)
     # after another: a loaded machine starved one device's threads that long
-    # (2 of 5 runs at load 10), and a suspended process (Ctrl-Z, a laptop
-    # asleep) outlasts any bound. So wait as long as it takes (-1); a genuine
-    # hang still logs the warning.
+    # (2 of 5 runs at load 10, issue 34). A busy machine must slow training,
+    # never end it: wait as long as it takes (-1); a genuine hang still logs
+    # the warning.
     'xla_cpu_collective_call_terminate_timeout_seconds': '-1',
 }
 
