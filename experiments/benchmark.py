@@ -164,6 +164,7 @@ def trace_summary(trace_dir: str, steps: int) -> dict | None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  tools.quiet_start()  # No INFO lines of JAX's, such as its search for a TPU.
   config = _CONFIG.value
   config.data.on_device = _INPUT.value == 'device'
   parallel.configure_cpu_devices(config)
@@ -257,7 +258,7 @@ def main(argv):
              'peak_memory_of': where}
   peak_flops = PEAK_FLOPS.get(result['device_kind'], {}).get(
       config.model.dtype)
-  if peak_flops and config.parallelism == 'jit':
+  if peak_flops and dp.num_devices == 1 and config.parallelism != 'pmap':
     flops = _train_step_flops(exp, holder[0], one_call)
     if flops:
       result |= {'train_step_gflops': round(flops / 1e9, 2),

@@ -228,9 +228,10 @@ def validate(config) -> None:
          f'num_runs - 1, at most {MAX_SEED} (config.seed={config.seed})')
 
   distributed = config.distributed
-  _check(not distributed.enabled or config.parallelism == 'shard_map',
+  _check(not distributed.enabled or config.parallelism in parallel.GLOBAL_MODES,
          'parallelism', config.parallelism,
-         "must be 'shard_map' with config.distributed.enabled")
+         f'must be one of {parallel.GLOBAL_MODES} with '
+         'config.distributed.enabled')
   _check(not distributed.num_processes or
          distributed.process_id < distributed.num_processes,
          'distributed.process_id', distributed.process_id,

@@ -118,11 +118,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 2_000  # Validation; also at the end of training.
   config.checkpoint_every_steps = 2_000  # Also at the end of training.
   config.keep_checkpoints = 3  # The newest this many are kept.
-  # 'pmap' (all local devices), 'shard_map' (jit over a device mesh) or 'jit'
-  # (one device). The first two average gradients and batch-norm statistics.
-  config.parallelism = 'pmap'
+  # How the steps use the devices (parallel.py), the same update in each:
+  # 'sharded', jax.jit over a mesh of every device of every process (the
+  # batch split, XLA adds the reductions: what JAX recommends); 'shard_map',
+  # the same mesh, the step written per device; 'pmap', every local device
+  # (JAX keeps it in maintenance only); 'jit', one device.
+  config.parallelism = 'sharded'
   # Several processes (multi-host: TPU pod slices, GPU clusters) with
-  # parallelism='shard_map'. enabled alone: JAX detects the rest (TPU VMs,
+  # parallelism='sharded' or 'shard_map'. enabled alone: JAX detects the rest (TPU VMs,
   # Slurm, Open MPI); else give all three (e.g. '10.0.0.1:1234', 2, 0..1).
   config.distributed = ml_collections.ConfigDict()
   config.distributed.enabled = False

@@ -1,10 +1,15 @@
 """Compiles the steps (steps.py, written once) for a device layout.
 
-'jit': one device. 'pmap': every local device, the state with a leading
-device axis. 'shard_map': every device of every process (the multi-host
-layout), the state replicated and the batch sharded. The last two reduce
-gradients, batch-norm statistics and metrics over the 'batch' axis, so all
-three compute the same update from the same global batch.
+'sharded' (the default, the layout JAX's docs teach): `jax.jit` over a mesh
+of every device of every process, the state replicated and the batch split
+along its first axis (`NamedSharding`). The steps are written for one device
+(axis_name=None) and XLA's partitioner adds the reductions, so gradients,
+batch-norm statistics and metrics are over the global batch; on one device it
+is plain `jit`. 'shard_map': the same mesh and placement, the steps run per
+device and reduce over the 'batch' axis themselves. 'pmap': every local
+device, the state with a leading device axis (JAX keeps `pmap` in maintenance
+only). 'jit': one device. All four compute the same update from the same
+global batch.
 """
 
 import dataclasses
@@ -19,7 +24,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 AXIS = 'batch'
-MODES = ('jit', 'pmap', 'shard_map')
+MODES = ('sharded', 'jit', 'pmap', 'shard_map')
+# The modes whose mesh spans every process (multi-host).
+GLOBAL_MODES = ('sharded', 'shard_map')
 
 
 def cpu_device_count(cores: int, batch_sizes) -> int:
@@ -28,14 +35,47 @@ def cpu_device_count(cores: int, batch_sizes) -> int:
              if all(size % n == 0 for size in batch_sizes))
 
 
+# XLA_FLAGS for XLA:CPU, added to the user's (whose own value of a flag wins).
+XLA_FLAGS = {
+    # Fusions stop duplicating their producers (XLA recomputed each stage's
+    # batch-norm/ReLU/residual chain inside every consumer) and share them
+    # in multi-output fusions instead: the same numbers to float32 rounding
+    # (tests/test_xla_flags.py), the step 1.2x faster
+    # at ResNet-20, 1.9x at ResNet-56 (issue 34). Read by XLA:CPU's compiler
+    # only; GPU compilers skip `xla_` entries (they pass the rest to LLVM).
+    'xla_backend_extra_options':
+        'xla_cpu_use_multi_output_fusion,xla_cpu_flatten_after_fusion',
+    # XLA:CPU aborts the process when a device reaches an all-reduce more than
+    # this many seconds (default 40) after XLA's "may be stuck" warning (20 s)
+    # after another: a loaded machine starved one device's threads that long
+    # (2 of 5 runs at load 10, issue 34). A busy machine must slow training,
+    # never end it: wait as long as it takes (-1); a genuine hang still logs
+    # the warning.
+    'xla_cpu_collective_call_terminate_timeout_seconds': '-1',
+}
+
+
+def set_xla_flags(environ=os.environ) -> str:
+  """Adds XLA_FLAGS' entries for XLA:CPU to environ['XLA_FLAGS'] (read when
+  JAX's backends start), leaving any flag the user set as it is; returns it."""
+  flags = environ.get('XLA_FLAGS', '').split()
+  given = {flag.lstrip('-').split('=', 1)[0] for flag in flags}
+  flags += [f'--{name}={value}' for name, value in XLA_FLAGS.items()
+            if name not in given]
+  environ['XLA_FLAGS'] = ' '.join(flags)
+  return environ['XLA_FLAGS']
+
+
 def configure_cpu_devices(config) -> int | None:
-  """Splits the CPU into config.cpu_devices devices (0: one per core, fewer
-  until the batch sizes divide) before JAX starts; returns the count, or None
-  where XLA_FLAGS or a running backend decides.
+  """Sets XLA's flags (set_xla_flags) and splits the CPU into
+  config.cpu_devices devices (0: one per core, fewer until the batch sizes
+  divide) before JAX starts; returns the count, or None where XLA_FLAGS or a
+  running backend decides.
 
   One device per core trains faster under pmap (ResNet-20 on 2 cores: 380-406
   images/s against 312-337 on one device). GPUs and TPUs are unaffected.
   """
+  logging.info('XLA_FLAGS=%s', set_xla_flags())
   if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
     return None
   count = config.cpu_devices
@@ -73,20 +113,21 @@ class DataParallel:
     if self.mode not in MODES:
       raise ValueError(f'unknown parallelism {self.mode!r}; choose one of '
                        f'{MODES}')
-    if self.mode != 'shard_map' and jax.process_count() > 1:
+    if self.mode not in GLOBAL_MODES and jax.process_count() > 1:
       raise ValueError(
-          f'parallelism={self.mode!r} runs within one process; use '
-          f"'shard_map' with several processes ({jax.process_count()})")
+          f'parallelism={self.mode!r} runs within one process; use one of '
+          f'{GLOBAL_MODES} with several processes ({jax.process_count()})')
     devices = tuple(self.devices) or tuple(
-        jax.devices() if self.mode == 'shard_map' else jax.local_devices())
+        jax.devices() if self.mode in GLOBAL_MODES else jax.local_devices())
     if self.mode == 'jit':
       devices = devices[:1]
     object.__setattr__(self, 'devices', devices)
 
   @property
   def axis_name(self) -> str | None:
-    """The axis the steps reduce over; None on a single device."""
-    return None if self.mode == 'jit' else AXIS
+    """The axis the steps reduce over; None where they are written for one
+    device ('jit', and 'sharded', whose reductions XLA adds)."""
+    return AXIS if self.mode in ('pmap', 'shard_map') else None
 
   @property
   def num_devices(self) -> int:
@@ -110,7 +151,7 @@ class DataParallel:
       return jax.tree.map(
           lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))),
                                    sharding), state)
-    if self.mode == 'shard_map':
+    if self.mode in GLOBAL_MODES:
       if jax.process_count() > 1:
         # Through the host: arrays restored from a checkpoint sit on one
         # device, and no device is copied from across hosts.
@@ -125,15 +166,15 @@ class DataParallel:
   def put_batch(self, batch):
     """Splits this process's batch of host arrays over its devices.
 
-    Under 'shard_map' the processes' batches, in process order, make one
-    global batch. The transfer is asynchronous. The batch size must divide
+    Under 'sharded' and 'shard_map' the processes' batches, in process order,
+    make one global batch. The transfer is asynchronous. The batch size must divide
     over the devices (experiment.build checks the configured ones).
     """
     if self.mode == 'pmap':
       n, sharding = self.num_devices, NamedSharding(self.mesh, P(AXIS))
       return jax.tree.map(lambda x: jax.device_put(
           x.reshape(n, x.shape[0] // n, *x.shape[1:]), sharding), batch)
-    if self.mode == 'shard_map':
+    if self.mode in GLOBAL_MODES:
       sharding = NamedSharding(self.mesh, P(AXIS))
       return jax.tree.map(
           lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
@@ -151,6 +192,11 @@ class DataParallel:
     donate_argnums = (0,) if donate else ()
     if self.mode == 'jit':
       return jax.jit(fn, donate_argnums=donate_argnums)
+    if self.mode == 'sharded':
+      # The arguments keep the shardings they were placed with; every output
+      # (the state, the metrics) is replicated, as the next step takes it.
+      return jax.jit(fn, out_shardings=NamedSharding(self.mesh, P()),
+                     donate_argnums=donate_argnums)
     if self.mode == 'pmap':
       pmapped = jax.pmap(
           fn, axis_name=AXIS, devices=self.devices,

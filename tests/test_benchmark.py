@@ -1,6 +1,7 @@
 """experiments/benchmark.py runs every input mode and reports its figures."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,9 @@ def test_the_benchmark_reports_every_figure_without_tensorflow(input_mode):
        '--timed_steps=2', '--loop_steps=3', '--num_examples=64'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  # Nothing about other platforms on a CPU (JAX's INFO lines said it looked
+  # for a TPU).
+  assert not re.search(r'\btpu\b', result.stdout + result.stderr, re.I)
   figures = json.loads(result.stdout.strip().splitlines()[-1])
   for key in ('model', 'batch_size', 'dtype', 'input', 'devices',
               'train_images_per_second', 'eval_images_per_second',

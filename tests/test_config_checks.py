@@ -59,6 +59,9 @@ def test_each_config_validates_and_documents_command_and_expectations(name):
     (dict(data=dict(std=(1.0, 0.0, 1.0))),
      'config.data.std=\\(1.0, 0.0, 1.0\\)'),
     (dict(parallelism='ddp'), "config.parallelism='ddp'"),
+    (dict(parallelism='pmap', distributed=dict(enabled=True)),
+     "config.parallelism='pmap': must be one of \\('sharded', 'shard_map'\\) "
+     'with config.distributed.enabled'),
     (dict(label_smoothing=1.0), 'config.label_smoothing=1.0'),
 ])
 def test_invalid_values_are_rejected_naming_the_field(override, message):
@@ -346,3 +349,11 @@ def test_a_config_file_loads_from_any_working_directory(tmp_path):
   assert result.returncode == 1, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1].startswith(
       'error: config.batch_size=0'), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize('parallelism', ['sharded', 'shard_map'])
+def test_several_processes_take_either_mesh_layout(parallelism):
+  config = default.get_config()
+  config.update(parallelism=parallelism)
+  config.distributed.enabled = True
+  config_checks.validate(config)

@@ -55,7 +55,7 @@ def _train(mode, dataset, on_device, num_steps=4):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('mode', ['jit', 'pmap', 'shard_map'])
+@pytest.mark.parametrize('mode', ['sharded', 'jit', 'pmap', 'shard_map'])
 def test_training_on_device_data_is_bit_identical_to_host_batches(
     mode, dataset):
   want = _train(mode, dataset, on_device=False)
@@ -63,8 +63,9 @@ def test_training_on_device_data_is_bit_identical_to_host_batches(
   jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
-def test_the_data_is_on_every_device_once():
-  dp = parallel.DataParallel('shard_map')
+@pytest.mark.parametrize('mode', ['sharded', 'shard_map'])
+def test_the_data_is_on_every_device_once(mode):
+  dp = parallel.DataParallel(mode)
   data = batching.place(datasets.InMemoryDataset(
       images=np.zeros((10, 4, 4, 3), np.uint8),
       labels=np.zeros(10, np.int32), class_names=('a',)), dp)

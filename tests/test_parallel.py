@@ -1,4 +1,5 @@
-"""The three layouts (jit, pmap, shard_map) compute the same training step."""
+"""The four layouts (sharded, jit, pmap, shard_map) compute the same training
+step, and a run moves between them."""
 
 import functools
 import subprocess
@@ -17,8 +18,12 @@ GLOBAL_BATCH = 16
 IMAGE_SHAPE = (8, 8, 3)
 
 
-def run(mode, num_steps=2, batch_size=GLOBAL_BATCH):
-  """Trains a ResNet-8 for `num_steps` in `mode`; returns the state and metrics."""
+def run(mode, num_steps=2, batch_size=GLOBAL_BATCH, switch_to=None):
+  """Trains a ResNet-8 for `num_steps` in `mode`; returns the state and metrics.
+
+  With `switch_to`, the steps after the first run in that mode instead, on
+  the state taken out of the first layout as a checkpoint takes it.
+  """
   dp = parallel.DataParallel(mode)
   lr = schedules.create_learning_rate_fn(ml_collections.ConfigDict(dict(
       name='warmup_cosine', base_learning_rate=0.1, reference_batch_size=128,
@@ -26,15 +31,24 @@ def run(mode, num_steps=2, batch_size=GLOBAL_BATCH):
   tx = optimizer.create_optimizer(ml_collections.ConfigDict(dict(
       momentum=0.9, nesterov=True, weight_decay=5e-4, weight_decay_mode='l2',
       weight_decay_on='all')), lr)
-  model = models.ResNet(depth=8, bn_axis_name=dp.axis_name)
+
+  def compiled(dp):
+    model = models.ResNet(depth=8, bn_axis_name=dp.axis_name)
+    return model, dp.train_step(functools.partial(
+        steps.train_step, learning_rate_fn=lr)), dp.eval_step(steps.eval_step)
+
+  model, train_step, eval_step = compiled(dp)
   state = dp.put_state(steps.create_train_state(
       jax.random.key(0), model, tx, IMAGE_SHAPE))
-  train_step = dp.train_step(functools.partial(
-      steps.train_step, learning_rate_fn=lr))
-  eval_step = dp.eval_step(steps.eval_step)
   rng = np.random.default_rng(0)
   history = []
   for i in range(num_steps):
+    if i == 1 and switch_to:
+      saved = jax.device_get(dp.get_state(state))
+      dp = parallel.DataParallel(switch_to)
+      model, train_step, eval_step = compiled(dp)
+      # As a restore fills the new layout's state: its model, the saved arrays.
+      state = dp.put_state(saved.replace(apply_fn=model.apply))
     batch = {'image': rng.normal(size=(batch_size, *IMAGE_SHAPE)).astype(
         np.float32), 'label': rng.integers(0, 10, batch_size).astype(np.int32)}
     state, metrics = train_step(state, dp.put_batch(batch), jax.random.key(i))
@@ -48,10 +62,14 @@ def single_device():
   return run('jit')
 
 
-@pytest.mark.parametrize('mode', ['pmap', 'shard_map'])
-def test_data_parallel_step_equals_the_single_device_step(mode, single_device):
+@pytest.mark.parametrize('mode, switch_to', [
+    ('sharded', None), ('pmap', None), ('shard_map', None),
+    # Resuming in another layout: the state as a checkpoint holds it.
+    ('pmap', 'sharded'), ('sharded', 'pmap'), ('sharded', 'jit')])
+def test_data_parallel_step_equals_the_single_device_step(
+    mode, switch_to, single_device):
   assert jax.device_count() == 8
-  state, history = run(mode)
+  state, history = run(mode, switch_to=switch_to)
   want_state, want_history = single_device
   # Float32 sums in another order (oracle.float32_atol derives the bound):
   # 2 steps, reductions over at most batch x height x width = 16 x 8 x 8.
@@ -113,6 +131,22 @@ def test_single_device_mode_uses_one_device_and_no_axis():
   dp = parallel.DataParallel('jit')
   assert dp.num_devices == 1 and dp.axis_name is None
   assert parallel.DataParallel('pmap').num_devices == 8
+
+
+def test_the_sharded_layout_splits_the_batch_and_xla_reduces_it():
+  dp = parallel.DataParallel('sharded')
+  assert dp.num_devices == 8 and dp.axis_name is None
+  batch = dp.put_batch({'image': np.zeros((GLOBAL_BATCH, *IMAGE_SHAPE),
+                                          np.float32)})
+  assert [s.data.shape[0] for s in batch['image'].addressable_shards] == [
+      GLOBAL_BATCH // 8] * 8
+  state = dp.put_state({'w': np.ones(3, np.float32)})
+  assert state['w'].sharding.is_fully_replicated
+  # A step written for one device: the partitioner adds the all-reduce.
+  step = dp.eval_step(lambda state, batch, axis_name: {
+      'sum': (batch['image'].mean() * state['w']).sum()})
+  assert 'all-reduce' in step.lower(state, batch).compile().as_text()
+  assert step(state, batch)['sum'].sharding.is_fully_replicated
 
 
 def test_cpu_devices_are_the_most_cores_the_batch_sizes_divide_over():
