@@ -3,6 +3,8 @@ checkpoints: a listed step that vanishes before it is read makes the reader
 list the steps again, never fail."""
 
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -61,3 +63,49 @@ def test_a_step_asked_for_that_vanishes_is_named(tmp_path, monkeypatch):
                        match='checkpoint 4 in .* was deleted while it was '
                        'read'):
       reader.restore({'w': np.zeros(3, np.float32)}, step=4)
+
+
+def delete_slowly(step_dir):
+  """rmtree as on a slow disk: one file every 30 ms, then the folders."""
+  for path in sorted(step_dir.rglob('*'), reverse=True):
+    if path.is_file():
+      path.unlink()
+      time.sleep(0.03)
+  shutil.rmtree(step_dir)
+
+
+def test_a_step_being_deleted_is_not_called_unreadable(tmp_path, monkeypatch,
+                                                        caplog):
+  # Orbax deletes a step file by file (rmtree): the reader fails on a file
+  # already gone while the step's folder is still there, gone a moment later.
+  directory = tmp_path / 'checkpoints'
+  saved(directory, [4, 8])
+  original, deleting = checkpoints.Checkpointer._read_step, []
+
+  def read(self, step, *args):
+    if step == 8 and not deleting:
+      shutil.rmtree(directory / '8' / 'state')
+      deleting.append(threading.Thread(target=delete_slowly,
+                                       args=[directory / '8']))
+      deleting[0].start()
+    return original(self, step, *args)
+
+  monkeypatch.setattr(checkpoints.Checkpointer, '_read_step', read)
+  with checkpoints.Checkpointer(directory, metadata={'run': 1},
+                                read_only=True) as reader:
+    state = reader.restore({'w': np.zeros(3, np.float32)})
+    assert reader.unreadable_steps == []
+  deleting[0].join()
+  np.testing.assert_array_equal(state['w'], 4)
+  assert 'unreadable' not in caplog.text
+
+
+def test_a_damaged_step_that_stays_is_still_unreadable(tmp_path):
+  directory = tmp_path / 'checkpoints'
+  saved(directory, [4, 8])
+  shutil.rmtree(directory / '8' / 'state')
+  with checkpoints.Checkpointer(directory, metadata={'run': 1},
+                                read_only=True) as reader:
+    state = reader.restore({'w': np.zeros(3, np.float32)})
+    assert reader.unreadable_steps == [8]
+  np.testing.assert_array_equal(state['w'], 4)
