@@ -16,9 +16,17 @@ from etils import epath
 
 from resnet_jax import datasets
 
+# Written by the trainer into its workdir before anything else, every
+# session (since round two of the reliability work): it marks the directory
+# as a run of this trainer (`check_owned`), and names the lock's holder.
 HOLDER_FILE = '.trainer'
 # The files the trainer writes into the workdir besides its folders.
 WRITTEN_FILES = ('config.json', 'summary.json', HOLDER_FILE)
+# Fields that every version of the trainer wrote into config.json and
+# summary.json: how a run older than HOLDER_FILE is recognised.
+_CONFIG_FIELDS = ('seed', 'model', 'optimizer', 'schedule', 'batch_size')
+_SUMMARY_FIELDS = ('config', 'dataset', 'steps', 'epochs', 'batch_size',
+                   'train_examples')
 
 
 class WorkdirBusyError(ValueError):
@@ -60,6 +68,52 @@ def check(workdir: str, data=None) -> None:
   if not os.access(existing, os.W_OK | os.X_OK):
     raise ValueError(f'--workdir={workdir} is not writable ({existing} is '
                      'read-only to this user)')
+  check_owned(workdir)
+
+
+def _json_with(path: str, fields) -> bool:
+  """Whether `path` is a file of a JSON object holding every one of `fields`."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      value = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(value, dict) and all(field in value for field in fields)
+
+
+def is_own_run(workdir: str) -> bool:
+  """Whether the local directory `workdir` is a run this trainer wrote.
+
+  Marked by HOLDER_FILE; a run older than the mark, or a record kept without
+  it (experiments/table6/), by a trainer's config.json with a trainer's
+  summary.json or checkpoints/ beside it. A release (release.json) carries a
+  trainer's config.json but is not a run.
+  """
+  if os.path.isfile(os.path.join(workdir, HOLDER_FILE)):
+    return True
+  join = lambda name: os.path.join(workdir, name)
+  return (not os.path.lexists(join('release.json')) and
+          _json_with(join('config.json'), _CONFIG_FIELDS) and
+          (_json_with(join('summary.json'), _SUMMARY_FIELDS) or
+           os.path.isdir(join('checkpoints'))))
+
+
+def check_owned(workdir: str) -> None:
+  """Fails unless the trainer may write into `workdir`: a new or empty
+  directory, or its own run (`is_own_run`). As git refuses to overwrite
+  untracked files, nothing of anyone else is replaced: a release, a user's
+  config.json or summary.json, any other directory with something in it."""
+  if '://' in workdir or not os.path.isdir(workdir):
+    return  # An object store, or nothing there yet (`check` says more).
+  entries = sorted(os.listdir(workdir))
+  if entries and not is_own_run(workdir):
+    shown = ', '.join(entries[:5]) + (', ...' if entries[5:] else '')
+    what = ('a release, not a run' if 'release.json' in entries else
+            'not a run of this trainer')
+    raise ValueError(
+        f'--workdir={workdir} is {what} (it holds {shown}): the trainer '
+        'writes only into a new or empty directory or into its own run; '
+        'give another --workdir')
 
 
 def write_file(path, data: bytes | str) -> None:
