@@ -25,7 +25,7 @@ WRITTEN_FILES = ('config.json', 'summary.json', HOLDER_FILE)
 # Fields that every version of the trainer wrote into config.json and
 # summary.json: how a run older than HOLDER_FILE is recognised.
 _CONFIG_FIELDS = ('seed', 'model', 'optimizer', 'schedule', 'batch_size')
-_SUMMARY_FIELDS = ('config', 'dataset', 'steps', 'epochs', 'batch_size',
+SUMMARY_FIELDS = ('config', 'dataset', 'steps', 'epochs', 'batch_size',
                    'train_examples')
 
 
@@ -71,14 +71,34 @@ def check(workdir: str, data=None) -> None:
   check_owned(workdir)
 
 
+def read_json(path, fields=()) -> dict:
+  """The JSON object in the file `path` (a path or URL), with each of
+  `fields` in it; else a ValueError that names the file, in one line."""
+  path = epath.Path(path)
+  try:
+    value = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise ValueError(f'{path} is missing') from None
+  except OSError as e:
+    raise ValueError(f'cannot read {path}: {e.strerror or e}') from None
+  except ValueError as e:  # Not JSON, not UTF-8.
+    raise ValueError(f'{path} is not valid JSON ({e})') from None
+  if not isinstance(value, dict):
+    raise ValueError(f'{path} holds {type(value).__name__}, not a JSON '
+                     'object')
+  if missing := [field for field in fields if field not in value]:
+    raise ValueError(f'{path} lacks {", ".join(missing)}: not as the '
+                     'trainer writes it')
+  return value
+
+
 def _json_with(path: str, fields) -> bool:
   """Whether `path` is a file of a JSON object holding every one of `fields`."""
   try:
-    with open(path, encoding='utf-8') as f:
-      value = json.load(f)
-  except (OSError, ValueError):
+    read_json(path, fields)
+  except ValueError:
     return False
-  return isinstance(value, dict) and all(field in value for field in fields)
+  return True
 
 
 def is_own_run(workdir: str) -> bool:
@@ -94,7 +114,7 @@ def is_own_run(workdir: str) -> bool:
   join = lambda name: os.path.join(workdir, name)
   return (not os.path.lexists(join('release.json')) and
           _json_with(join('config.json'), _CONFIG_FIELDS) and
-          (_json_with(join('summary.json'), _SUMMARY_FIELDS) or
+          (_json_with(join('summary.json'), SUMMARY_FIELDS) or
            os.path.isdir(join('checkpoints'))))
 
 
