@@ -55,9 +55,9 @@ def define_flags(flag_values=flags.FLAGS):
   # Consecutive seeds: the trainer's runs are seeds config.seed + i.
   flags.DEFINE_integer('first_seed', 0, 'Seed of the first run.', **kw)
   flags.DEFINE_integer('num_seeds', 5, 'Runs (seeds) per depth.', **kw)
-  flags.DEFINE_string('root', 'runs/table6', 'Run workdirs, tables.', **kw)
+  tools.define_path('root', 'runs/table6', 'Run workdirs, tables.', **kw)
   if 'log_dir' not in flag_values:  # absl.logging's, for the trainers' logs.
-    flags.DEFINE_string('log_dir', '', 'Local; default <root>/logs.', **kw)
+    tools.define_path('log_dir', '', 'Local; default <root>/logs.', **kw)
   flags.DEFINE_float('num_epochs', None, 'Instead of 64k steps.', **kw)
   flags.DEFINE_bool('dry_run', False, 'Print the commands and stop.', **kw)
   flags.DEFINE_bool('report_only', False, 'Only write the tables.', **kw)
@@ -362,7 +362,9 @@ def main(argv) -> int:
       raise ValueError('--root is not local: give a local --log_dir')
     signal.signal(signal.SIGTERM, trainer)
     signal.signal(signal.SIGINT, trainer)
-    failures = sweep(depths, seeds, root, FLAGS.log_dir or f'{root}/logs',
+    # absl's own --log_dir when run as a program: expanded here.
+    failures = sweep(depths, seeds, root,
+                     tools.expand_path(FLAGS.log_dir) or f'{root}/logs',
                      overrides, trainer)
   print(write_tables({d: finished(root, d, overrides) for d in depths},
                      seeds, root, overrides))

@@ -15,6 +15,7 @@ import time
 from etils import epath
 
 from resnet_jax import datasets
+from resnet_jax import tools
 
 # Written by the trainer into its workdir before anything else, every
 # session (since round two of the reliability work): it marks the directory
@@ -46,7 +47,7 @@ def check(workdir: str, data=None) -> None:
   data_dir = data and data.get('name') == datasets.IMAGE_FOLDER and data.get(
       'data_dir')
   if data_dir and '://' not in data_dir:
-    root = os.path.realpath(os.path.expanduser(data_dir))
+    root = os.path.realpath(tools.expand_path(data_dir))
     if os.path.commonpath([root, os.path.realpath(workdir)]) == root:
       raise ValueError(
           f'--workdir={workdir} is inside the image folder {root} '

@@ -516,3 +516,17 @@ def test_a_workdir_with_broken_records_is_named_and_the_others_go_on(
       'trainer writes it']
   assert '| ResNet-44 | 1 | 7.00 |' in (tmp_path / 'table6.md').read_text()
   assert config20.read_text() == '{"seed": 0,'  # Left as it was.
+
+
+def test_paths_under_the_home_folder_as_users_type_them(monkeypatch,
+                                                        tmp_path):
+  monkeypatch.setenv('HOME', str(tmp_path))
+  monkeypatch.setattr(table6, 'Trainer', lambda: FakeTrainer({(20, 0): 0.9}))
+  monkeypatch.setattr(signal, 'signal', lambda *_: None)
+  _flags(monkeypatch, '--root=~/table6', '--log_dir=~/logs', '--depths=20',
+         '--num_seeds=1', *OVERRIDES)
+  assert table6.main(['reproduce_table6']) == 0
+  assert (tmp_path / 'table6' / 'resnet20-seeds0-0' / 'summary.json').exists()
+  assert (tmp_path / 'logs' / 'resnet20-seeds0-0.log').exists()
+  assert (tmp_path / 'table6' / 'table6.md').exists()
+  assert not (REPO / '~').exists()  # Where `~/table6` was made before.
