@@ -172,7 +172,17 @@ class Checkpointer:
       self._finish_replace()
     self._damaged_metrics = _damaged_metrics(self.directory)
     self.unreadable_steps: list[int] = list(self._damaged_metrics)
-    self._manager = self._open()
+    self._manager = self._listed(self._open)
+
+  def _listed(self, list_steps):
+    """`list_steps()` (Orbax reading every step's folder), again while a
+    step is deleted during it, as a trainer keeping the newest few does."""
+    for attempt in range(self._MAX_RELISTS):
+      try:
+        return list_steps()
+      except (FileNotFoundError, NotADirectoryError):  # What Orbax raises.
+        if attempt + 1 == self._MAX_RELISTS:
+          raise
 
   def _open(self, directory=None, replacing=False) -> ocp.CheckpointManager:
     """The manager of `directory` (ours), or `replacing`: of a new one that
@@ -240,7 +250,7 @@ class Checkpointer:
               'was read (a trainer writing there keeps only the newest and '
               'the best); read the latest, or another step') from None
         else:
-          self._manager.reload()
+          self._listed(self._manager.reload)
           candidates = [s for s in self.all_steps()[::-1] if s not in tried]
     return None
 

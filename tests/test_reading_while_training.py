@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from resnet_jax import checkpoints
@@ -109,3 +110,28 @@ def test_a_damaged_step_that_stays_is_still_unreadable(tmp_path):
     state = reader.restore({'w': np.zeros(3, np.float32)})
     assert reader.unreadable_steps == [8]
   np.testing.assert_array_equal(state['w'], 4)
+
+
+@pytest.mark.parametrize('error', [FileNotFoundError, NotADirectoryError])
+def test_a_step_deleted_while_orbax_lists_them_is_listed_again(
+    tmp_path, monkeypatch, error):
+  # Orbax stats each step's folder to list them: one deleted meanwhile makes
+  # it raise (both seen with a trainer saving every step, keep=1).
+  directory = tmp_path / 'checkpoints'
+  saved(directory, [4, 8])
+  original, raised = ocp.CheckpointManager.reload, []
+
+  def reload(self):
+    if not raised:
+      raised.append(1)
+      raise error(f'{directory}/8')
+    return original(self)
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'reload', reload)
+  with checkpoints.Checkpointer(directory, metadata={'run': 1},
+                                read_only=True) as reader:
+    trainer_moves_on(directory, monkeypatch, deleted=[4, 8], new=12,
+                     when='_read_step')
+    state = reader.restore({'w': np.zeros(3, np.float32)})
+  assert raised and reader.unreadable_steps == []
+  np.testing.assert_array_equal(state['w'], 8)
