@@ -8,8 +8,10 @@ written, so another run's checkpoints are refused untouched), the progress
 the trainer continues from, and a SHA-256 of the arrays: Orbax restores a
 flipped bit in an array file as a wrong value without complaint (tested on
 orbax 0.12.8). A step that does not read back intact is skipped with a
-warning; `tidy` moves it aside, never deleting it. Readers open read-only:
-they write nothing, even while a trainer saves and deletes steps.
+warning; `tidy` moves it aside, never deleting it. A step saved again
+replaces the old one only once it is complete (`Checkpointer._replace`).
+Readers open read-only: they write nothing, even while a trainer saves and
+deletes steps, and a step deleted while they read it is not damage.
 """
 
 import contextlib

@@ -1,5 +1,8 @@
 """The run's directory: checked before use, held by one trainer at a time.
 
+The trainer writes only into a new or empty directory or into its own run
+(`check_owned`), as git will not overwrite files it does not track.
+
 The trainer holds an exclusive `flock` on the workdir while it runs: the
 kernel releases it however the process ends (kill -9 included), and taking it
 writes nothing. The holder's pid, host and start time go in HOLDER_FILE so a
