@@ -56,8 +56,8 @@ def define_flags():
   flags.DEFINE_string('check_split', 'validation', 'The split the CPU check '
                       "classifies ('validation', 'test' or TFDS syntax); "
                       'empty: no check.')
-  flags.DEFINE_string('data_dir', None, "Where the run's dataset is here; "
-                      "written into the release's config.json.")
+  tools.define_path('data_dir', None, "Where the run's dataset is here; "
+                    "written into the release's config.json.")
   flags.mark_flag_as_required('out')
 
 

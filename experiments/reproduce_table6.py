@@ -36,8 +36,8 @@ from etils import epath
 from ml_collections import config_flags
 
 from resnet_jax import experiment
-from resnet_jax import report
 from resnet_jax import tools
+from resnet_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -55,9 +55,9 @@ def define_flags(flag_values=flags.FLAGS):
   # Consecutive seeds: the trainer's runs are seeds config.seed + i.
   flags.DEFINE_integer('first_seed', 0, 'Seed of the first run.', **kw)
   flags.DEFINE_integer('num_seeds', 5, 'Runs (seeds) per depth.', **kw)
-  flags.DEFINE_string('root', 'runs/table6', 'Run workdirs, tables.', **kw)
+  tools.define_path('root', 'runs/table6', 'Run workdirs, tables.', **kw)
   if 'log_dir' not in flag_values:  # absl.logging's, for the trainers' logs.
-    flags.DEFINE_string('log_dir', '', 'Local; default <root>/logs.', **kw)
+    tools.define_path('log_dir', '', 'Local; default <root>/logs.', **kw)
   flags.DEFINE_float('num_epochs', None, 'Instead of 64k steps.', **kw)
   flags.DEFINE_bool('dry_run', False, 'Print the commands and stop.', **kw)
   flags.DEFINE_bool('report_only', False, 'Only write the tables.', **kw)
@@ -108,8 +108,32 @@ def run_config(depth: int, seeds: range, overrides: dict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def _checked_summary(path: epath.Path) -> dict:
+  """summary.json at `path` with what the tables read from it; a ValueError
+  naming the file otherwise."""
+  summary = workdir_lib.read_json(path, workdir_lib.SUMMARY_FIELDS + (
+      'runs', 'wall_seconds'))
+  metrics = [k for k in ('final_val_accuracy', 'test_accuracy')
+             if k in summary]
+  runs = summary['runs']
+  if not (metrics and isinstance(runs, list) and runs and all(
+      isinstance(r, dict) and all(k in r for k in ('seed', *metrics))
+      for r in runs)):
+    raise ValueError(f'{path} lacks the accuracy of each run (runs: seed, '
+                     f'{", ".join(metrics) or "final_val_accuracy"}): not as '
+                     'the trainer writes it')
+  number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  if not all(number(summary[k]) for k in (
+      'steps', 'epochs', 'batch_size', 'train_examples', 'wall_seconds')):
+    raise ValueError(f'{path}: steps, epochs, batch_size, train_examples or '
+                     'wall_seconds is not a number')
+  return summary
+
+
 def done_summary(root: str, depth: int, seeds: range, overrides: dict):
-  """The depth's summary.json if it is done with this recipe, else None.
+  """The depth's summary.json if it is done with this recipe, else None; a
+  ValueError naming the file if its config.json or summary.json is not
+  the trainer's.
 
   The recipe: what decides the runs' results, not the fields a run may
   resume under (speed, logging, where the data is), nor vectorize_runs
@@ -117,13 +141,23 @@ def done_summary(root: str, depth: int, seeds: range, overrides: dict):
   done.
   """
   path = epath.Path(workdir(root, depth, seeds))  # Also gs://.
-  summary, config = report.read_summary(path), path / 'config.json'
+  summary, config = path / 'summary.json', path / 'config.json'
+  if not (summary.exists() and config.exists()):
+    return None  # Not started, or training.
   recipe = lambda c: {k: v for k, v in tools.flatten(c).items()
                       if not experiment.resumable(k) and k != 'vectorize_runs'}
-  if summary and config.exists() and recipe(json.loads(
-      config.read_text())) == recipe(run_config(depth, seeds, overrides)):
-    return summary
+  if recipe(workdir_lib.read_json(config)) == recipe(
+      run_config(depth, seeds, overrides)):
+    return _checked_summary(summary)
   return None
+
+
+def _done_or_why(root: str, depth: int, seeds: range, overrides: dict):
+  """(`done_summary`, None), or (None, the line that says why it failed)."""
+  try:
+    return done_summary(root, depth, seeds, overrides), None
+  except ValueError as e:
+    return None, tools.one_line(e)
 
 
 def finished(root: str, depth: int, overrides: dict) -> list[dict]:
@@ -135,8 +169,11 @@ def finished(root: str, depth: int, overrides: dict) -> list[dict]:
   found = []
   for path in sorted(epath.Path(root).glob(f'resnet{depth}-seeds*')):
     if match := re.fullmatch(rf'resnet{depth}-seeds(\d+)-(\d+)', path.name):
-      found.append(done_summary(root, depth, range(
-          int(match[1]), int(match[2]) + 1), overrides))
+      summary, why = _done_or_why(root, depth, range(
+          int(match[1]), int(match[2]) + 1), overrides)
+      if why:
+        print(f'{path.name}: left out of the table: {why}', file=sys.stderr)
+      found.append(summary)
   return [s for s in found if s]
 
 
@@ -271,20 +308,27 @@ def sweep(depths, seeds: range, root: str, log_dir: str, overrides: dict,
   os.makedirs(log_dir, exist_ok=True)
   failures = []
   for depth in depths:
-    if trainer.terminated or done_summary(root, depth, seeds, overrides):
-      continue
     name = os.path.basename(workdir(root, depth, seeds))
+    if trainer.terminated:
+      continue
+    done, why = _done_or_why(root, depth, seeds, overrides)
+    if why:  # Its records are not the trainer's: nothing is run on them.
+      failures.append(f'{name}: {why}')
+      print(failures[-1], flush=True)
+    if done or why:
+      continue
     log = os.path.join(log_dir, f'{name}.log')
     print(f'{workdir(root, depth, seeds)}: training, log {log}', flush=True)
     start = os.path.getsize(log) if os.path.exists(log) else 0
     code = trainer.run(build_command(depth, seeds, root, overrides), log)
-    if code == 0 and done_summary(root, depth, seeds, overrides):
+    done, unreadable = _done_or_why(root, depth, seeds, overrides)
+    if code == 0 and done:
       continue
     with open(log, 'rb') as f:  # This attempt's lines.
       f.seek(start)
       lines = f.read().decode(errors='replace').splitlines()
     stopped = {143: 'stopped by SIGTERM', 130: 'stopped by Ctrl-C'}
-    why = stopped.get(code) or ([  # Its last words.
+    why = stopped.get(code) or (code == 0 and unreadable) or ([  # Its last
         l for l in lines if l.startswith('error: ')] or lines or [''])[-1]
     failures.append(f'{name}: exit {code}: {why}; {log}')
     print(failures[-1], flush=True)
@@ -318,7 +362,9 @@ def main(argv) -> int:
       raise ValueError('--root is not local: give a local --log_dir')
     signal.signal(signal.SIGTERM, trainer)
     signal.signal(signal.SIGINT, trainer)
-    failures = sweep(depths, seeds, root, FLAGS.log_dir or f'{root}/logs',
+    # absl's own --log_dir when run as a program: expanded here.
+    failures = sweep(depths, seeds, root,
+                     tools.expand_path(FLAGS.log_dir) or f'{root}/logs',
                      overrides, trainer)
   print(write_tables({d: finished(root, d, overrides) for d in depths},
                      seeds, root, overrides))
@@ -328,8 +374,9 @@ def main(argv) -> int:
           file=sys.stderr)
     return 128 + trainer.signum
   not_done = failures or [
-      f'{workdir(root, d, seeds)}: no summary.json of this config'
-      for d in depths if not done_summary(root, d, seeds, overrides)]
+      why or f'{workdir(root, d, seeds)}: no summary.json of this config'
+      for d in depths for done, why in [_done_or_why(root, d, seeds, overrides)]
+      if not done]
   if not_done:
     tools.fail(f'{len(not_done)} of {len(depths)} depths not done: '
                + ' | '.join(not_done))

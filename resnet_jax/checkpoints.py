@@ -8,8 +8,10 @@ written, so another run's checkpoints are refused untouched), the progress
 the trainer continues from, and a SHA-256 of the arrays: Orbax restores a
 flipped bit in an array file as a wrong value without complaint (tested on
 orbax 0.12.8). A step that does not read back intact is skipped with a
-warning; `tidy` moves it aside, never deleting it. Readers open read-only:
-they write nothing, even while a trainer saves and deletes steps.
+warning; `tidy` moves it aside, never deleting it. A step saved again
+replaces the old one only once it is complete (`Checkpointer._replace`).
+Readers open read-only: they write nothing, even while a trainer saves and
+deletes steps, and a step deleted while they read it is not damage.
 """
 
 import contextlib
@@ -31,6 +33,9 @@ from resnet_jax import tools
 
 # Where `tidy` moves unreadable checkpoints, beside the directory.
 UNREADABLE_DIR = 'unreadable_checkpoints'
+# Where a step saved again is written before it replaces the old one, beside
+# the directory (`Checkpointer._replace`).
+REPLACING_DIR = 'replacing_checkpoint'
 # The metadata under this key is written for readers and never compared: it
 # follows from what is (the measured normalisation from the training data).
 RECORDED = 'recorded'
@@ -133,6 +138,36 @@ def _damaged_metrics(directory: epath.Path) -> list[int]:
   return sorted(damaged)
 
 
+def _sync(name: str) -> None:
+  """Waits for every process of a multi-host job to reach `name`."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def _contents(path: epath.Path) -> list[str] | None:
+  """Every file and folder under `path`, sorted; None if `path` or a part
+  of it went while it was listed."""
+  found = []
+  try:
+    for child in sorted(path.iterdir()):
+      inside = _contents(child) if child.is_dir() else []
+      if inside is None:
+        return None
+      found += [str(child), *inside]
+  except FileNotFoundError:
+    return None
+  return found
+
+
+def _remove(path: epath.Path) -> None:
+  """Deletes `path` and what it holds; a part already gone is no error."""
+  try:
+    path.rmtree()
+  except FileNotFoundError:
+    pass
+
+
 class Checkpointer:
   """Saves and restores the train state under `directory` (a path or URL).
 
@@ -154,11 +189,25 @@ class Checkpointer:
       self.directory = self.directory.absolute()
     self._metadata = _normalise(metadata)  # Fails early if not JSON.
     self._keep, self._read_only, self._compatible = keep, read_only, False
+    if not read_only:
+      self._finish_replace()
     self._damaged_metrics = _damaged_metrics(self.directory)
     self.unreadable_steps: list[int] = list(self._damaged_metrics)
-    self._manager = self._open()
+    self._manager = self._listed(self._open)
 
-  def _open(self) -> ocp.CheckpointManager:
+  def _listed(self, list_steps):
+    """`list_steps()` (Orbax reading every step's folder), again while a
+    step is deleted during it, as a trainer keeping the newest few does."""
+    for attempt in range(self._MAX_RELISTS):
+      try:
+        return list_steps()
+      except (FileNotFoundError, NotADirectoryError):  # What Orbax raises.
+        if attempt + 1 == self._MAX_RELISTS:
+          raise
+
+  def _open(self, directory=None, replacing=False) -> ocp.CheckpointManager:
+    """The manager of `directory` (ours), or `replacing`: of a new one that
+    writes one step at once (`_replace`)."""
     # The best is the first step to reach the highest accuracy, as the
     # trainer's summary.json counts it (older checkpoints lack 'step').
     best = lambda metrics: (metrics['val_accuracy'], -metrics.get('step', 0))
@@ -169,12 +218,12 @@ class Checkpointer:
             policies.LatestN(n=self._keep),
             policies.BestN(get_metric_fn=best, n=1,
                            keep_checkpoints_without_metrics=False)]),
-        create=False,  # Opening a directory writes nothing.
+        create=replacing,  # Opening a directory writes nothing.
         read_only=self._read_only,
-        enable_async_checkpointing=not self._read_only,
+        enable_async_checkpointing=not (self._read_only or replacing),
         # Reads no metrics: `tidy` reopens once the damaged are aside.
         lightweight_initialize=bool(self._damaged_metrics))
-    return ocp.CheckpointManager(self.directory, options=options)
+    return ocp.CheckpointManager(directory or self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -200,16 +249,21 @@ class Checkpointer:
     """`read(step)`, or with `step` None, `read` of each step newest first
     until one succeeds; None if none does. `failed(step, error)` hears of
     each failure, except of a step deleted since it was listed (a trainer
-    keeping the newest few): then the steps are listed again."""
+    keeping the newest few): then the steps are listed again. A step is
+    being deleted, not damaged, if its folder is gone or lost files while it
+    was read (Orbax deletes a step file by file): nothing else removes a
+    file of a saved step."""
     candidates = [step] if step is not None else self.all_steps()[::-1]
     tried = []
     while candidates:
       tried.append(candidates.pop(0))
+      path = self.directory / str(tried[-1])
+      before = _contents(path)
       try:
         return read(tried[-1])
       except Exception as e:  # pylint: disable=broad-except
-        if (len(tried) > self._MAX_RELISTS or
-            (self.directory / str(tried[-1])).exists()):
+        if len(tried) > self._MAX_RELISTS or (
+            before is not None and _contents(path) == before):
           failed(tried[-1], e)
         elif step is not None:
           raise UnreadableCheckpointError(
@@ -217,7 +271,7 @@ class Checkpointer:
               'was read (a trainer writing there keeps only the newest and '
               'the best); read the latest, or another step') from None
         else:
-          self._manager.reload()
+          self._listed(self._manager.reload)
           candidates = [s for s in self.all_steps()[::-1] if s not in tried]
     return None
 
@@ -332,9 +386,7 @@ class Checkpointer:
         logging.info('Deleting %s, an interrupted checkpoint write.', partial)
         partial.rmtree()
     self.unreadable_steps = []
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices('resnet_jax checkpoints tidy')
+    _sync('resnet_jax checkpoints tidy')
     if self._damaged_metrics:  # Now aside: Orbax can read all the metrics.
       self._manager.close()
       self._damaged_metrics = []
@@ -347,22 +399,68 @@ class Checkpointer:
     """Saves `state` (replicated if sharded) as checkpoint `step`, with
     `progress` for `restore` and `val_accuracy` to rank it. A no-op if `step`
     is saved, unless `replace` (to record a preempted run's accuracy)."""
-    if step in self._manager.all_steps():
-      if not replace:
-        return
-      self._manager.delete(step)  # A kill now resumes from the one before.
+    saved = step in self._manager.all_steps()
+    if saved and not replace:
+      return
     self.check_compatible()  # Never beside another run's checkpoints.
+    metrics = None if val_accuracy is None else {
+        'val_accuracy': float(val_accuracy), 'step': int(step)}
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        metadata=ocp.args.JsonSave(self._metadata),
+        fingerprint=ocp.args.JsonSave({'sha256': fingerprint(state)}),
+        progress=ocp.args.JsonSave(_normalise(progress or {})))
+    if saved:
+      self._replace(step, metrics, args)
+      return
     with self._writing(f'checkpoint {step} (or an earlier one)'):
       self._manager.check_for_errors()  # Of the previous save.
-      self._manager.save(
-          step, force=True,
-          metrics=None if val_accuracy is None else {
-              'val_accuracy': float(val_accuracy), 'step': int(step)},
-          args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state),
-              metadata=ocp.args.JsonSave(self._metadata),
-              fingerprint=ocp.args.JsonSave({'sha256': fingerprint(state)}),
-              progress=ocp.args.JsonSave(_normalise(progress or {}))))
+      self._manager.save(step, force=True, metrics=metrics, args=args)
+
+  def _replace(self, step: int, metrics, args) -> None:
+    """Saves checkpoint `step` again, as Orbax commits any step: the new one
+    is written whole first (into REPLACING_DIR/new/, where Orbax renames
+    its temporary folder to `step` once every file is there); only then is
+    the old one moved aside (REPLACING_DIR/old/), the new moved in and the
+    old deleted. A kill at any moment leaves the old step in place, or the
+    new one complete in REPLACING_DIR, which the next trainer moves in
+    (`_finish_replace`): never no checkpoint."""
+    staging = self.directory.parent / REPLACING_DIR
+    with self._writing(f'checkpoint {step} again'):
+      self._manager.wait_until_finished()  # The previous save, its errors.
+      if jax.process_index() == 0 and staging.exists():
+        staging.rmtree()  # What an interrupted replace left: not a step.
+      _sync('resnet_jax checkpoints replace start')
+      new = self._open(staging / 'new', replacing=True)
+      try:
+        new.save(step, force=True, metrics=metrics, args=args)
+        new.wait_until_finished()
+      finally:
+        new.close()
+      _sync('resnet_jax checkpoints replace written')
+      if jax.process_index() == 0:
+        (staging / 'old').mkdir()
+        (self.directory / str(step)).rename(staging / 'old' / str(step))
+        (staging / 'new' / str(step)).rename(self.directory / str(step))
+        _remove(staging)
+      _sync('resnet_jax checkpoints replace done')
+      self._manager.reload()
+
+  def _finish_replace(self) -> None:
+    """Completes a replace that a kill interrupted (`_replace`): a step
+    missing here is moved in from REPLACING_DIR (the new copy, complete,
+    else the old), then the rest there is deleted. Writers only."""
+    staging = self.directory.parent / REPLACING_DIR
+    if jax.process_index() == 0 and staging.exists():
+      for copy in ('new', 'old'):
+        for path in (staging / copy).glob('*'):
+          if path.name.isdigit() and not (self.directory / path.name
+                                          ).exists():
+            logging.warning('Completing the interrupted replacement of '
+                            'checkpoint %s in %s.', path.name, self.directory)
+            path.rename(self.directory / path.name)
+      _remove(staging)
+    _sync('resnet_jax checkpoints finish replace')
 
   @contextlib.contextmanager
   def _writing(self, what: str):

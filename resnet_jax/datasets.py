@@ -28,6 +28,8 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from resnet_jax import tools
+
 TFDS_DATASETS = ('cifar10', 'cifar100')
 IMAGE_FOLDER = 'image_folder'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
@@ -133,7 +135,7 @@ def local_dir(path: str | None) -> str | None:
   such as gs://... are left alone."""
   if not path or '://' in path:
     return path or None
-  return os.path.abspath(os.path.expanduser(path))
+  return os.path.abspath(tools.expand_path(path))
 
 
 # ----------------------------------------------------------------------------

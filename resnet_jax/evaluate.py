@@ -265,9 +265,9 @@ def define_flags():
   flags.DEFINE_integer('num_misclassified', 24, 'How many of the most '
                        'confident mistakes to show, at most '
                        f'{report.MAX_PICTURED}.')
-  flags.DEFINE_string('data_dir', None, "Where the run's dataset is, when "
-                      'not at its config.data.data_dir (an image folder or '
-                      'TFDS data moved, another machine).')
+  tools.define_path('data_dir', None, "Where the run's dataset is, when "
+                    'not at its config.data.data_dir (an image folder or '
+                    'TFDS data moved, another machine).')
 
 
 if __name__ == '__main__':

@@ -25,10 +25,10 @@ from ml_collections import config_flags
 from resnet_jax import tools
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None,
-                    'Directory for checkpoints, TensorBoard logs and '
-                    'summary.json; a rerun resumes from it. Default: '
-                    'runs/<config file name without .py>.')
+tools.define_path('workdir', None,
+                  'Directory for checkpoints, TensorBoard logs and '
+                  'summary.json; a rerun resumes from it. Default: '
+                  'runs/<config file name without .py>.')
 config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py).',
                                 lock_config=True)
 flags.mark_flags_as_required(['config'])
@@ -79,7 +79,7 @@ def main(argv):
     # Restarts (resume after preemption) load compiled steps instead of
     # compiling them again.
     jax.config.update('jax_compilation_cache_dir',
-                      os.path.expanduser(config.compilation_cache_dir))
+                      tools.expand_path(config.compilation_cache_dir))
   # Both before anything starts JAX's backends.
   parallel.configure_cpu_devices(config)
   parallel.initialize_distributed(config)

@@ -18,6 +18,32 @@ from absl import logging
 EXIT_ERROR = 1
 
 
+def expand_path(path: str | None) -> str | None:
+  """`path` with a leading `~` or `~user` made the home folder, as a shell
+  would (it does not after `--flag=`); URLs (gs://...) and None unchanged."""
+  if not path or '://' in path:
+    return path
+  return os.path.expanduser(path)
+
+
+class _PathParser(flags.ArgumentParser):
+  """A path flag's parser: the value as typed, `expand_path`ed."""
+
+  def parse(self, argument):
+    return expand_path(argument)
+
+  def flag_type(self):
+    return 'string'
+
+
+def define_path(name: str, default: str | None, help_text: str, **kwargs):
+  """flags.DEFINE_string for a path: its value is `expand_path`ed as it is
+  parsed, default included. A key flag of the module that calls it."""
+  flags.disclaim_key_flags()  # This module defines no flag of its own.
+  return flags.DEFINE(_PathParser(), name, default, help_text,
+                      serializer=flags.ArgumentSerializer(), **kwargs)
+
+
 def one_line(error, limit: int | None = None, named: bool = False) -> str:
   """An error's message (or any text) with its whitespace folded: one line.
 

@@ -1,5 +1,8 @@
 """The run's directory: checked before use, held by one trainer at a time.
 
+The trainer writes only into a new or empty directory or into its own run
+(`check_owned`), as git will not overwrite files it does not track.
+
 The trainer holds an exclusive `flock` on the workdir while it runs: the
 kernel releases it however the process ends (kill -9 included), and taking it
 writes nothing. The holder's pid, host and start time go in HOLDER_FILE so a
@@ -15,10 +18,19 @@ import time
 from etils import epath
 
 from resnet_jax import datasets
+from resnet_jax import tools
 
+# Written by the trainer into its workdir before anything else, every
+# session (since round two of the reliability work): it marks the directory
+# as a run of this trainer (`check_owned`), and names the lock's holder.
 HOLDER_FILE = '.trainer'
 # The files the trainer writes into the workdir besides its folders.
 WRITTEN_FILES = ('config.json', 'summary.json', HOLDER_FILE)
+# Fields that every version of the trainer wrote into config.json and
+# summary.json: how a run older than HOLDER_FILE is recognised.
+_CONFIG_FIELDS = ('seed', 'model', 'optimizer', 'schedule', 'batch_size')
+SUMMARY_FIELDS = ('config', 'dataset', 'steps', 'epochs', 'batch_size',
+                   'train_examples')
 
 
 class WorkdirBusyError(ValueError):
@@ -38,7 +50,7 @@ def check(workdir: str, data=None) -> None:
   data_dir = data and data.get('name') == datasets.IMAGE_FOLDER and data.get(
       'data_dir')
   if data_dir and '://' not in data_dir:
-    root = os.path.realpath(os.path.expanduser(data_dir))
+    root = os.path.realpath(tools.expand_path(data_dir))
     if os.path.commonpath([root, os.path.realpath(workdir)]) == root:
       raise ValueError(
           f'--workdir={workdir} is inside the image folder {root} '
@@ -60,6 +72,72 @@ def check(workdir: str, data=None) -> None:
   if not os.access(existing, os.W_OK | os.X_OK):
     raise ValueError(f'--workdir={workdir} is not writable ({existing} is '
                      'read-only to this user)')
+  check_owned(workdir)
+
+
+def read_json(path, fields=()) -> dict:
+  """The JSON object in the file `path` (a path or URL), with each of
+  `fields` in it; else a ValueError that names the file, in one line."""
+  path = epath.Path(path)
+  try:
+    value = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise ValueError(f'{path} is missing') from None
+  except OSError as e:
+    raise ValueError(f'cannot read {path}: {e.strerror or e}') from None
+  except ValueError as e:  # Not JSON, not UTF-8.
+    raise ValueError(f'{path} is not valid JSON ({e})') from None
+  if not isinstance(value, dict):
+    raise ValueError(f'{path} holds {type(value).__name__}, not a JSON '
+                     'object')
+  if missing := [field for field in fields if field not in value]:
+    raise ValueError(f'{path} lacks {", ".join(missing)}: not as the '
+                     'trainer writes it')
+  return value
+
+
+def _json_with(path: str, fields) -> bool:
+  """Whether `path` is a file of a JSON object holding every one of `fields`."""
+  try:
+    read_json(path, fields)
+  except ValueError:
+    return False
+  return True
+
+
+def is_own_run(workdir: str) -> bool:
+  """Whether the local directory `workdir` is a run this trainer wrote.
+
+  Marked by HOLDER_FILE; a run older than the mark, or a record kept without
+  it (experiments/table6/), by a trainer's config.json with a trainer's
+  summary.json or checkpoints/ beside it. A release (release.json) carries a
+  trainer's config.json but is not a run.
+  """
+  if os.path.isfile(os.path.join(workdir, HOLDER_FILE)):
+    return True
+  join = lambda name: os.path.join(workdir, name)
+  return (not os.path.lexists(join('release.json')) and
+          _json_with(join('config.json'), _CONFIG_FIELDS) and
+          (_json_with(join('summary.json'), SUMMARY_FIELDS) or
+           os.path.isdir(join('checkpoints'))))
+
+
+def check_owned(workdir: str) -> None:
+  """Fails unless the trainer may write into `workdir`: a new or empty
+  directory, or its own run (`is_own_run`). As git refuses to overwrite
+  untracked files, nothing of anyone else is replaced: a release, a user's
+  config.json or summary.json, any other directory with something in it."""
+  if '://' in workdir or not os.path.isdir(workdir):
+    return  # An object store, or nothing there yet (`check` says more).
+  entries = sorted(os.listdir(workdir))
+  if entries and not is_own_run(workdir):
+    shown = ', '.join(entries[:5]) + (', ...' if entries[5:] else '')
+    what = ('a release, not a run' if 'release.json' in entries else
+            'not a run of this trainer')
+    raise ValueError(
+        f'--workdir={workdir} is {what} (it holds {shown}): the trainer '
+        'writes only into a new or empty directory or into its own run; '
+        'give another --workdir')
 
 
 def write_file(path, data: bytes | str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cli import error_line, run_cli, snapshot
+from cli import REPO, error_line, run_cli, snapshot
 import fake_cifar
 from configs import smoke
 from resnet_jax import train
@@ -105,6 +105,18 @@ def test_bad_config_is_refused_and_the_workdir_left_as_it_was(
 
   assert_refused(result, *expected)
   assert snapshot(workdir) == before
+
+
+def test_a_release_is_not_trained_into(tmp_path):
+  release = tmp_path / 'resnet20'
+  shutil.copytree(REPO / 'pretrained' / 'resnet20', release)
+  before = snapshot(release)
+  result = run_cli(SMOKE, f'--workdir={release}')
+  assert_refused(result, f'--workdir={release} is a release, not a run (it '
+                 'holds README.md, config.json, release.json, '
+                 'weights.msgpack): the trainer writes only into a new or '
+                 'empty directory or into its own run')
+  assert snapshot(release) == before
 
 
 def test_a_missing_config_file_is_refused(tmp_path):

@@ -488,3 +488,51 @@ def test_a_failure_is_explained_by_its_own_attempt(tmp_path):
 
 if __name__ == '__main__':
   sys.exit(pytest.main([__file__, '-q']))
+
+
+def test_a_workdir_with_broken_records_is_named_and_the_others_go_on(
+    monkeypatch, tmp_path, capsys):
+  seeds, overrides = range(1), {**TYPED, 'num_epochs': 2.0}
+  root = str(tmp_path)
+  _write_run(root, 20, seeds, overrides, _summary([0.90]))
+  config20 = tmp_path / 'resnet20-seeds0-0' / 'config.json'
+  config20.write_text('{"seed": 0,')  # Cut short.
+  _write_run(root, 32, seeds, overrides, {'config': 'resnet32',
+                                          'runs': [{'seed': 0}]})
+  summary32 = tmp_path / 'resnet32-seeds0-0' / 'summary.json'
+  trainer = FakeTrainer({(44, 0): 0.93})
+  monkeypatch.setattr(table6, 'Trainer', lambda: trainer)
+  monkeypatch.setattr(signal, 'signal', lambda *_: None)
+  _flags(monkeypatch, f'--root={root}', '--depths=20,32,44', '--num_seeds=1',
+         '--num_epochs=2', *OVERRIDES)
+  with pytest.raises(SystemExit) as exit_:
+    table6.main(['reproduce_table6'])
+  assert exit_.value.code == 1
+  # Nothing runs on a workdir whose records cannot be read; the next depth
+  # trains.
+  assert [c[4] for c in trainer.calls] == [
+      f'--workdir={root}/resnet44-seeds0-0']
+  errors = [l for l in capsys.readouterr().err.splitlines()
+            if l.startswith('error: ')]
+  assert errors == [
+      f'error: 2 of 3 depths not done: resnet20-seeds0-0: {config20} is not '
+      'valid JSON (Expecting property name enclosed in double quotes: line 1 '
+      f'column 12 (char 11)) | resnet32-seeds0-0: {summary32} lacks dataset, '
+      'steps, epochs, batch_size, train_examples, wall_seconds: not as the '
+      'trainer writes it']
+  assert '| ResNet-44 | 1 | 7.00 |' in (tmp_path / 'table6.md').read_text()
+  assert config20.read_text() == '{"seed": 0,'  # Left as it was.
+
+
+def test_paths_under_the_home_folder_as_users_type_them(monkeypatch,
+                                                        tmp_path):
+  monkeypatch.setenv('HOME', str(tmp_path))
+  monkeypatch.setattr(table6, 'Trainer', lambda: FakeTrainer({(20, 0): 0.9}))
+  monkeypatch.setattr(signal, 'signal', lambda *_: None)
+  _flags(monkeypatch, '--root=~/table6', '--log_dir=~/logs', '--depths=20',
+         '--num_seeds=1', *OVERRIDES)
+  assert table6.main(['reproduce_table6']) == 0
+  assert (tmp_path / 'table6' / 'resnet20-seeds0-0' / 'summary.json').exists()
+  assert (tmp_path / 'logs' / 'resnet20-seeds0-0.log').exists()
+  assert (tmp_path / 'table6' / 'table6.md').exists()
+  assert not (REPO / '~').exists()  # Where `~/table6` was made before.

@@ -1,5 +1,8 @@
 """The helpers every module shares: errors as one line, configs as fields."""
 
+import os
+import pathlib
+import subprocess
 import sys
 
 from absl import flags
@@ -7,6 +10,8 @@ from ml_collections import config_flags
 import pytest
 
 from resnet_jax import tools
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_an_error_is_one_line_cut_to_the_limit_and_named_if_asked():
@@ -56,3 +61,61 @@ def test_a_config_file_without_get_config_is_named(monkeypatch, tmp_path):
   error = _parse_error(monkeypatch, ['main', f'--config={config_file}'])
   assert tools.config_error(error, str(config_file)) == (
       f'--config={config_file} has no get_config() function')
+
+
+def test_a_path_flag_expands_the_home_folder(monkeypatch):
+  monkeypatch.setenv('HOME', '/home/someone')
+  values = flags.FlagValues()
+  tools.define_path('workdir', '~/default', '', flag_values=values)
+  tools.define_path('root', None, '', flag_values=values)
+  values(['command'])
+  assert values.workdir == '/home/someone/default'
+  values(['command', '--workdir=~/run', '--root=gs://bucket/~x'])
+  assert (values.workdir, values.root) == ('/home/someone/run',
+                                           'gs://bucket/~x')
+  values(['command', '--workdir=runs/~x'])  # Only a leading ~.
+  assert values.workdir == 'runs/~x'
+
+
+# Each command's path flags, and one value of every other flag it requires.
+PATH_FLAGS = {
+    'resnet_jax.main': ('', ['--workdir', '--config=configs/smoke.py']),
+    'resnet_jax.curves': ('', ['--workdir']),
+    'resnet_jax.evaluate': ('evaluate.define_flags()',
+                            ['--workdir', '--data_dir']),
+    'resnet_jax.predict': ('predict.define_flags()', ['--workdir']),
+    'experiments.release': ('release.define_flags()',
+                            ['--workdir', '--data_dir', '--out=x']),
+    # Its --log_dir is absl's own, expanded where main() reads it.
+    'experiments.reproduce_table6': ('reproduce_table6.define_flags()',
+                                     ['--root']),
+}
+
+
+@pytest.mark.slow  # A Python (and JAX) start-up per command.
+def test_every_command_expands_the_home_folder_in_its_path_flags(tmp_path):
+  # Each command's flags as its `__main__` defines them, parsed with `~/...`
+  # for each path; the values read back.
+  processes = {}
+  for module, (define, args) in PATH_FLAGS.items():
+    package, name = module.split('.')
+    source = (REPO / package / f'{name}.py').read_text()
+    if not define:  # Defined under `if __name__ == '__main__':`.
+      define = source[source.index("\nif __name__ == '__main__':"):]
+      define = '\n'.join(l[2:] for l in define.splitlines()[2:]
+                         if 'tools.run' not in l)
+    paths = [a[2:] for a in args if '=' not in a]
+    code = (f'import sys\nfrom absl import flags\nfrom {package} import '
+            f'{name}\nfrom {package}.{name} import *\n{define}\n'
+            f'flags.FLAGS(sys.argv)\n'
+            f'print(*(flags.FLAGS[p].value for p in {paths!r}))')
+    argv = [a if '=' in a else f'{a}=~/{a[2:]}' for a in args]
+    processes[module] = subprocess.Popen(
+        [sys.executable, '-c', code, *argv], cwd=REPO, text=True,
+        env={**os.environ, 'HOME': str(tmp_path)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+  for module, process in processes.items():
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, (module, stderr[-2000:])
+    paths = [a[2:] for a in PATH_FLAGS[module][1] if '=' not in a]
+    assert stdout.split() == [f'{tmp_path}/{p}' for p in paths], module

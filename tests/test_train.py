@@ -450,6 +450,7 @@ def test_a_second_trainer_on_a_busy_workdir_is_refused_naming_the_first(
 @pytest.mark.slow
 def test_a_failed_checkpoint_write_ends_the_run_in_one_line(tmp_path):
   (tmp_path / 'checkpoints').write_text('not a folder')
+  (tmp_path / workdir.HOLDER_FILE).write_text('{}')  # The trainer's run.
   start = time.time()
   result = run_cli('--config=configs/smoke.py', f'--workdir={tmp_path}',
                    timeout=120)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,3 +71,71 @@ def test_json_is_written_whole(tmp_path):
   workdir.write_json(workdir.epath.Path(path), {'a': 1})
   assert json.loads(path.read_text()) == {'a': 1}
   assert [p.name for p in tmp_path.iterdir()] == ['x.json']
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def contents(directory):
+  """Every file under `directory` with its bytes: to show nothing changed."""
+  return {p.relative_to(directory): p.read_bytes()
+          for p in sorted(directory.rglob('*')) if p.is_file()}
+
+
+def foreign(tmp_path, kind):
+  """A directory that is not a run of the trainer, of `kind`."""
+  directory = tmp_path / kind
+  if kind == 'release':
+    shutil.copytree(REPO / 'pretrained' / 'resnet20', directory)
+    return directory
+  directory.mkdir()
+  if kind == 'own config.json':
+    (directory / 'config.json').write_text('{"learning_rate": 0.1}')
+  elif kind == 'own summary.json':
+    (directory / 'summary.json').write_text('{"accuracy": 0.9}')
+  elif kind == 'photos':
+    (directory / 'cat.png').write_bytes(b'\x89PNG')
+  elif kind == 'a run without its mark beside a release':
+    shutil.copytree(REPO / 'pretrained' / 'resnet20', directory,
+                    dirs_exist_ok=True)
+    (directory / 'checkpoints').mkdir()
+  return directory
+
+
+@pytest.mark.parametrize('kind', [
+    'release', 'own config.json', 'own summary.json', 'photos',
+    'a run without its mark beside a release'])
+def test_a_directory_not_of_this_trainer_is_refused_untouched(tmp_path,
+                                                             kind):
+  directory = foreign(tmp_path, kind)
+  before = contents(directory)
+  with pytest.raises(ValueError, match=(
+      rf'^--workdir={directory} is (a release, not a run|not a run of this '
+      r'trainer) \(it holds .*\): the trainer writes only into a new or '
+      'empty directory or into its own run; give another --workdir$')):
+    workdir.check(str(directory))
+  assert contents(directory) == before
+
+
+def test_new_empty_and_own_runs_are_accepted(tmp_path):
+  workdir.check(str(tmp_path / 'new'))
+  (tmp_path / 'empty').mkdir()
+  workdir.check(str(tmp_path / 'empty'))
+  # A run of today's trainer: its mark.
+  marked = tmp_path / 'marked'
+  marked.mkdir()
+  with workdir.Lock(str(marked)) as lock:
+    lock.announce()
+  (marked / 'notes.txt').write_text('mine')
+  workdir.check(str(marked))
+  # The committed records (config.json, summary.json; no mark, no
+  # checkpoints), and a run of the trainer before the mark (config.json and
+  # checkpoints, its summary not yet written).
+  record = tmp_path / 'record'
+  shutil.copytree(REPO / 'experiments' / 'table6' / 'resnet20-seeds0-2',
+                  record)
+  workdir.check(str(record))
+  old = tmp_path / 'old'
+  (old / 'checkpoints' / '8').mkdir(parents=True)
+  shutil.copy(record / 'config.json', old / 'config.json')
+  workdir.check(str(old))
