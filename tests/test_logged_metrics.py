@@ -9,8 +9,6 @@ learning rate the optimizer applied at step s, as recomputed here from the
 pure step driven by hand (oracle.hand_steps) and the schedule written out.
 """
 
-import jax
-import numpy as np
 import pytest
 
 from resnet_jax import metric_writer, train

@@ -19,7 +19,6 @@ every field that changes the step (oracle.config), compared with:
   field the trainer drops fails it.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -212,7 +212,7 @@ DAMAGES = {
     'image_shape missing': (lambda d: _edit_json(
         d / 'release.json', lambda r: {
             k: v for k, v in r.items() if k != 'image_shape'}),
-                            f"release.json of .* lost its 'image_shape' "
+                            "release.json of .* lost its 'image_shape' "
                             'since the release'),
     'no sha256 recorded': (lambda d: _edit_json(
         d / 'release.json', lambda r: {
