@@ -5,6 +5,19 @@
   model.predict(images)  # uint8 (N, 32, 32, 3) -> ['cat', 'ship', ...]
 """
 
+import os
+
+# XLA:CPU's YNNPACK reduce fusion computes NaN on jaxlib 0.12.1 for a
+# bfloat16 sum(relu(relu(x) + x)), the shape of a residual block's output
+# pooled, where op-by-op and jaxlib 0.10.2 are right: turn that one fusion off.
+# XLA reads XLA_FLAGS when JAX starts its CPU backend, so this holds wherever
+# resnet_jax is imported first; a --xla_cpu_experimental_ynn_fusion_type of
+# the user's own wins.
+_YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
+if _YNN_FLAG not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = ' '.join(
+      filter(None, [os.environ.get('XLA_FLAGS'), f'{_YNN_FLAG}=-reduce']))
+
 
 def pretrained(name='resnet20'):
   """A released model, ready to use: a shipped release by name ('resnet20',

@@ -7,7 +7,8 @@ is a gather from them (batching.py). Splits are named as in TFDS: 'train',
 'train[:45000]', 'train[10%:20%]'. TFDS splits are sliced as they are; an
 image folder's base split, in no meaningful order on disk, is first put in the
 order `default_rng(split_shuffle_seed)`. TensorFlow is imported only to read
-TFDS data, and is kept off the GPUs, which belong to JAX.
+TFDS data (the `tfds` extra installs it), and is kept off the GPUs, which
+belong to JAX.
 """
 
 import dataclasses
@@ -142,20 +143,34 @@ def local_dir(path: str | None) -> str | None:
 # TFDS.
 
 
+def _tfds_missing(error: ImportError) -> DatasetUnavailableError:
+  return DatasetUnavailableError(  # One line, as the command line prints it.
+      f'{", ".join(TFDS_DATASETS)} come from TensorFlow Datasets, which is not '
+      f"installed (no module {error.name!r}): pip install 'resnet_jax[tfds]' "
+      '(an image folder needs no TensorFlow)')
+
+
 @functools.cache
 def _import_tfds():
-  """Imports TensorFlow Datasets, with TensorFlow kept off every GPU."""
+  """Imports TensorFlow Datasets, with TensorFlow kept off every GPU. The base
+  install has neither (the `tfds` extra): then one line says so."""
   # TF only reads records here: no C++ start-up banners.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise _tfds_missing(e) from e
   try:
     # Else TF reserves most of the GPU memory that JAX needs.
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:  # TF was initialised already: fine without a GPU.
     if tf.config.get_visible_devices('GPU'):
       raise
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise _tfds_missing(e) from e
   return tfds
 
 
