@@ -160,7 +160,7 @@ class Experiment:
     Traced, not run: no initialisation is computed (seconds saved on every
     inference load).
     """
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    device = jax.sharding.make_single_device_sharding(jax.local_devices()[0])
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
         jax.eval_shape(self.init_state))
