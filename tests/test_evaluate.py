@@ -156,7 +156,7 @@ def test_test_and_validation_name_an_image_folders_own_split_folders(
 def test_a_release_evaluates_the_test_folder_of_an_image_folder(tmp_path):
   """--split=test on a run trained without a test split (the releases:
   test_split='') classifies the folder's test/ images."""
-  release = shutil.copytree(REPO / 'pretrained' / 'resnet20',
+  release = shutil.copytree(REPO / 'resnet_jax' / 'pretrained' / 'resnet20',
                             tmp_path / 'release')
   assert json.loads((release / 'config.json').read_text())['data'][
       'test_split'] == ''

@@ -109,12 +109,12 @@ def test_bad_config_is_refused_and_the_workdir_left_as_it_was(
 
 def test_a_release_is_not_trained_into(tmp_path):
   release = tmp_path / 'resnet20'
-  shutil.copytree(REPO / 'pretrained' / 'resnet20', release)
+  shutil.copytree(REPO / 'resnet_jax' / 'pretrained' / 'resnet20', release)
   before = snapshot(release)
   result = run_cli(SMOKE, f'--workdir={release}')
   assert_refused(result, f'--workdir={release} is a release, not a run (it '
                  'holds README.md, config.json, release.json, '
-                 'weights.msgpack): the trainer writes only into a new or '
+                 'weights.safetensors): the trainer writes only into a new or '
                  'empty directory or into its own run')
   assert snapshot(release) == before
 

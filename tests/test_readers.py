@@ -198,8 +198,8 @@ def test_the_misclassified_picture_shows_at_most_its_cap_and_says_so(
 def test_a_split_the_run_lacks_is_answered_with_one_it_has(tmp_path):
   config = folder_config(tmp_path)
   with pytest.raises(ValueError, match=(
-      r"^this run has no test split \(config.data.test_split is empty\); "
-      r"--split=validation \(its 'train\[12:\]'\) evaluates held-out "
+      r"^this run has no test split \(config.data.test_split is empty\) and "
+      r"image_folder has none named 'test'; --split=validation \(its 'train\[12:\]'\) evaluates held-out "
       'images$')):
     evaluate.resolve_split(config, 'test')
   config.data.eval_split = ''

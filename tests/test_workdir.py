@@ -86,7 +86,7 @@ def foreign(tmp_path, kind):
   """A directory that is not a run of the trainer, of `kind`."""
   directory = tmp_path / kind
   if kind == 'release':
-    shutil.copytree(REPO / 'pretrained' / 'resnet20', directory)
+    shutil.copytree(REPO / 'resnet_jax' / 'pretrained' / 'resnet20', directory)
     return directory
   directory.mkdir()
   if kind == 'own config.json':
@@ -96,7 +96,7 @@ def foreign(tmp_path, kind):
   elif kind == 'photos':
     (directory / 'cat.png').write_bytes(b'\x89PNG')
   elif kind == 'a run without its mark beside a release':
-    shutil.copytree(REPO / 'pretrained' / 'resnet20', directory,
+    shutil.copytree(REPO / 'resnet_jax' / 'pretrained' / 'resnet20', directory,
                     dirs_exist_ok=True)
     (directory / 'checkpoints').mkdir()
   return directory

@@ -85,7 +85,8 @@ def test_a_started_trainer_compiles_with_them_and_computes_the_same(tmp_path):
                     .stdout.splitlines()[-1])
 
   assert f'--{EXTRA}=xla_cpu_use_multi_output_fusion' in trainer['xla_flags']
-  assert not bare['xla_flags']
+  # (resnet_jax/__init__.py adds a flag of its own on import: not these.)
+  assert not any(name in bare['xla_flags'] for name in parallel.XLA_FLAGS)
   # In effect: XLA no longer recomputes the ReLUs inside their consumers
   # (ResNet-8: 40 maximum ops without the options, 14 with them).
   assert trainer['relus'] < bare['relus']
