@@ -26,9 +26,8 @@ jax_bench --config.parallelism=jit --loop_steps=30
 jax_bench --loop_steps=30  # sharded, one device per core (config.cpu_devices=0)
 jax_bench --config.parallelism=pmap --loop_steps=30
 jax_bench --config.parallelism=shard_map --loop_steps=30
-# Without XLA:CPU's fusion options (parallel.XLA_FLAGS): a user's own
-# xla_backend_extra_options replaces them.
-XLA_FLAGS=--xla_backend_extra_options=xla_cpu_unused jax_bench --loop_steps=30
+# With XLA:CPU's multi-output fusion options (not the default: parallel.py).
+XLA_FLAGS=--xla_backend_extra_options=xla_cpu_use_multi_output_fusion,xla_cpu_flatten_after_fusion jax_bench --loop_steps=30
 jax_bench --config.model.dtype=bfloat16 --loop_steps=30
 jax_bench --input=host --loop_steps=30
 jax_bench --config.steps_per_call=8 --loop_steps=32

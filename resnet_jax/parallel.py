@@ -37,14 +37,14 @@ def cpu_device_count(cores: int, batch_sizes) -> int:
 
 # XLA_FLAGS for XLA:CPU, added to the user's (whose own value of a flag wins).
 XLA_FLAGS = {
-    # Fusions stop duplicating their producers (XLA recomputed each stage's
-    # batch-norm/ReLU/residual chain inside every consumer) and share them
-    # in multi-output fusions instead: the same numbers to float32 rounding
-    # (tests/test_xla_flags.py), the step 1.2x faster
-    # at ResNet-20, 1.9x at ResNet-56 (issue 34). Read by XLA:CPU's compiler
-    # only; GPU compilers skip `xla_` entries (they pass the rest to LLVM).
-    'xla_backend_extra_options':
-        'xla_cpu_use_multi_output_fusion,xla_cpu_flatten_after_fusion',
+    # Not set: XLA:CPU's multi-output fusion options
+    # (--xla_backend_extra_options=xla_cpu_use_multi_output_fusion,
+    # xla_cpu_flatten_after_fusion), which stop it recomputing each stage's
+    # batch-norm/ReLU chain in the backward pass. With them, two processes
+    # of two CPU devices and one of four, 12 steps, differed by 1.1e-4 in a
+    # momentum buffer (without: under 1.6e-6; tests/test_multiprocess.py),
+    # beyond the float32 bound the tests derive; their speed-up was not
+    # measurable on a loaded machine. Pass them in XLA_FLAGS to try them.
     # XLA:CPU aborts the process when a device reaches an all-reduce more than
     # this many seconds (default 40) after XLA's "may be stuck" warning (20 s)
     # after another: a loaded machine starved one device's threads that long
