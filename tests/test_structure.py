@@ -2,8 +2,8 @@
 
 Read from the sources (every import, those inside functions too): the chain
 of imports is short and has no cycle, no library module imports a command,
-one module builds a run's schedule, and a release predicts without the
-training side's libraries.
+the training loop draws no picture, one module builds a run's schedule, and
+a release predicts without the training side's libraries.
 """
 
 import ast
@@ -71,6 +71,12 @@ def test_no_library_module_imports_a_command():
            for name, imported in _arrows().items()
            if name not in commands and imported & commands}
   assert not wrong, wrong
+
+
+def test_the_training_loop_draws_no_picture():
+  imported = _imports(_trees()['train'])
+  assert 'resnet_jax.report' not in imported
+  assert not {m for m in imported if m.startswith('matplotlib')}
 
 
 def test_one_module_builds_a_runs_schedule():
