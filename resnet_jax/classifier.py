@@ -51,12 +51,9 @@ class Classifier:
 def build(config, image_shape, *, axis_name: str | None = None,
           train_ds: datasets.InMemoryDataset | None = None,
           normalization: dict | None = None) -> Classifier:
-  """The classifier `config` describes, for images of `image_shape`.
-
-  `normalization`: {'mean', 'std'} recorded with a checkpoint, used as they
-  are; else config.data's constants, or the statistics of `train_ds` where
-  the config measures them (a ValueError without it).
-  """
+  """The classifier `config` describes, for images of `image_shape`, its
+  inputs normalised with `normalization` ({'mean', 'std'}, as recorded), else
+  config.data's constants or, where it measures them, `train_ds`'s."""
   if normalization is not None:
     mean, std = normalization['mean'], normalization['std']
   elif config.data.normalization == 'measured':

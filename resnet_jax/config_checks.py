@@ -6,8 +6,7 @@ choices, and the rules between fields; a field a user adds may hold any JSON
 value. ml_collections' type safety is not enough: it lets None, a bool for an
 int, NaN and lists of anything through, and configs read back from JSON have
 none. `validate_with_split` checks what needs the training split,
-`learning_rate_fn` the schedule as it builds it; `read_config` reads a
-workdir's config.json back, validated.
+`learning_rate_fn` the schedule it builds; `read_config` reads a config.json.
 """
 
 import dataclasses
@@ -233,11 +232,12 @@ def validate(config) -> None:
          f'{distributed.num_processes}')
 
 
-def validate_with_split(config, train_ds: datasets.InMemoryDataset) -> None:
-  """Raises ValueError naming the field that the training split rules out:
-  (for a config that passed `validate`) a batch larger than the split, a crop
-  padding that leaves no image pixel in a crop, a num_epochs giving not 1 to
-  MAX_STEPS steps."""
+def validate_with_split(config, train_ds: datasets.InMemoryDataset
+                        ) -> tuple[int, int]:
+  """(steps per epoch, total steps) of the run on `train_ds`, or a ValueError
+  naming the field that the split rules out (for a config that passed
+  `validate`): a batch larger than the split, a crop padding that leaves no
+  image pixel in a crop, a num_epochs giving not 1 to MAX_STEPS steps."""
   n = train_ds.num_examples
   try:
     per_epoch = batching.steps_per_epoch(n, config.batch_size)
@@ -248,11 +248,11 @@ def validate_with_split(config, train_ds: datasets.InMemoryDataset) -> None:
   _check(config.data.crop_padding < side, 'data.crop_padding',
          config.data.crop_padding,
          f'must be less than {side}, the side of the training images')
-  if config.num_epochs > 0:
-    total_steps = batching.total_steps(config, n)
-    _check(1 <= total_steps <= MAX_STEPS, 'num_epochs', config.num_epochs,
-           f'must give 1 to {MAX_STEPS} steps of training; it gives '
-           f'{total_steps} ({per_epoch} per epoch)')
+  total_steps = batching.total_steps(config, n)
+  _check(config.num_epochs <= 0 or 1 <= total_steps <= MAX_STEPS, 'num_epochs',
+         config.num_epochs, f'must give 1 to {MAX_STEPS} steps of training; '
+         f'it gives {total_steps} ({per_epoch} per epoch)')
+  return per_epoch, total_steps
 
 
 def learning_rate_fn(config, total_steps: int):

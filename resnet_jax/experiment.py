@@ -156,10 +156,7 @@ class Experiment(classifier.Classifier):
     if self.train_ds is not None:
       # So that inference names the classes without the dataset (or TF).
       metadata['class_names'] = list(self.train_ds.class_names)
-    # The statistics the inputs are normalised with, for readers: measured
-    # ones come from the training data as it was (never compared on resume:
-    # the recipe and the training data, which decide them, are).
-    metadata |= self.recorded()
+    metadata |= self.recorded()  # The normalisation, for readers.
     if training:
       metadata['training'] = recipe(self.config) | {
           'total_steps': self.total_steps,
@@ -325,11 +322,9 @@ def build(config, *, dp: parallel.DataParallel | None = None,
   dp = dp or parallel.DataParallel(config.parallelism)
   _check_batch_sizes(config, dp)
   if train_ds is not None:
-    config_checks.validate_with_split(config, train_ds)
+    steps_per_epoch, total_steps = config_checks.validate_with_split(
+        config, train_ds)
     image_shape = train_ds.images.shape[1:]
-    steps_per_epoch = batching.steps_per_epoch(train_ds.num_examples,
-                                               config.batch_size)
-    total_steps = batching.total_steps(config, train_ds.num_examples)
   else:
     steps_per_epoch, total_steps = None, config.num_train_steps
   learning_rate_fn = config_checks.learning_rate_fn(config, total_steps)

@@ -1,12 +1,10 @@
-"""A trained run loaded for inference, and evaluated: for the commands and
-releases.py.
+"""A trained run loaded for inference (no Orbax, Optax or Matplotlib for a
+release), and evaluated (`evaluate_split`: evaluate's and a release's check).
 
 `load` rebuilds the model from a workdir's (or a release's) config.json and
 restores one checkpoint of one run, or of all for their ensemble (the mean
 of the runs' logits); its logits are of uint8 pixels, normalised as in
 training. Loading writes nothing, so a run can be inspected while it trains.
-A release is read without Orbax, Optax or Matplotlib. `evaluate_split`
-classifies a split for the evaluate command and a release's CPU check alike.
 """
 
 import dataclasses
@@ -466,7 +464,7 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
     _check_train_data(training.get('train_data'), train_ds,
                       'The run measured its normalisation on it, and that '
                       'cannot be measured again')
-  image_shape = tuple(int(n) for n in stored['image_shape'])
+  image_shape = stored['image_shape']
   if released is not None:  # The model alone: no optimizer, no schedule.
     net = classifier.build(config, image_shape, train_ds=train_ds,
                            normalization=normalization)

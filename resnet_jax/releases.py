@@ -117,8 +117,8 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
   released_from = {'workdir': workdir, 'run': run, 'num_runs': num_runs,
                    'checkpoint': str(checkpoint), 'command': command}
   if inference.is_release(workdir):  # Again: as first released.
-    with open(os.path.join(workdir, inference.RELEASE_FILE)) as f:
-      earlier = json.load(f)
+    earlier = workdir_lib.read_json(
+        os.path.join(workdir, inference.RELEASE_FILE))
     validation = earlier.get('validation')
     released_from = earlier.get('released_from', {}) | {
         'released_again': released_from}
