@@ -7,8 +7,8 @@ eval steps compiled for the device layout, the batch source and the
 checkpoint metadata. A run here is
 config.num_runs runs trained together (runs.py): every state array has a
 leading run axis, and metrics come per run. The trainer, the
-benchmark, inference and the tests all build their runs here, so a step, a
-normalisation or a restore target is never put together twice.
+benchmark, inference of a workdir and the tests all build their runs here,
+so a step or a restore target is never put together twice.
 
 Building compiles nothing and reads no file; the steps compile on first use.
 """

@@ -110,10 +110,9 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
   loaded = inference.load(workdir, checkpoint, run=run, data_dir=data_dir)
   config = loaded.config.copy_and_resolve_references()
   num_runs, config.num_runs, config.seed = config.num_runs, 1, loaded.seed
-  mean, std = ([float(x) for x in v] for v in (loaded.mean, loaded.std))
   if config.data.normalization == 'measured':  # Needs no training data.
-    config.data.update({'normalization': 'constants', 'mean': mean,
-                        'std': std})
+    config.data.update({'normalization': 'constants',
+                        **loaded.recorded()[datasets.RECORDED]['normalization']})
   released_from = {'workdir': workdir, 'run': run, 'num_runs': num_runs,
                    'checkpoint': str(checkpoint), 'command': command}
   if inference.is_release(workdir):  # Again: as first released.
