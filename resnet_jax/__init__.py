@@ -29,5 +29,4 @@ def pretrained(name='resnet20'):
   """
   # Imported here: `import resnet_jax` stays free of JAX's start-up.
   from resnet_jax import inference  # pylint: disable=g-import-not-at-top
-  from resnet_jax import releases  # pylint: disable=g-import-not-at-top
-  return inference.load(releases.path(name))
+  return inference.load(inference.release_path(name))

@@ -14,7 +14,8 @@ and normalisation run on the device.
 Or the training split is placed on the devices once (`place`, replicated:
 batches draw from all of it), and each step receives only its rows
 (`train_rows`, the rows a host batch would copy: the same batches) and
-gathers them inside the jitted step (`gathering`).
+gathers them inside the jitted step (`gathering`). A split is a
+datasets.InMemoryDataset.
 """
 
 import collections
@@ -22,8 +23,6 @@ from collections.abc import Callable, Iterable, Iterator
 import functools
 
 import numpy as np
-
-from resnet_jax import datasets
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -83,9 +82,8 @@ def train_rows(num_examples: int, *, seed: int, step: int,
   return order[start:start + per_process]
 
 
-def train_batch(ds: datasets.InMemoryDataset, *, seed: int, step: int,
-                global_batch_size: int, process_index: int = 0,
-                process_count: int = 1) -> dict[str, np.ndarray]:
+def train_batch(ds, *, seed: int, step: int, global_batch_size: int,
+                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
   """This process's part of the global training batch of `step`."""
   rows = train_rows(ds.num_examples, seed=seed, step=step,
                     global_batch_size=global_batch_size,
@@ -93,8 +91,7 @@ def train_batch(ds: datasets.InMemoryDataset, *, seed: int, step: int,
   return {'image': ds.images[rows], 'label': ds.labels[rows]}
 
 
-def eval_batches(ds: datasets.InMemoryDataset, *, global_batch_size: int,
-                 process_index: int = 0,
+def eval_batches(ds, *, global_batch_size: int, process_index: int = 0,
                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """Every example once over all processes, in padded, masked batches."""
   per_process = _per_process(global_batch_size, process_index, process_count)
@@ -132,7 +129,7 @@ def prefetch(iterator: Iterable, put_fn: Callable, size: int = 2) -> Iterator:
     yield queue.popleft()
 
 
-def place(ds: datasets.InMemoryDataset, dp) -> dict:
+def place(ds, dp) -> dict:
   """The split's images and labels on `dp`'s devices, laid out like a state."""
   return dp.put_state({'image': ds.images, 'label': ds.labels})
 

@@ -36,9 +36,6 @@ UNREADABLE_DIR = 'unreadable_checkpoints'
 # Where a step saved again is written before it replaces the old one, beside
 # the directory (`Checkpointer._replace`).
 REPLACING_DIR = 'replacing_checkpoint'
-# The metadata under this key is written for readers and never compared: it
-# follows from what is (the measured normalisation from the training data).
-RECORDED = 'recorded'
 _ABSENT = '<absent>'
 
 
@@ -97,7 +94,7 @@ def _differences(stored: dict[str, Any], ours: dict[str, Any]) -> list[str]:
   diffs = []
   for key in sorted(ours):
     saved, now = stored.get(key, _ABSENT), ours[key]
-    if (saved != now and not key.startswith(RECORDED + '.') and not (
+    if (saved != now and not key.startswith(datasets.RECORDED + '.') and not (
         key == 'training.train_data' and datasets.same_data(saved, now))):
       diffs.append(f'{key}: checkpoint {show(saved)}, this run {show(now)}')
   return diffs

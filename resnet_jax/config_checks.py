@@ -5,12 +5,16 @@
 choices, and the rules between fields; a field a user adds may hold any JSON
 value. ml_collections' type safety is not enough: it lets None, a bool for an
 int, NaN and lists of anything through, and configs read back from JSON have
-none. `validate_with_split` checks what needs the training split.
+none. `validate_with_split` checks what needs the training split,
+`learning_rate_fn` the schedule it builds; `read_config` reads a config.json.
 """
 
 import dataclasses
 import json
 import math
+import os
+
+import ml_collections
 
 from resnet_jax import batching, datasets, defaults, models, optimizer
 from resnet_jax import parallel, schedules, tools
@@ -22,6 +26,7 @@ MAX_SEED = 2**32 - 1
 # (32k) and CIFAR's 50,000 images.
 MAX_BATCH = 2**16
 MAX_RUNS = 64  # Each run keeps its own state and cached training order.
+CONFIG_FILE = 'config.json'  # A workdir's (and a release's) config.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,15 +174,6 @@ def _check_types(config, default, prefix: str = '') -> None:
             'saved with the checkpoints)')
 
 
-def _check_schedule(config, total_steps: int, field: str, value) -> None:
-  """A schedule of `total_steps` steps exists (warm-up shorter than them)."""
-  try:
-    schedules.create_learning_rate_fn(config.schedule, config.batch_size,
-                                      total_steps)
-  except ValueError as e:
-    _fail(field, value, str(e))
-
-
 def validate(config) -> None:
   """Raises ValueError naming the first invalid field of `config`."""
   default = defaults.get_config()
@@ -220,9 +216,6 @@ def validate(config) -> None:
       a < b for a, b in zip(fractions, fractions[1:])),
          'schedule.decay_fractions', fractions,
          'must be increasing fractions of training in (0, 1)')
-  if config.num_epochs <= 0:  # Else the length needs the split's size.
-    _check_schedule(config, config.num_train_steps, 'schedule.warmup_steps',
-                    config.schedule.warmup_steps)
   _check(config.seed + config.num_runs - 1 <= MAX_SEED, 'num_runs',
          config.num_runs, f'must keep the last run\'s seed, config.seed + '
          f'num_runs - 1, at most {MAX_SEED} (config.seed={config.seed})')
@@ -239,11 +232,12 @@ def validate(config) -> None:
          f'{distributed.num_processes}')
 
 
-def validate_with_split(config, train_ds: datasets.InMemoryDataset) -> None:
-  """Raises ValueError naming the field that the training split rules out:
-  (for a config that passed `validate`) a batch larger than the split, a crop
-  padding that leaves no image pixel in a crop, a num_epochs giving not 1 to
-  MAX_STEPS steps, or fewer than the warm-up."""
+def validate_with_split(config, train_ds: datasets.InMemoryDataset
+                        ) -> tuple[int, int]:
+  """(steps per epoch, total steps) of the run on `train_ds`, or a ValueError
+  naming the field that the split rules out (for a config that passed
+  `validate`): a batch larger than the split, a crop padding that leaves no
+  image pixel in a crop, a num_epochs giving not 1 to MAX_STEPS steps."""
   n = train_ds.num_examples
   try:
     per_epoch = batching.steps_per_epoch(n, config.batch_size)
@@ -254,9 +248,54 @@ def validate_with_split(config, train_ds: datasets.InMemoryDataset) -> None:
   _check(config.data.crop_padding < side, 'data.crop_padding',
          config.data.crop_padding,
          f'must be less than {side}, the side of the training images')
-  if config.num_epochs > 0:
-    total_steps = batching.total_steps(config, n)
-    _check(1 <= total_steps <= MAX_STEPS, 'num_epochs', config.num_epochs,
-           f'must give 1 to {MAX_STEPS} steps of training; it gives '
-           f'{total_steps} ({per_epoch} per epoch)')
-    _check_schedule(config, total_steps, 'num_epochs', config.num_epochs)
+  total_steps = batching.total_steps(config, n)
+  _check(config.num_epochs <= 0 or 1 <= total_steps <= MAX_STEPS, 'num_epochs',
+         config.num_epochs, f'must give 1 to {MAX_STEPS} steps of training; '
+         f'it gives {total_steps} ({per_epoch} per epoch)')
+  return per_epoch, total_steps
+
+
+def learning_rate_fn(config, total_steps: int):
+  """The run's schedule over `total_steps` steps, built (to train, to draw)
+  and so checked here alone: a warm-up as long as the run is refused naming
+  num_epochs, or schedule.warmup_steps where num_train_steps is the length."""
+  try:
+    return schedules.create_learning_rate_fn(config.schedule,
+                                             config.batch_size, total_steps)
+  except ValueError as e:
+    if config.num_epochs > 0:
+      _fail('num_epochs', config.num_epochs, str(e))
+    _fail('schedule.warmup_steps', config.schedule.warmup_steps, str(e))
+
+
+def read_config(workdir: str,
+                data_dir: str | None = None) -> ml_collections.ConfigDict:
+  """The config.json the run in `workdir` trained with, validated as the
+  trainer's; with `data_dir`, the dataset is there instead."""
+  if not os.path.isdir(workdir):
+    raise ValueError(f'workdir {workdir} does not exist or is not a directory')
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise ValueError(
+        f'{path} is missing: {workdir} is not a workdir written by '
+        'resnet_jax.main (or was written before runs saved their config)')
+  try:
+    with open(path) as f:
+      # JSON has no tuples: tuple fields (mean, std, ...) come back as lists.
+      config = ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError, TypeError, AttributeError) as e:
+    raise ValueError(f'{path} is not a config written by the trainer: '
+                     f'{str(e) or type(e).__name__}') from None
+  if 'num_runs' not in config:
+    raise ValueError(
+        f'{path} has no num_runs: {workdir} was written before checkpoints '
+        'held several runs, and cannot be loaded by this version; train it '
+        'again')
+  if data_dir:
+    config.data.data_dir = data_dir
+  try:
+    validate(config)
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    raise ValueError(f'{path} is not a valid config: {e}; restore it as the '
+                     'trainer wrote it') from None
+  return config

@@ -11,8 +11,8 @@ per log, which misdraws a decay or a warm-up between two logs); the logged
 samples stand in when the config or the run's length is unknown. A workdir
 of several runs (config.num_runs > 1) holds their mean, drawn as the curve,
 and each run's own events in run_<i>/: a shaded band then spans the runs'
-min to max at each step. The trainer calls report.write_curves at the end of
-training; the command redraws them at any time, during training too.
+min to max at each step. resnet_jax.main draws them at the end of training;
+this command redraws them at any time, during training too.
 """
 
 from absl import app

@@ -43,6 +43,9 @@ CIFAR10_CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
 WORKDIR_MARKERS = ('checkpoints', '.trainer')
 _REACHABILITY_TIMEOUT_S = 3.0  # check_available's wait for the download host.
 _FOLDER_HELP = 'a folder <root>/<split>/<class>/*.jpg|jpeg|png'
+# A checkpoint's metadata (and a release's record) under this key is for
+# readers, never compared: the normalisation, which the recipe and data decide.
+RECORDED = 'recorded'
 
 
 class DatasetUnavailableError(ValueError):
@@ -84,6 +87,19 @@ class InMemoryDataset:
       return 0
     return max(0, min(self.rows[2], other.rows[2]) -
                max(self.rows[1], other.rows[1]))
+
+  def check_fits(self, image_shape, num_classes: int, name: str) -> None:
+    """Raises ValueError unless a model of `image_shape` and `num_classes`
+    fits this split. The network pools globally: images of another size would
+    run, and give figures of a task the model was never trained on."""
+    if self.num_classes != num_classes:
+      raise ValueError(f'{name} has {self.num_classes} classes, the model '
+                       f'{num_classes}')
+    if tuple(self.images.shape[1:]) != tuple(image_shape):
+      shape = lambda s: 'x'.join(str(int(n)) for n in s)
+      raise ValueError(f'{name} has images of {shape(self.images.shape[1:])}, '
+                       f'the model takes {shape(image_shape)} (the training '
+                       "split's)")
 
 
 # ----------------------------------------------------------------------------

@@ -22,15 +22,14 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from resnet_jax import config_checks
 from resnet_jax import datasets
-from resnet_jax import experiment
 from resnet_jax import inference
 from resnet_jax import report
 from resnet_jax import tools
 from resnet_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
-SPLIT_ALIASES = {'validation': 'eval_split', 'test': 'test_split'}
 
 
 def split_tag(split: str) -> str:
@@ -63,63 +62,6 @@ def file_tag(split: str, run: int, ensemble: bool) -> str:
   return tag if run == 0 else f'{tag}_run{run}'
 
 
-def resolve_split(config, split: str) -> str:
-  """The split string to load: the alias's config field, or `split` itself.
-
-  'test' and 'validation' name the run's test_split and eval_split; where the
-  run has none (the releases trained with test_split=''), they name the
-  dataset's own split of that name, e.g. an image folder's test/ folder.
-  """
-  split = (split or '').strip()
-  if not split:
-    raise ValueError("--split is empty: use 'validation', 'test' or a split "
-                     "of the dataset such as 'train[45000:]'")
-  if split in SPLIT_ALIASES:
-    field = SPLIT_ALIASES[split]
-    resolved = config.data.get(field)
-    if not resolved and datasets.has_split(config.data, split):
-      return split
-    if not resolved:
-      # What does work on this run: its other held-out split, if any.
-      others = [alias for alias, other in SPLIT_ALIASES.items()
-                if alias != split and config.data.get(other)]
-      hint = (f'--split={others[0]} (its '
-              f'{config.data.get(SPLIT_ALIASES[others[0]])!r}) evaluates '
-              'held-out images' if others else
-              f'it has no held-out split: pass a split of {config.data.name} '
-              f'it did not train on (it trained on '
-              f'{config.data.train_split!r})')
-      raise ValueError(f'this run has no {split} split '
-                       f'(config.data.{field} is empty) and '
-                       f'{config.data.name} has none named {split!r}; {hint}')
-    return resolved
-  datasets.parse_split(split)  # A malformed name fails here, in words.
-  if not datasets.has_split(config.data, split):
-    raise ValueError(f'{config.data.name} has no split {split!r}')
-  return split
-
-
-def evaluate_images(apply_fn, images, labels, *, batch_size: int,
-                    class_names=None, tta: bool = False) -> tuple[dict, object]:
-  """Classifies every image once; returns (summary, plain logits).
-
-  `apply_fn(batch)` maps a batch of uint8 images to logits; `summary` is
-  report.classification_summary of the plain logits, plus under 'tta' that
-  of the averaged logits of each image and its flip.
-  """
-  logits = inference.batched_logits(apply_fn, images, batch_size)
-  summary = report.classification_summary(labels, logits, class_names)
-  if tta:
-    flip_logits = inference.batched_logits(  # (N, H, W, C): W mirrored.
-        apply_fn, images[:, :, ::-1], batch_size)
-    summary['tta'] = {
-        'transform': 'mean of the logits of the image and its horizontal flip',
-        **report.classification_summary(labels, (logits + flip_logits) / 2,
-                                        class_names),
-    }
-  return summary, logits
-
-
 def run(workdir: str, split: str = 'test', checkpoint='latest',
         tta: bool = False, num_misclassified: int = 24, *, run: int = 0,
         ensemble: bool = False, data_dir: str | None = None) -> dict:
@@ -135,32 +77,17 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
   if num_misclassified < 0:
     raise ValueError(f'--num_misclassified must be >= 0, got '
                      f'{num_misclassified}')
-  config = inference.read_config(workdir, data_dir)
+  config = config_checks.read_config(workdir, data_dir)
   inference.check_run(config, workdir, run, ensemble)  # Before any data.
-  tfds_split = resolve_split(config, split)
+  tfds_split = inference.resolve_split(config, split)
   tag = file_tag(split, run, ensemble)
   if not os.access(workdir, os.W_OK | os.X_OK):
     raise ValueError(f'cannot write the results into {workdir}: not writable')
   loaded = inference.load(workdir, checkpoint, run=run, ensemble=ensemble,
                           data_dir=data_dir)
-  try:
-    # TFDS: fails fast offline. An image folder needs this split's folder
-    # only (load_split checks it), not the train/ that check_available wants.
-    if config.data.name != datasets.IMAGE_FOLDER:
-      datasets.check_available(config.data)
-    ds = datasets.load_split(config.data, tfds_split)
-  except datasets.DatasetUnavailableError as e:
-    # The advice for a trainer's config does not fit here: say the flag.
-    raise ValueError(f'{e}; if the run\'s data is elsewhere on this machine, '
-                     'pass --data_dir=DIR') from None
-  experiment.check_split_fits(ds, loaded.image_shape, loaded.num_classes,
-                              f'split {tfds_split!r}')
-  # Refuses a slice of training data that changed; counts training images.
-  trained_on = inference.examples_trained_on(loaded, ds)
+  ds, summary, logits, trained_on = inference.evaluate_split(loaded,
+                                                            tfds_split, tta)
   class_names = loaded.class_names or ds.class_names
-  summary, logits = evaluate_images(
-      loaded.apply, ds.images, ds.labels, batch_size=config.eval_batch_size,
-      class_names=class_names, tta=tta)
   if ensemble:
     # Each run's own figures on the same images, to set the ensemble's
     # against: one more pass, all runs in one program.

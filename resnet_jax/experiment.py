@@ -1,13 +1,14 @@
 """One run, built from its config: the single place that assembles the pieces.
 
-`build(config, ...)` turns a config into everything a run needs: the model,
-the learning-rate function and optimizer, the initial (or abstract) train
-state, the normalisation, the train and eval steps compiled for the device
-layout, the batch source and the checkpoint metadata. A run here is
+`build(config, ...)` turns a config into everything a run needs: the
+classifier (model and normalisation, classifier.py), the learning-rate
+function and optimizer, the initial (or abstract) train state, the train and
+eval steps compiled for the device layout, the batch source and the
+checkpoint metadata. A run here is
 config.num_runs runs trained together (runs.py): every state array has a
 leading run axis, and metrics come per run. The trainer, the
-benchmark, inference and the tests all build their runs here, so a step, a
-normalisation or a restore target is never put together twice.
+benchmark, inference of a workdir and the tests all build their runs here,
+so a step or a restore target is never put together twice.
 
 Building compiles nothing and reads no file; the steps compile on first use.
 """
@@ -23,14 +24,12 @@ import numpy as np
 
 from resnet_jax import augment
 from resnet_jax import batching
-from resnet_jax import checkpoints
+from resnet_jax import classifier
 from resnet_jax import config_checks
 from resnet_jax import datasets
-from resnet_jax import models
 from resnet_jax import optimizer
 from resnet_jax import parallel
 from resnet_jax import runs
-from resnet_jax import schedules
 from resnet_jax import steps
 from resnet_jax import tools
 
@@ -60,27 +59,6 @@ def recipe(config) -> dict[str, Any]:
           if not resumable(field)}
 
 
-def _shape(shape) -> str:
-  return 'x'.join(str(int(n)) for n in shape)
-
-
-def check_split_fits(ds: datasets.InMemoryDataset, image_shape, num_classes,
-                     name: str) -> None:
-  """Raises ValueError unless the model (`image_shape`, `num_classes`) fits
-  `ds`: the trainer for its validation and test splits, evaluate for any.
-
-  The network pools globally, so images of another size would run, and give
-  figures of a task the model was never trained on.
-  """
-  if ds.num_classes != num_classes:
-    raise ValueError(f'{name} has {ds.num_classes} classes, the model '
-                     f'{num_classes}')
-  if tuple(ds.images.shape[1:]) != tuple(image_shape):
-    raise ValueError(f'{name} has images of {_shape(ds.images.shape[1:])}, '
-                     f'the model takes {_shape(image_shape)} (the training '
-                     "split's)")
-
-
 def load_splits(config):
   """(train, eval or None, test or None) splits of config.data, in memory.
 
@@ -97,9 +75,8 @@ def load_splits(config):
         f'config.model.num_classes={config.model.num_classes} but '
         f'{data.name} has {train_ds.num_classes} classes')
   for field in fields[1:]:
-    check_split_fits(loaded[field], train_ds.images.shape[1:],
-                     train_ds.num_classes,
-                     f'config.data.{field}={data[field]!r}')
+    loaded[field].check_fits(train_ds.images.shape[1:], train_ds.num_classes,
+                             f'config.data.{field}={data[field]!r}')
   for i, first in enumerate(fields):
     for second in fields[i + 1:]:
       shared = loaded[first].shared_examples(loaded[second])
@@ -121,18 +98,14 @@ def compute_metrics(sums) -> dict[str, float]:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Experiment:
+class Experiment(classifier.Classifier):
   """A run's pieces; see `build`."""
   config: ml_collections.ConfigDict
   dp: parallel.DataParallel
-  model: models.ResNet
-  image_shape: tuple[int, int, int]
   total_steps: int
   steps_per_epoch: int | None  # None without a training split.
   learning_rate_fn: Any
   tx: Any
-  mean: np.ndarray  # Per channel, 0..255 units.
-  std: np.ndarray
   train_ds: datasets.InMemoryDataset | None
 
   @property
@@ -183,12 +156,7 @@ class Experiment:
     if self.train_ds is not None:
       # So that inference names the classes without the dataset (or TF).
       metadata['class_names'] = list(self.train_ds.class_names)
-    # The statistics the inputs are normalised with, for readers: measured
-    # ones come from the training data as it was (never compared on resume:
-    # the recipe and the training data, which decide them, are).
-    metadata[checkpoints.RECORDED] = {'normalization': {
-        'mean': [float(x) for x in self.mean],
-        'std': [float(x) for x in self.std]}}
+    metadata |= self.recorded()  # The normalisation, for readers.
     if training:
       metadata['training'] = recipe(self.config) | {
           'total_steps': self.total_steps,
@@ -276,17 +244,6 @@ class Experiment:
 
     return self.dp.eval_step(eval_step)
 
-  @functools.cached_property
-  def logits_fn(self):
-    """Jitted (one run's variables, uint8 images) -> logits, as in eval_step."""
-
-    @jax.jit
-    def logits_fn(variables, images):
-      inputs = augment.normalize(images, self.mean, self.std)
-      return self.model.apply(variables, inputs, train=False)
-
-    return logits_fn
-
   def batches(self, calls):
     """The batches of each call of `train_steps`, prefetched onto the devices.
 
@@ -358,38 +315,24 @@ def build(config, *, dp: parallel.DataParallel | None = None,
 
   Raises:
     ValueError: the batch sizes do not divide over the devices, a setting
-      does not fit the training split (config_checks.validate_with_split), or
-      the run normalises with statistics measured on a split not given.
+      does not fit the training split (config_checks.validate_with_split) or
+      the run's length (config_checks.learning_rate_fn), or the run
+      normalises with statistics measured on a split not given.
   """
   dp = dp or parallel.DataParallel(config.parallelism)
   _check_batch_sizes(config, dp)
   if train_ds is not None:
-    config_checks.validate_with_split(config, train_ds)
+    steps_per_epoch, total_steps = config_checks.validate_with_split(
+        config, train_ds)
     image_shape = train_ds.images.shape[1:]
-    steps_per_epoch = batching.steps_per_epoch(train_ds.num_examples,
-                                               config.batch_size)
-    total_steps = batching.total_steps(config, train_ds.num_examples)
   else:
     steps_per_epoch, total_steps = None, config.num_train_steps
-  if normalization is not None:
-    mean, std = normalization['mean'], normalization['std']
-  elif config.data.normalization == 'measured':
-    if train_ds is None:
-      raise ValueError(
-          "this run used config.data.normalization='measured': its mean and "
-          'std are measured on the training split '
-          f'{config.data.train_split!r}, which must be loaded to build it')
-    mean, std = datasets.measure_channel_stats(train_ds)
-  else:
-    mean, std = config.data.mean, config.data.std
-  learning_rate_fn = schedules.create_learning_rate_fn(
-      config.schedule, config.batch_size, total_steps)
+  learning_rate_fn = config_checks.learning_rate_fn(config, total_steps)
+  net = classifier.build(config, image_shape, axis_name=dp.axis_name,
+                         train_ds=train_ds, normalization=normalization)
   return Experiment(
-      config=config, dp=dp,
-      model=models.create_model(config.model, dp.axis_name),
-      image_shape=tuple(int(n) for n in image_shape),
-      total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-      learning_rate_fn=learning_rate_fn,
+      model=net.model, image_shape=net.image_shape, mean=net.mean,
+      std=net.std, config=config, dp=dp, total_steps=total_steps,
+      steps_per_epoch=steps_per_epoch, learning_rate_fn=learning_rate_fn,
       tx=optimizer.create_optimizer(config.optimizer, learning_rate_fn),
-      mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32),
       train_ds=train_ds)

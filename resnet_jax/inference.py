@@ -1,4 +1,5 @@
-"""A trained run loaded for inference, for evaluate.py and predict.py.
+"""A trained run loaded for inference (no Orbax, Optax or Matplotlib for a
+release), and evaluated (`evaluate_split`: evaluate's and a release's check).
 
 `load` rebuilds the model from a workdir's (or a release's) config.json and
 restores one checkpoint of one run, or of all for their ensemble (the mean
@@ -6,12 +7,12 @@ of the runs' logits); its logits are of uint8 pixels, normalised as in
 training. Loading writes nothing, so a run can be inspected while it trains.
 """
 
-from collections.abc import Callable
 import dataclasses
 import functools
 import hashlib
 import json
 import os
+import pathlib
 
 from absl import flags
 import flax.serialization
@@ -20,16 +21,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import checkpoints
+from resnet_jax import classifier
 from resnet_jax import config_checks
 from resnet_jax import datasets
-from resnet_jax import experiment
-from resnet_jax import models
-from resnet_jax import parallel
+from resnet_jax import report
 from resnet_jax import runs
 from resnet_jax import tools
 
-CONFIG_FILE = 'config.json'
 # A release (releases.py) holds one run's variables as safetensors, flat
 # names ('params/stem_conv/kernel'), and a record of them beside its
 # config.json. Releases made before hold Flax msgpack (still read).
@@ -40,10 +38,13 @@ MSGPACK_WEIGHTS_FILE = 'weights.msgpack'
 # and the weights, each is checked against the sha256 release.json records.
 PREDICTION_FIELDS = ('class_names', 'image_shape', 'recorded')
 CHECKPOINT_CHOICES = ('latest', 'best')
+# The shipped releases: package data, so that an installed package has them.
+PRETRAINED = pathlib.Path(__file__).resolve().parent / 'pretrained'
+SPLIT_ALIASES = {'validation': 'eval_split', 'test': 'test_split'}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Loaded:
+class Loaded(classifier.Classifier):
   """One checkpoint of a workdir's runs, ready to classify images.
 
   `run` is None for the ensemble. `logits_fn(variables, images)`: one run's
@@ -51,16 +52,11 @@ class Loaded:
   is None where they cannot be known here.
   """
   config: ml_collections.ConfigDict
-  model: models.ResNet
   # Every run's {'params': ..., 'batch_stats': ...}, leading run axis.
   all_variables: dict
   run: int | None
   step: int
-  image_shape: tuple[int, int, int]
-  mean: np.ndarray
-  std: np.ndarray
   class_names: tuple[str, ...] | None
-  logits_fn: Callable
   # What the training split was when the run trained (its checkpoint's
   # record, datasets.InMemoryDataset.source); None where none was recorded.
   train_data: str | None = None
@@ -157,7 +153,7 @@ class Loaded:
 
   def predict(self, images: np.ndarray, batch_size: int = 256) -> list[str]:
     """The most probable class of each image: its name (or index)."""
-    names = self.class_names or tuple(map(str, range(self.num_classes)))
+    names = report.display_names(self.class_names, self.num_classes)
     return [names[i] for i in self.logits(images, batch_size).argmax(-1)]
 
 
@@ -177,39 +173,6 @@ def batched_logits(apply_fn, images: np.ndarray, batch_size: int) -> np.ndarray:
   if not outputs:
     raise ValueError('no images to classify')
   return np.concatenate(outputs).astype(np.float32, copy=False)
-
-
-def read_config(workdir: str,
-                data_dir: str | None = None) -> ml_collections.ConfigDict:
-  """The config.json the run in `workdir` trained with, validated as the
-  trainer's; with `data_dir`, the dataset is there instead."""
-  if not os.path.isdir(workdir):
-    raise ValueError(f'workdir {workdir} does not exist or is not a directory')
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise ValueError(
-        f'{path} is missing: {workdir} is not a workdir written by '
-        'resnet_jax.main (or was written before runs saved their config)')
-  try:
-    with open(path) as f:
-      # JSON has no tuples: tuple fields (mean, std, ...) come back as lists.
-      config = ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError, TypeError, AttributeError) as e:
-    raise ValueError(f'{path} is not a config written by the trainer: '
-                     f'{str(e) or type(e).__name__}') from None
-  if 'num_runs' not in config:
-    raise ValueError(
-        f'{path} has no num_runs: {workdir} was written before checkpoints '
-        'held several runs, and cannot be loaded by this version; train it '
-        'again')
-  if data_dir:
-    config.data.data_dir = data_dir
-  try:
-    config_checks.validate(config)
-  except (ValueError, TypeError, KeyError, AttributeError) as e:
-    raise ValueError(f'{path} is not a valid config: {e}; restore it as the '
-                     'trainer wrote it') from None
-  return config
 
 
 def _check_train_data(recorded: str | None, train_ds, consequence: str):
@@ -299,6 +262,28 @@ def is_release(workdir: str) -> bool:
   return os.path.isfile(os.path.join(workdir, RELEASE_FILE))
 
 
+def release_path(name: str | os.PathLike) -> str:
+  """A release's directory: a shipped release's name ('resnet20'), or a
+  release's path (a path object, or a string with a slash: './resnet20').
+
+  A name never means a directory of the working directory, so that a folder
+  called resnet20 there cannot stand in for the shipped release.
+  """
+  if isinstance(name, os.PathLike) or '/' in name or os.sep in name or (
+      name in ('.', '..', '~')):
+    directory = os.path.expanduser(os.fspath(name))
+    if not is_release(directory):
+      raise ValueError(f'{directory} is not a release: it has no '
+                       f'{RELEASE_FILE}')
+    return directory
+  shipped = sorted(p.parent.name for p in PRETRAINED.glob(f'*/{RELEASE_FILE}'))
+  if name in shipped:
+    return str(PRETRAINED / name)
+  raise ValueError(f'no release {name!r}: the shipped releases are '
+                   f'{", ".join(shipped) or "none"}; give the path of '
+                   f'another release with a slash (./{name})')
+
+
 def field_sha256(value) -> str:
   """sha256 of a JSON value written canonically (sorted keys, no spaces)."""
   return hashlib.sha256(json.dumps(
@@ -313,7 +298,8 @@ def file_sha256(path: str) -> str:
 def promises(workdir: str, record: dict) -> dict:
   """What release.json's 'sha256' records: config.json's bytes and each of
   PREDICTION_FIELDS (absent ones as None)."""
-  return {CONFIG_FILE: file_sha256(os.path.join(workdir, CONFIG_FILE))} | {
+  config = config_checks.CONFIG_FILE
+  return {config: file_sha256(os.path.join(workdir, config))} | {
       name: field_sha256(record.get(name)) for name in PREDICTION_FIELDS}
 
 
@@ -350,8 +336,8 @@ def _check_promises(workdir: str, record: dict) -> None:
   for part, sha256 in found.items():
     if recorded.get(part) == sha256:
       continue
-    if part == CONFIG_FILE:
-      what = f'{os.path.join(workdir, CONFIG_FILE)} changed'
+    if part == config_checks.CONFIG_FILE:
+      what = f'{os.path.join(workdir, part)} changed'
     elif part not in record:
       what = f'{RELEASE_FILE} of {workdir} lost its {part!r}'
     else:
@@ -448,13 +434,16 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
         f'{os.path.join(workdir, RELEASE_FILE)} is missing: {workdir} holds '
         f"a release's {weights[0]} without the record that checks it; take "
         'the release again')
-  config = read_config(workdir, data_dir)
+  config = config_checks.read_config(workdir, data_dir)
   check_run(config, workdir, run, ensemble)
   if released is not None:
     if checkpoint not in (*CHECKPOINT_CHOICES, stored['step']):
       raise ValueError(f'{workdir} is a release of step {stored["step"]} '
                        f'only; --checkpoint={checkpoint} is not in it')
   else:
+    # Orbax and the training side: for a workdir's checkpoints only.
+    # pylint: disable=g-import-not-at-top
+    from resnet_jax import checkpoints, experiment, parallel
     directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     if not os.path.isdir(directory):
       raise ValueError(f'no checkpoint in {workdir}: {directory} does not '
@@ -467,8 +456,7 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
       raise ValueError(f'cannot read the run metadata of any checkpoint in '
                        f'{directory}')
   training = stored.get('training') or {}
-  normalization = (stored.get(checkpoints.RECORDED) or {}).get(
-      'normalization')
+  normalization = (stored.get(datasets.RECORDED) or {}).get('normalization')
   train_ds = None
   if normalization is None and config.data.normalization == 'measured':
     # Recorded by no checkpoint before: measured again, on the same data.
@@ -476,32 +464,114 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
     _check_train_data(training.get('train_data'), train_ds,
                       'The run measured its normalisation on it, and that '
                       'cannot be measured again')
-  exp = experiment.build(
-      config, dp=parallel.DataParallel('jit'), train_ds=train_ds,
-      image_shape=tuple(int(n) for n in stored['image_shape']),
-      normalization=normalization)
-  target = exp.abstract_state()
-  if released is not None:
+  image_shape = stored['image_shape']
+  if released is not None:  # The model alone: no optimizer, no schedule.
+    net = classifier.build(config, image_shape, train_ds=train_ds,
+                           normalization=normalization)
     variables, step = released, stored['step']
-    _check_shapes(variables, {'params': target.params,
-                              'batch_stats': target.batch_stats}, workdir)
+    _check_shapes(runs.take(variables, 0), net.variable_shapes(), workdir)
   else:
+    net = experiment.build(
+        config, dp=parallel.DataParallel('jit'), train_ds=train_ds,
+        image_shape=image_shape, normalization=normalization)
     # The checkpoints must be of the model (and recipe) config.json
     # describes: the checkpointer compares its metadata before restoring.
-    metadata = exp.checkpoint_metadata(training=False)
+    metadata = net.checkpoint_metadata(training=False)
     if training:
       metadata['training'] = experiment.recipe(config)
     with checkpoints.Checkpointer(directory, metadata=metadata,
                                   read_only=True) as checkpointer:
-      state = checkpointer.restore(target, step=step)
+      state = checkpointer.restore(net.abstract_state(), step=step)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     step = state.step[0]
   return Loaded(
-      config=config, model=exp.model, all_variables=variables,
-      run=None if ensemble else run,
-      step=int(step), image_shape=exp.image_shape, mean=exp.mean,
-      std=exp.std, class_names=_class_names(config, stored),
-      logits_fn=exp.logits_fn, train_data=training.get('train_data'))
+      model=net.model, image_shape=net.image_shape, mean=net.mean,
+      std=net.std, config=config, all_variables=variables,
+      run=None if ensemble else run, step=int(step),
+      class_names=_class_names(config, stored),
+      train_data=training.get('train_data'))
+
+
+def resolve_split(config, split: str) -> str:
+  """The split string to load: the alias's config field, or `split` itself.
+
+  'test' and 'validation' name the run's test_split and eval_split; where the
+  run has none (the releases trained with test_split=''), they name the
+  dataset's own split of that name, e.g. an image folder's test/ folder.
+  """
+  split = (split or '').strip()
+  if not split:
+    raise ValueError("--split is empty: use 'validation', 'test' or a split "
+                     "of the dataset such as 'train[45000:]'")
+  if split in SPLIT_ALIASES:
+    field = SPLIT_ALIASES[split]
+    resolved = config.data.get(field)
+    if not resolved and datasets.has_split(config.data, split):
+      return split
+    if not resolved:
+      # What does work on this run: its other held-out split, if any.
+      others = [alias for alias, other in SPLIT_ALIASES.items()
+                if alias != split and config.data.get(other)]
+      hint = (f'--split={others[0]} (its '
+              f'{config.data.get(SPLIT_ALIASES[others[0]])!r}) evaluates '
+              'held-out images' if others else
+              f'it has no held-out split: pass a split of {config.data.name} '
+              f'it did not train on (it trained on '
+              f'{config.data.train_split!r})')
+      raise ValueError(f'this run has no {split} split '
+                       f'(config.data.{field} is empty) and '
+                       f'{config.data.name} has none named {split!r}; {hint}')
+    return resolved
+  datasets.parse_split(split)  # A malformed name fails here, in words.
+  if not datasets.has_split(config.data, split):
+    raise ValueError(f'{config.data.name} has no split {split!r}')
+  return split
+
+
+def evaluate_images(apply_fn, images, labels, *, batch_size: int,
+                    class_names=None, tta: bool = False) -> tuple[dict, object]:
+  """Classifies every image once; returns (summary, plain logits).
+
+  `apply_fn(batch)` maps a batch of uint8 images to logits; `summary` is
+  report.classification_summary of the plain logits, plus under 'tta' that
+  of the averaged logits of each image and its flip.
+  """
+  logits = batched_logits(apply_fn, images, batch_size)
+  summary = report.classification_summary(labels, logits, class_names)
+  if tta:
+    flip_logits = batched_logits(  # (N, H, W, C): W mirrored.
+        apply_fn, images[:, :, ::-1], batch_size)
+    summary['tta'] = {
+        'transform': 'mean of the logits of the image and its horizontal flip',
+        **report.classification_summary(labels, (logits + flip_logits) / 2,
+                                        class_names),
+    }
+  return summary, logits
+
+
+def evaluate_split(loaded: Loaded, split: str, tta: bool = False) -> tuple:
+  """(the split, evaluate_images' summary and logits, how many of its examples
+  the run trained on) of `split` (resolve_split's): the one evaluation, of
+  the evaluate command and of a release's CPU check."""
+  data = loaded.config.data
+  try:
+    # TFDS: fails fast offline. An image folder needs this split's folder
+    # only (load_split checks it), not the train/ that check_available wants.
+    if data.name != datasets.IMAGE_FOLDER:
+      datasets.check_available(data)
+    ds = datasets.load_split(data, split)
+  except datasets.DatasetUnavailableError as e:
+    # The advice for a trainer's config does not fit here: say the flag.
+    raise ValueError(f'{e}; if the run\'s data is elsewhere on this machine, '
+                     'pass --data_dir=DIR') from None
+  ds.check_fits(loaded.image_shape, loaded.num_classes, f'split {split!r}')
+  # Refuses a slice of training data that changed; counts training images.
+  trained_on = examples_trained_on(loaded, ds)
+  summary, logits = evaluate_images(
+      loaded.apply, ds.images, ds.labels,
+      batch_size=loaded.config.eval_batch_size,
+      class_names=loaded.class_names or ds.class_names, tta=tta)
+  return ds, summary, logits, trained_on
 
 
 def define_selection_flags(ensemble: bool = True) -> None:

@@ -66,30 +66,26 @@ def main(argv):
     raise ValueError(f'--config={config_file}: no such file')
   config, workdir = FLAGS.config, _workdir(config_file)
   logging.info('Workdir: %s', os.path.abspath(workdir))
-  from resnet_jax import config_checks  # pylint: disable=g-import-not-at-top
   logging.info('Config %s:\n%s', config_file, '\n'.join(
       f'  {field} = {value!r}'
       for field, value in tools.flatten(config.to_dict()).items()))
-  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
-  from resnet_jax import preemption  # pylint: disable=g-import-not-at-top
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
-
-  config_checks.validate(config)  # Before the config sets anything up.
-  if config.compilation_cache_dir:
-    # Restarts (resume after preemption) load compiled steps instead of
-    # compiling them again.
-    jax.config.update('jax_compilation_cache_dir',
-                      tools.expand_path(config.compilation_cache_dir))
-  # Both before anything starts JAX's backends.
-  parallel.configure_cpu_devices(config)
-  parallel.initialize_distributed(config)
+  # pylint: disable=g-import-not-at-top
+  from resnet_jax import preemption
+  from resnet_jax import report
+  from resnet_jax import train
   try:
     train.train_and_evaluate(
-        config, workdir,
+        config, workdir, set_up_process=True,
         config_name=os.path.splitext(os.path.basename(config_file))[0])
   except preemption.Preempted as e:
     logging.warning('%s', e)
     sys.exit(e.exit_status)
+  if jax.process_index() == 0:  # Drawn here: the loop draws no pictures.
+    try:
+      report.write_curves(workdir)
+    except Exception as e:  # pylint: disable=broad-except
+      # A picture is not worth failing a finished run for.
+      logging.warning('Could not draw the training curves: %s', e)
 
 
 if __name__ == '__main__':

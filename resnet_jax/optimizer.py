@@ -17,7 +17,6 @@ kernels only).
 """
 
 import jax
-import optax
 
 WEIGHT_DECAY_MODES = ('l2', 'decoupled')
 WEIGHT_DECAY_ON = ('all', 'kernels')
@@ -34,9 +33,11 @@ def weight_decay_mask(params, weight_decay_on: str):
       lambda path, _: path[-1].key == 'kernel', params)
 
 
-def create_optimizer(config, learning_rate_fn: optax.Schedule
-                     ) -> optax.GradientTransformation:
-  """SGD for the config's `optimizer` block, following `learning_rate_fn`."""
+def create_optimizer(config, learning_rate_fn):
+  """SGD for the config's `optimizer` block, an Optax transformation following
+  `learning_rate_fn` (an optax.Schedule)."""
+  # Imported here: a config is read and checked (WEIGHT_DECAY_*) without it.
+  import optax  # pylint: disable=g-import-not-at-top
   if config.weight_decay_mode not in WEIGHT_DECAY_MODES:
     raise ValueError(f'unknown weight_decay_mode {config.weight_decay_mode!r};'
                      f' choose one of {WEIGHT_DECAY_MODES}')

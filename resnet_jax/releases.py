@@ -1,4 +1,5 @@
-"""Released models: making them (`release`) and finding them (`path`).
+"""Released models: making them (`release`; inference.release_path finds
+them, inference.load reads them).
 
 A release (experiments/release.py is the command line; the shipped ones are
 package data, resnet_jax/pretrained/<name>/) is a directory of three files:
@@ -22,47 +23,17 @@ its step, seed and recorded accuracy.
 import hashlib
 import json
 import os
-import pathlib
 import shutil
 import uuid
 
 import jax
 import numpy as np
 
-from resnet_jax import checkpoints
+from resnet_jax import config_checks
 from resnet_jax import datasets
 from resnet_jax import inference
+from resnet_jax import report
 from resnet_jax import workdir as workdir_lib
-
-# The shipped releases: package data, so that an installed package has them.
-PRETRAINED = pathlib.Path(__file__).resolve().parent / 'pretrained'
-
-
-def shipped() -> list[str]:
-  """The names of the releases shipped with the package."""
-  return sorted(p.parent.name
-                for p in PRETRAINED.glob(f'*/{inference.RELEASE_FILE}'))
-
-
-def path(name: str | os.PathLike) -> str:
-  """A release's directory: a shipped release's name ('resnet20'), or a
-  release's path (a path object, or a string with a slash: './resnet20').
-
-  A name never means a directory of the working directory, so that a folder
-  called resnet20 there cannot stand in for the shipped release.
-  """
-  if isinstance(name, os.PathLike) or '/' in name or os.sep in name or (
-      name in ('.', '..', '~')):
-    directory = os.path.expanduser(os.fspath(name))
-    if not inference.is_release(directory):
-      raise ValueError(f'{directory} is not a release: it has no '
-                       f'{inference.RELEASE_FILE}')
-    return directory
-  if name in shipped():
-    return str(PRETRAINED / name)
-  raise ValueError(f'no release {name!r}: the shipped releases are '
-                   f'{", ".join(shipped()) or "none"}; give the path of '
-                   f'another release with a slash (./{name})')
 
 
 def _write_record(out: str, record: dict) -> None:
@@ -136,24 +107,22 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
   """
   out, ancestor = _checked_out(out)
   workdir = os.path.expanduser(workdir)
-  loaded = inference.load(workdir, checkpoint, run=run)  # Checks them.
-  config = inference.read_config(workdir, data_dir)
+  loaded = inference.load(workdir, checkpoint, run=run, data_dir=data_dir)
+  config = loaded.config.copy_and_resolve_references()
   num_runs, config.num_runs, config.seed = config.num_runs, 1, loaded.seed
-  mean, std = ([float(x) for x in v] for v in (loaded.mean, loaded.std))
   if config.data.normalization == 'measured':  # Needs no training data.
-    config.data.update({'normalization': 'constants', 'mean': mean,
-                        'std': std})
+    config.data.update({'normalization': 'constants',
+                        **loaded.recorded()[datasets.RECORDED]['normalization']})
   released_from = {'workdir': workdir, 'run': run, 'num_runs': num_runs,
                    'checkpoint': str(checkpoint), 'command': command}
   if inference.is_release(workdir):  # Again: as first released.
-    with open(os.path.join(workdir, inference.RELEASE_FILE)) as f:
-      earlier = json.load(f)
+    earlier = workdir_lib.read_json(
+        os.path.join(workdir, inference.RELEASE_FILE))
     validation = earlier.get('validation')
     released_from = earlier.get('released_from', {}) | {
         'released_again': released_from}
     data_note = data_note or earlier.get('data_note', '')
   else:
-    from resnet_jax import report  # pylint: disable=g-import-not-at-top
     summary = report.read_summary(workdir)
     figures = (summary['runs'][run] if summary.get('steps') == loaded.step
                else {})
@@ -174,7 +143,7 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
       'class_names': loaded.class_names and list(loaded.class_names),
       'image_shape': list(loaded.image_shape),
       # What inference normalises with, as a checkpoint records it.
-      checkpoints.RECORDED: {'normalization': {'mean': mean, 'std': std}},
+      **loaded.recorded(),
       'num_params': sum(x.size for x in jax.tree.leaves(
           loaded.variables['params'])),
       # The training data's fingerprint: readers refuse a changed folder.
@@ -192,7 +161,7 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
     partial = os.path.join(
         parent, f'.{os.path.basename(out)}.{uuid.uuid4().hex[:8]}.partial')
     os.mkdir(partial)
-    workdir_lib.write_json(os.path.join(partial, inference.CONFIG_FILE),
+    workdir_lib.write_json(os.path.join(partial, config_checks.CONFIG_FILE),
                            json.loads(config.to_json_best_effort()))
     # Loadable first, for the check; then its record again, with the check.
     record = _write_weights(partial, loaded.variables, record)
@@ -227,13 +196,9 @@ def count_correct(workdir: str, split: str) -> dict:
   loaded), 'device', 'jax'}.
   """
   loaded = inference.load(workdir)
-  # Imported here: loading a release (`path`) needs no matplotlib.
-  from resnet_jax import evaluate  # pylint: disable=g-import-not-at-top
-  tfds_split = evaluate.resolve_split(loaded.config, split)
-  ds = datasets.load_split(loaded.config.data, tfds_split)
+  tfds_split = inference.resolve_split(loaded.config, split)
   # Refuses training data changed since the run (a reshuffled folder).
-  inference.examples_trained_on(loaded, ds)
-  logits = loaded.logits(ds.images, batch_size=loaded.config.eval_batch_size)
-  return {'correct': int((logits.argmax(-1) == ds.labels).sum()),
-          'examples': len(ds.labels), 'split': tfds_split,
+  _, summary, _, _ = inference.evaluate_split(loaded, tfds_split)
+  return {'correct': sum(c['correct'] for c in summary['per_class']),
+          'examples': summary['num_examples'], 'split': tfds_split,
           'device': jax.devices()[0].device_kind, 'jax': jax.__version__}

@@ -10,14 +10,12 @@ JSON), never a made-up 0; macro averages skip it. Pictures use Matplotlib
 from collections.abc import Mapping, Sequence
 import functools
 import io
-import json
 import math
 import os
 
-from etils import epath
-from matplotlib import figure as mpl_figure
 import numpy as np
 
+from resnet_jax import config_checks
 from resnet_jax import workdir as workdir_lib
 
 # The trainer's TensorBoard tags (train.py) that the curves show.
@@ -180,7 +178,13 @@ def most_confident_mistakes(labels, probabilities, k: int) -> np.ndarray:
 # Pictures.
 
 
-def _save(fig: mpl_figure.Figure, path: str) -> str:
+def _figure(**kwargs):
+  # Imported here: the numbers (and so inference) need no Matplotlib.
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  return figure.Figure(dpi=100, layout='constrained', **kwargs)
+
+
+def _save(fig, path: str) -> str:
   # Whole or not at all (workdir.write_file): a full disk leaves no
   # truncated picture.
   png = io.BytesIO()
@@ -203,8 +207,7 @@ def confusion_png(confusion, class_names: Sequence[str] | None, path: str,
   shares = np.nan_to_num(_ratio(confusion, confusion.sum(axis=1,
                                                         keepdims=True)))
   size = min(max(4.0, 0.55 * num_classes + 2.0), 16.0)
-  fig = mpl_figure.Figure(figsize=(size + 1.2, size), dpi=100,
-                          layout='constrained')
+  fig = _figure(figsize=(size + 1.2, size))
   ax = fig.add_subplot()
   image = ax.imshow(shares, cmap='Blues', vmin=0.0, vmax=1.0)
   fig.colorbar(image, ax=ax, shrink=0.8,
@@ -241,8 +244,7 @@ def misclassified_grid_png(images, labels, predictions, confidences,
   name = str if class_names is None else class_names.__getitem__
   columns = min(8, max(count, 1))
   rows = max(1, -(-count // columns))
-  fig = mpl_figure.Figure(figsize=(1.45 * columns, 1.75 * rows + 0.4),
-                          dpi=100, layout='constrained')
+  fig = _figure(figsize=(1.45 * columns, 1.75 * rows + 0.4))
   if title:
     fig.suptitle(title, fontsize=10)
   if not count:
@@ -333,7 +335,7 @@ def curves_png(scalars: Scalars, path: str, title: str = '',
   is marked. With `runs` (each run's scalars, when `scalars` are their mean)
   each curve gets a shaded band from the runs' min to max (see `run_band`).
   """
-  fig = mpl_figure.Figure(figsize=(13.5, 3.9), dpi=100, layout='constrained')
+  fig = _figure(figsize=(13.5, 3.9))
   loss_ax, accuracy_ax, lr_ax = fig.subplots(1, 3)
   runs = list(runs) if len(runs) > 1 else []  # One run's band is its curve.
   if runs:
@@ -395,12 +397,10 @@ def write_curves(workdir: str) -> str:
 def read_summary(workdir) -> dict:
   """The workdir's summary.json (train.py's; gs:// too), {} while training or
   if it is not one."""
-  path = epath.Path(workdir) / 'summary.json'
   try:
-    summary = json.loads(path.read_text()) if path.exists() else {}
-  except (OSError, ValueError):
+    return workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
+  except ValueError:
     return {}
-  return summary if isinstance(summary, dict) else {}
 
 
 def _schedule(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -411,18 +411,14 @@ def _schedule(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
   config or the number of steps is unknown: an epoch-based run still
   training (the steps depend on its split's size).
   """
-  # pylint: disable=g-import-not-at-top
-  import jax
-  from resnet_jax import inference
-  from resnet_jax import schedules
+  import jax  # pylint: disable=g-import-not-at-top
   try:
-    config = inference.read_config(workdir)
+    config = config_checks.read_config(workdir)
     total_steps = read_summary(workdir).get('steps') or (
         config.num_train_steps if config.num_epochs <= 0 else None)
     if not isinstance(total_steps, int) or total_steps <= 0:
       return None
-    rate = schedules.create_learning_rate_fn(
-        config.schedule, config.batch_size, total_steps)
+    rate = config_checks.learning_rate_fn(config, total_steps)
   except ValueError:
     return None
   steps = np.arange(total_steps)

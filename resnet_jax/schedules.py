@@ -7,14 +7,13 @@ steps, so that it covers the same number of images (Goyal et al. 2017).
 """
 
 import jax.numpy as jnp
-import optax
 
 SCHEDULES = ('paper', 'warmup_cosine', 'one_cycle')
 
 
-def create_learning_rate_fn(config, batch_size: int,
-                            total_steps: int) -> optax.Schedule:
-  """The schedule `config` (the config's `schedule` block) names.
+def create_learning_rate_fn(config, batch_size: int, total_steps: int):
+  """The schedule (an optax.Schedule) `config`, the config's `schedule`
+  block, names.
 
   - paper: He et al. 2015. Constant base rate, multiplied by `decay_factor`
     at each of `decay_fractions` of training (0.1 at 50% and 75%: 32k and 48k
@@ -25,6 +24,8 @@ def create_learning_rate_fn(config, batch_size: int,
     over `one_cycle_pct_start` of training, then cosine down to peak /
     (div_factor * `one_cycle_final_div_factor`).
   """
+  # Imported here: a config is read and checked (SCHEDULES) without Optax.
+  import optax  # pylint: disable=g-import-not-at-top
   if config.name not in SCHEDULES:
     raise ValueError(
         f'unknown schedule {config.name!r}; choose one of {SCHEDULES}')

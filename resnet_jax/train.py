@@ -29,6 +29,7 @@ from resnet_jax import datasets
 from resnet_jax import experiment
 from resnet_jax import metric_writer
 from resnet_jax import monitoring
+from resnet_jax import parallel
 from resnet_jax import preemption
 from resnet_jax import runs
 from resnet_jax import tools
@@ -202,12 +203,16 @@ def summarize(exp, config_name: str, splits, results: dict, loop: LoopState,
 
 
 def train_and_evaluate(config, workdir: str, config_name: str = '',
-                       stop_at_step: int | None = None) -> dict | None:
+                       stop_at_step: int | None = None,
+                       set_up_process: bool = False) -> dict | None:
   """Trains and evaluates one run; returns the summary written to the workdir.
 
   Everything that can be checked is checked before the workdir is touched.
   With `stop_at_step`, training stops after that step with a checkpoint, as
   an interrupted run would, and returns None; rerunning resumes from there.
+  With `set_up_process` (a command's own process), the config, once checked,
+  sets up XLA's CPU devices, the compilation cache and a multi-host job,
+  before anything starts JAX's backends.
 
   Raises:
     ValueError: the config, data, workdir or checkpoints are unusable, or
@@ -216,6 +221,12 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       step reached was saved.
   """
   config_checks.validate(config)
+  if set_up_process:
+    if config.compilation_cache_dir:  # A restart loads the compiled steps.
+      jax.config.update('jax_compilation_cache_dir',
+                        tools.expand_path(config.compilation_cache_dir))
+    parallel.configure_cpu_devices(config)
+    parallel.initialize_distributed(config)
   workdir_lib.check(workdir, config.data)
   # Pending checkpoint writes and logs are finished even when a step fails.
   with contextlib.ExitStack() as cleanup:
@@ -398,7 +409,6 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
     if jax.process_index() == 0:
       workdir_lib.write_json(workdir_path / 'summary.json', summary)
       writer.flush()
-      _draw_curves(workdir)
     logging.info('Summary: %s', json.dumps(summary))
     return summary
 
@@ -423,12 +433,3 @@ def _load_data(config) -> list:
                    splits, ('training', 'validation', 'test')) if ds) +
                ' examples')
   return splits
-
-
-def _draw_curves(workdir: str) -> None:
-  from resnet_jax import report  # pylint: disable=g-import-not-at-top
-  try:
-    report.write_curves(workdir)
-  except Exception as e:  # pylint: disable=broad-except
-    # A picture is not worth failing a finished run for.
-    logging.warning('Could not draw the training curves: %s', e)

@@ -13,6 +13,7 @@ from cli import run_module
 import fake_cifar
 from configs import smoke
 from resnet_jax import checkpoints
+from resnet_jax import config_checks
 from resnet_jax import datasets
 from resnet_jax import evaluate
 from resnet_jax import experiment
@@ -59,7 +60,7 @@ def test_a_fake_models_figures_match_a_hand_computed_confusion_matrix():
   labels = np.array([0, 0, 0, 1, 1, 2, 2])
   left = np.array([0, 0, 1, 1, 2, 2, 0])  # What the model says.
   right = np.array([0, 1, 0, 1, 1, 2, 2])  # What it says of the flips.
-  summary, logits = evaluate.evaluate_images(
+  summary, logits = inference.evaluate_images(
       fake_model, images_saying(left, right), labels, batch_size=3,
       class_names=['a', 'b', 'c'], tta=True)
   assert summary['confusion_matrix'] == [[2, 1, 0],
@@ -112,18 +113,18 @@ def test_file_names_carry_the_split_in_safe_characters(split, tag):
 def test_the_split_names_resolve_through_the_config(cifar10_dir):
   config = smoke.get_config()
   config.data.data_dir = cifar10_dir  # Prepared: splits train and test.
-  assert evaluate.resolve_split(config, 'validation') == 'train[90%:]'
-  assert evaluate.resolve_split(config, 'test') == 'test'
+  assert inference.resolve_split(config, 'validation') == 'train[90%:]'
+  assert inference.resolve_split(config, 'test') == 'test'
   # A run without them: the dataset's own split of that name, if it has one.
   config.data.update(eval_split='', test_split='')
-  assert evaluate.resolve_split(config, 'test') == 'test'
+  assert inference.resolve_split(config, 'test') == 'test'
   with pytest.raises(ValueError, match="no validation split .*empty. and "
                      "cifar10 has none named 'validation'; it has no held-"):
-    evaluate.resolve_split(config, 'validation')
+    inference.resolve_split(config, 'validation')
   with pytest.raises(ValueError, match='--split is empty'):
-    evaluate.resolve_split(config, ' ')
+    inference.resolve_split(config, ' ')
   with pytest.raises(ValueError, match='malformed split'):
-    evaluate.resolve_split(config, 'train[1:2:3]')
+    inference.resolve_split(config, 'train[1:2:3]')
 
 
 def write_noise_images(split_dir, class_names, per_class):
@@ -143,14 +144,14 @@ def test_test_and_validation_name_an_image_folders_own_split_folders(
   write_noise_images(tmp_path / 'train', ['ant', 'bee'], 2)
   with pytest.raises(ValueError, match="no test split .* image_folder has "
                      "none named 'test'; it has no held-out split"):
-    evaluate.resolve_split(config, 'test')
+    inference.resolve_split(config, 'test')
   write_noise_images(tmp_path / 'test', ['ant', 'bee'], 1)
   write_noise_images(tmp_path / 'validation', ['ant', 'bee'], 1)
-  assert evaluate.resolve_split(config, 'test') == 'test'
-  assert evaluate.resolve_split(config, 'validation') == 'validation'
+  assert inference.resolve_split(config, 'test') == 'test'
+  assert inference.resolve_split(config, 'validation') == 'validation'
   # The run's own split comes first.
   config.data.eval_split = 'train[:50%]'
-  assert evaluate.resolve_split(config, 'validation') == 'train[:50%]'
+  assert inference.resolve_split(config, 'validation') == 'train[:50%]'
 
 
 def test_a_release_evaluates_the_test_folder_of_an_image_folder(tmp_path):
@@ -276,7 +277,7 @@ def test_the_command_line_reports_a_malformed_split_in_one_line(run_dir):
 
 def restored_runs_logits(run_dir, images) -> list[np.ndarray]:
   """Each run's logits, restored here without inference.load."""
-  config = inference.read_config(str(run_dir))
+  config = config_checks.read_config(str(run_dir))
   exp = experiment.build(config, dp=parallel.DataParallel('jit'),
                          image_shape=images.shape[1:])
   with checkpoints.Checkpointer(run_dir / 'checkpoints', metadata={},

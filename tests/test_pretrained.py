@@ -26,10 +26,9 @@ import pytest
 import jpeg_copy
 import resnet_jax
 from resnet_jax import inference
-from resnet_jax import releases
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RELEASES = sorted(p.parent for p in releases.PRETRAINED.glob(
+RELEASES = sorted(p.parent for p in inference.PRETRAINED.glob(
     f'*/{inference.RELEASE_FILE}'))
 
 
@@ -42,7 +41,7 @@ def test_the_readme_shows_each_releases_recorded_figures():
       'resnet20', 'resnet56'}
   for name, accuracy, params in shown:
     record = json.loads(
-        (releases.PRETRAINED / name / inference.RELEASE_FILE).read_text())
+        (inference.PRETRAINED / name / inference.RELEASE_FILE).read_text())
     assert float(accuracy) == round(100 * record['validation']['accuracy'], 2)
     assert int(params.replace(',', '')) == record['num_params']
 
@@ -88,7 +87,7 @@ def test_a_name_means_a_shipped_release_and_a_path_any(tmp_path,
                                                         monkeypatch):
   # A decoy in the working directory: resnet20 as released, but its
   # record says step 1 (and a config.json edit would change nothing here).
-  shutil.copytree(releases.PRETRAINED / 'resnet20', tmp_path / 'resnet20')
+  shutil.copytree(inference.PRETRAINED / 'resnet20', tmp_path / 'resnet20')
   record_path = tmp_path / 'resnet20' / inference.RELEASE_FILE
   record = json.loads(record_path.read_text())
   record_path.write_text(json.dumps(record | {'step': 1}))

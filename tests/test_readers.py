@@ -201,9 +201,9 @@ def test_a_split_the_run_lacks_is_answered_with_one_it_has(tmp_path):
       r"^this run has no test split \(config.data.test_split is empty\) and "
       r"image_folder has none named 'test'; --split=validation \(its 'train\[12:\]'\) evaluates held-out "
       'images$')):
-    evaluate.resolve_split(config, 'test')
+    inference.resolve_split(config, 'test')
   config.data.eval_split = ''
   with pytest.raises(ValueError, match=(
       r'it has no held-out split: pass a split of image_folder it did not '
       r"train on \(it trained on 'train\[:12\]'\)$")):
-    evaluate.resolve_split(config, 'validation')
+    inference.resolve_split(config, 'validation')

@@ -157,13 +157,13 @@ def test_no_release_into_a_full_dir_of_no_run_or_of_no_checkpoint(
 def fixture_again(tmp_path_factory):
   """The shipped ResNet-20 released again (no data here: no CPU check)."""
   out = tmp_path_factory.mktemp('again') / 'resnet20'
-  releases.release(str(releases.PRETRAINED / 'resnet20'), str(out),
+  releases.release(str(inference.PRETRAINED / 'resnet20'), str(out),
                    check_split='')
   return out
 
 
 def test_a_release_released_again_keeps_its_record_and_predictions(again):
-  shipped = releases.PRETRAINED / 'resnet20'
+  shipped = inference.PRETRAINED / 'resnet20'
   before, after = (json.loads((d / 'release.json').read_text())
                    for d in (shipped, again))
   for field in ('step', 'seed', 'validation', 'class_names', 'data_note',
@@ -262,7 +262,7 @@ def test_evaluate_predict_and_export_refuse_a_damaged_release(again,
 
 def test_out_is_checked_before_anything_is_written(again, tmp_path,
                                                    monkeypatch):
-  source = str(releases.PRETRAINED / 'resnet20')
+  source = str(inference.PRETRAINED / 'resnet20')
   elsewhere = tmp_path / 'elsewhere'
   elsewhere.mkdir()
   (tmp_path / 'link').symlink_to(elsewhere)
@@ -297,7 +297,7 @@ def test_a_tilde_in_out_means_home(tmp_path, monkeypatch):
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
   monkeypatch.chdir(tmp_path)
   (tmp_path / 'home').mkdir()
-  releases.release(str(releases.PRETRAINED / 'resnet20'), '~/mine/r20',
+  releases.release(str(inference.PRETRAINED / 'resnet20'), '~/mine/r20',
                    check_split='')
   assert inference.is_release(str(tmp_path / 'home' / 'mine' / 'r20'))
   assert not (tmp_path / '~').exists()
@@ -308,5 +308,5 @@ def test_an_unwritable_out_is_refused(tmp_path):
   locked = tmp_path / 'locked'
   locked.mkdir(mode=0o500)
   with pytest.raises(ValueError, match='locked is not writable'):
-    releases.release(str(releases.PRETRAINED / 'resnet20'),
+    releases.release(str(inference.PRETRAINED / 'resnet20'),
                      str(locked / 'r20'), check_split='')

@@ -1,0 +1,104 @@
+"""The package's arrows: how its modules import one another.
+
+Read from the sources (every import, those inside functions too): the chain
+of imports is short and has no cycle, no library module imports a command,
+the training loop draws no picture, one module builds a run's schedule, and
+a release predicts without the training side's libraries.
+"""
+
+import ast
+import functools
+import os
+import pathlib
+import subprocess
+import sys
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'resnet_jax'
+MAX_LEVELS = 6
+# What a released model's prediction must not import (issue 32).
+TRAINING_SIDE = ('matplotlib', 'orbax', 'optax', 'tensorflow', 'clu')
+
+
+def _trees() -> dict[str, ast.Module]:
+  return {p.stem: ast.parse(p.read_text()) for p in PACKAGE.glob('*.py')}
+
+
+def _imports(tree: ast.Module) -> set[str]:
+  """Every module `tree` imports, anywhere: 'resnet_jax.x' for the package's."""
+  found = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      found |= {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      found.add(node.module)
+      if node.module == 'resnet_jax':
+        found |= {f'resnet_jax.{a.name}' for a in node.names}
+  return found
+
+
+def _arrows() -> dict[str, set[str]]:
+  """Module -> the package's modules it imports."""
+  trees = _trees()
+  return {name: {m.split('.')[1] for m in _imports(tree)
+                 if m.startswith('resnet_jax.')} - {name}
+          for name, tree in trees.items()}
+
+
+def _commands() -> set[str]:
+  """The modules run as programs (`python -m resnet_jax.<name>`)."""
+  return {name for name, tree in _trees().items()
+          if "if __name__ == '__main__'" in ast.unparse(tree)}
+
+
+def test_the_import_chain_is_short_and_has_no_cycle():
+  arrows = _arrows()
+
+  @functools.cache
+  def level(name, path=()):
+    assert name not in path, f'an import cycle: {" -> ".join(path + (name,))}'
+    return 1 + max((level(m, path + (name,)) for m in arrows[name]),
+                   default=0)
+
+  levels = {name: level(name) for name in arrows}
+  assert max(levels.values()) <= MAX_LEVELS, sorted(
+      levels.items(), key=lambda item: -item[1])
+
+
+def test_no_library_module_imports_a_command():
+  commands = _commands()
+  assert {'main', 'evaluate', 'predict', 'curves', 'export'} <= commands
+  wrong = {name: sorted(imported & commands)
+           for name, imported in _arrows().items()
+           if name not in commands and imported & commands}
+  assert not wrong, wrong
+
+
+def test_the_training_loop_draws_no_picture():
+  imported = _imports(_trees()['train'])
+  assert 'resnet_jax.report' not in imported
+  assert not {m for m in imported if m.startswith('matplotlib')}
+
+
+def test_one_module_builds_a_runs_schedule():
+  builders = sorted(
+      name for name, tree in _trees().items()
+      if name != 'schedules' and 'create_learning_rate_fn' in ast.unparse(tree))
+  assert builders == ['config_checks']
+
+
+def test_a_release_predicts_without_the_training_side():
+  script = (
+      'import sys, numpy as np, resnet_jax\n'
+      'model = resnet_jax.pretrained("resnet20")\n'
+      'print(model.predict(np.zeros((2, 32, 32, 3), np.uint8)))\n'
+      f'print(sorted({{m.split(".")[0] for m in sys.modules}} & '
+      f'{set(TRAINING_SIDE)!r}))\n')
+  env = os.environ | {'PYTHONPATH': os.pathsep.join(
+      [str(PACKAGE.parent), os.environ.get('PYTHONPATH', '')])}
+  result = subprocess.run([sys.executable, '-c', script], env=env,
+                          cwd=PACKAGE.parent, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  predictions, imported = result.stdout.splitlines()[-2:]
+  assert predictions.startswith('['), result.stdout
+  assert imported == '[]', imported
