@@ -49,8 +49,8 @@ def main(argv):
 def define_flags():
   """The command line's flags (defined only when run as a program)."""
   inference.define_selection_flags(ensemble=False)
-  flags.DEFINE_string('out', None, 'A new (or empty) directory, e.g. '
-                      'releases/resnet20.')
+  tools.define_path('out', None, 'A new (or empty) directory, e.g. '
+                    'releases/resnet20.')
   flags.DEFINE_string('data_note', '', "A sentence on the data for "
                       "release.json, e.g. 'the JPEG copy of CIFAR-10'.")
   flags.DEFINE_string('check_split', 'validation', 'The split the CPU check '

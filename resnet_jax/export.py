@@ -234,7 +234,7 @@ def export(workdir: str, out: str, checkpoint='latest', run: int = 0,
   """Writes run `run` of `workdir` (a run or a release) to `out` (new);
   returns the format. Every failure is a one-line ValueError, with nothing
   written."""
-  out = os.path.expanduser(out)
+  out = tools.expand_path(out)
   fmt = output_format(out, format_)
   if os.path.lexists(out):
     raise ValueError(f'--out={out} exists; name a new file')
@@ -247,7 +247,7 @@ def export(workdir: str, out: str, checkpoint='latest', run: int = 0,
     except ImportError:
       raise ValueError("ONNX export needs the onnx package: pip install "
                        "'resnet_jax[export]'") from None
-  loaded = inference.load(os.path.expanduser(workdir), checkpoint, run=run)
+  loaded = inference.load(tools.expand_path(workdir), checkpoint, run=run)
   data = (onnx_model(loaded).SerializeToString() if fmt == 'onnx'
           else jax_export(loaded))
   workdir_lib.write_file(out, data)
@@ -262,14 +262,14 @@ def main(argv):
   fmt = export(**selection, out=FLAGS.out, format_=FLAGS.format)
   print(f'exported run {selection["run"]} of {selection["workdir"]} as '
         f'{"ONNX" if fmt == "onnx" else "jax.export"} into {FLAGS.out}: '
-        f'{os.path.getsize(os.path.expanduser(FLAGS.out)) / 1e6:.2f} MB')
+        f'{os.path.getsize(FLAGS.out) / 1e6:.2f} MB')
 
 
 def define_flags():
   """The command line's flags (defined only when run as a program)."""
   inference.define_selection_flags(ensemble=False)
-  flags.DEFINE_string('out', None, 'The file to write: model.onnx (ONNX) or '
-                      'model.jax (jax.export); it must not exist.')
+  tools.define_path('out', None, 'The file to write: model.onnx (ONNX) or '
+                    'model.jax (jax.export); it must not exist.')
   flags.DEFINE_enum('format', None, FORMATS, "'onnx' or 'jax'; default: "
                     "--out's suffix.")
   flags.mark_flag_as_required('out')

@@ -85,7 +85,8 @@ PATH_FLAGS = {
                             ['--workdir', '--data_dir']),
     'resnet_jax.predict': ('predict.define_flags()', ['--workdir']),
     'experiments.release': ('release.define_flags()',
-                            ['--workdir', '--data_dir', '--out=x']),
+                            ['--workdir', '--data_dir', '--out']),
+    'resnet_jax.export': ('export.define_flags()', ['--workdir', '--out']),
     # Its --log_dir is absl's own, expanded where main() reads it.
     'experiments.reproduce_table6': ('reproduce_table6.define_flags()',
                                      ['--root']),
