@@ -70,7 +70,10 @@ def float32_atol(leaf, reduction_size: int, num_steps: int = 1,
   own terms) bounds each step's: num_steps x 2 ceil(log2 n)^2 u x scale,
   with the largest scale of the leaf (the errors of one entry feed all the
   others in the next step). Nothing in it depends on the CPU's SIMD width:
-  any order of the sums is within it.
+  any order of the sums is within it. Not covered: a ReLU whose input is
+  within rounding of zero may take the other branch in one of the two
+  computations, which moves a gradient entry by a whole term (seen once:
+  two processes with XLA:CPU's multi-output fusion, issue 34).
   Measured (test_oracle.py, one step, n = 1024): at most 12 u max|leaf|,
   against 200 u max|leaf| allowed.
   """
