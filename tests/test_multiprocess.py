@@ -180,8 +180,10 @@ def test_two_processes_train_like_one_process_with_as_many_devices(
   # 1.6e-6 on 2 of 36,864 elements). Each run is also within that bound of
   # the float64 replay: the pair agree because both are right.
   exact, scales = _float64_replay(config, 12)
-  scales = (0, scales['params'], scales['batch_stats'], scales['opt_state'])
-  exact = (12, exact.params, exact.batch_stats, exact.opt_state)
+  one_run = lambda tree: jax.tree.map(lambda x: np.asarray(x)[None], tree)
+  exact = (12, *one_run((exact.params, exact.batch_stats, exact.opt_state)))
+  scales = (0, *one_run((scales['params'], scales['batch_stats'],
+                         scales['opt_state'])))
   for run in (two, one):
     assert_float32_close(run, exact, reduction_size=16 * 32 * 32,
                          num_steps=12, scales=scales)
@@ -201,7 +203,8 @@ def test_two_processes_train_like_one_process_with_as_many_devices(
 def _float64_replay(config, num_steps):
   """The trainer's first `num_steps` steps on the data the runs above train
   on (cli.run_cli's), replayed in float64: (state, scales), as
-  oracle.float64_steps."""
+  oracle.float64_steps (one run's, where a checkpoint holds a stack of
+  runs)."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.num_train_steps = num_steps
   config.data.data_dir = fake_cifar.data_dir()
