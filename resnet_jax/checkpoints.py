@@ -52,17 +52,32 @@ def _unexpected(record: logging_lib.LogRecord) -> bool:
 logging_lib.getLogger('absl').addFilter(_unexpected)
 
 
+def _abandoned_read(unraisable) -> bool:
+  """Whether `unraisable` is an array read of a failed restore that Orbax
+  abandoned: when one read fails, Orbax (0.12) closes its event loop with
+  the other reads of the restore pending, and as each is garbage-collected
+  its `except BaseException` turns the GeneratorExit that closes it into an
+  Exception, which Python can only report through sys.unraisablehook. The
+  restore's own error says what failed (a step named unreadable)."""
+  code = getattr(unraisable.object, 'cr_code', None)
+  return (code is not None and
+          code.co_name == '_read_array_index_and_device_put' and
+          isinstance(unraisable.exc_value, Exception) and
+          isinstance(unraisable.exc_value.__cause__, GeneratorExit))
+
+
 def _unless_closed_loop(unraisablehook):
   """`unraisablehook` without the tracebacks that tensorstore reports (through
   it) for each write of a failed save that ends after Orbax closed its event
-  loop: the save's CheckpointWriteError says what failed. Only a callback's
-  (no frame above asyncio's call_soon_threadsafe) is dropped."""
+  loop (the save's CheckpointWriteError says what failed; only a callback's,
+  no frame above asyncio's call_soon_threadsafe, is dropped), nor those of
+  Orbax's abandoned reads of a failed restore (_abandoned_read)."""
   def hook(unraisable):
     traceback = unraisable.exc_traceback
     if not (unraisable.exc_type is RuntimeError and
             str(unraisable.exc_value) == 'Event loop is closed' and
             traceback and traceback.tb_frame.f_code.co_name ==
-            'call_soon_threadsafe'):
+            'call_soon_threadsafe' or _abandoned_read(unraisable)):
       unraisablehook(unraisable)
   return hook
 

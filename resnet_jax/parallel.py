@@ -40,11 +40,15 @@ XLA_FLAGS = {
     # Not set: XLA:CPU's multi-output fusion options
     # (--xla_backend_extra_options=xla_cpu_use_multi_output_fusion,
     # xla_cpu_flatten_after_fusion), which stop it recomputing each stage's
-    # batch-norm/ReLU chain in the backward pass. With them, two processes
-    # of two CPU devices and one of four, 12 steps, differed by 1.1e-4 in a
-    # momentum buffer (without: under 1.6e-6; tests/test_multiprocess.py),
-    # beyond the float32 bound the tests derive; their speed-up was not
-    # measurable on a loaded machine. Pass them in XLA_FLAGS to try them.
+    # batch-norm/ReLU chain in the backward pass. With them, one process of
+    # four CPU devices stays as close to a float64 replay of 12 steps as
+    # without (1e-7), but two processes of two differed from both by up to
+    # 6e-4 in momentum buffers (without: 1e-7; tests/test_multiprocess.py),
+    # with the signature of one ReLU input within rounding of zero taking
+    # the other branch (one output channel of the last block's second
+    # convolution, by about one term), a jump no float32 rounding bound
+    # covers. Their speed-up was not measurable on a loaded machine. Pass
+    # them in XLA_FLAGS to try them.
     # XLA:CPU aborts the process when a device reaches an all-reduce more than
     # this many seconds (default 40) after XLA's "may be stuck" warning (20 s)
     # after another: a loaded machine starved one device's threads that long

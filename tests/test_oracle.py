@@ -67,6 +67,13 @@ def hand(setup):
   return oracle.hand_step(c, ds, state, STEP)
 
 
+@pytest.fixture(scope='module')
+def scales(setup):
+  """The magnitude of the terms each value of the step is summed from."""
+  c, ds, state = setup
+  return oracle.float64_steps(c, ds, state, 1, first=STEP)[1]
+
+
 def test_the_initial_state_is_the_one_the_seed_documents(setup):
   c, ds, _ = setup
   model, _, _ = oracle.hand_parts(c)
@@ -79,15 +86,17 @@ def test_the_initial_state_is_the_one_the_seed_documents(setup):
 
 @pytest.mark.parametrize('mode', parallel.MODES)
 def test_the_trainers_step_equals_the_pure_step_driven_by_hand(
-    mode, trainer, hand):
+    mode, trainer, hand, scales):
   got_state, got = trainer(mode)
   want_state, want = hand
   # One step; the largest reduction is a batch-norm statistic or a kernel
-  # gradient over batch x height x width = 16 x 8 x 8 terms.
+  # gradient over batch x height x width = 16 x 8 x 8 terms, each value
+  # within the bound of the magnitude of its own terms.
   n = 16 * 8 * 8
   for part in ('params', 'batch_stats', 'opt_state'):
     oracle.assert_float32_close(getattr(got_state, part),
-                                getattr(want_state, part), n)
+                                getattr(want_state, part), n,
+                                scales=scales[part])
   assert int(got_state.step) == int(want_state.step) == STEP + 1
   assert float(got['count']) == float(want['count']) == 16
   assert float(got['correct']) == float(want['correct'])
@@ -266,6 +275,39 @@ def gradient64(setup, float64):
   c, _, state = setup
   batch, images, _, _ = float64
   return _gradient64(c, state, images, batch['label'])
+
+
+def test_the_term_scales_are_the_magnitudes_of_the_gradients_terms(
+    setup, float64, gradient64):
+  # oracle.gradient_terms: for each gradient entry, sum |terms|. The head's
+  # bias has terms |softmax - targets| / batch per example, written out
+  # here; every entry's is at least the gradient's magnitude, and a batch
+  # norm's bias, a sum of both signs over 16 x 8 x 8 terms, cancels: its
+  # gradient is far below its terms' magnitude (the scale a tolerance needs,
+  # oracle.float32_atol).
+  c, _, state = setup
+  batch, images, logits, _ = float64
+  model_config = ml_collections.ConfigDict(c.model.to_dict())
+  model_config.dtype = 'float64'
+  with jax.enable_x64(True):
+    terms = oracle.gradient_terms(models.create_model(model_config),
+                                  c.label_smoothing)
+    as64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64),
+                                     tree)
+    scales, _ = terms(as64(state.params), as64(state.batch_stats), images,
+                      batch['label'])
+    scales = jax.tree.map(np.asarray, scales)
+  probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+  probabilities /= probabilities.sum(-1, keepdims=True)
+  targets = ((1 - c.label_smoothing) * np.eye(10)[batch['label']] +
+             c.label_smoothing / 10)
+  np.testing.assert_allclose(scales['head']['bias'],
+                             np.abs(probabilities - targets).sum(0) / 16,
+                             rtol=1e-9)
+  jax.tree.map(lambda s, g: np.testing.assert_array_less(
+      np.abs(g), s * (1 + 1e-9) + 1e-30), scales, gradient64)
+  bias = gradient64['stem_bn']['bias']
+  assert np.abs(bias).max() < 0.1 * scales['stem_bn']['bias'].max()
 
 
 def _warmup_rate(c, step):
