@@ -47,8 +47,9 @@ XLA_FLAGS = {
     # with the signature of one ReLU input within rounding of zero taking
     # the other branch (one output channel of the last block's second
     # convolution, by about one term), a jump no float32 rounding bound
-    # covers. Their speed-up was not measurable on a loaded machine. Pass
-    # them in XLA_FLAGS to try them.
+    # covers. They are faster (2-core AMD EPYC, idle, JAX 0.12.1, b128 f32,
+    # 'sharded', train images/s: ResNet-20 140 against 124, three runs
+    # each; ResNet-56 51.5 against 32.9): pass them in XLA_FLAGS to use them.
     # XLA:CPU aborts the process when a device reaches an all-reduce more than
     # this many seconds (default 40) after XLA's "may be stuck" warning (20 s)
     # after another: a loaded machine starved one device's threads that long

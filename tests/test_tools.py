@@ -86,7 +86,9 @@ PATH_FLAGS = {
     'resnet_jax.predict': ('predict.define_flags()', ['--workdir']),
     'experiments.release': ('release.define_flags()',
                             ['--workdir', '--data_dir', '--out']),
-    'resnet_jax.export': ('export.define_flags()', ['--workdir', '--out']),
+    # Its module's name is also its function's (imported by the `*` below).
+    'resnet_jax.export': ("sys.modules['resnet_jax.export'].define_flags()",
+                          ['--workdir', '--out']),
     # Its --log_dir is absl's own, expanded where main() reads it.
     'experiments.reproduce_table6': ('reproduce_table6.define_flags()',
                                      ['--root']),
