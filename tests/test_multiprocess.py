@@ -25,9 +25,8 @@ import oracle
 from oracle import assert_float32_close
 from resnet_jax import datasets
 
-# Two processes, minutes on a small CPU: not in the edit loop's tier; on one
-# pytest-xdist worker, which builds the two_processes fixture once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('two_processes')]
+# Two processes, minutes on a small CPU: not in the edit loop's tier.
+pytestmark = pytest.mark.slow
 
 # 12 steps: long enough for the preemption below to fall inside the run.
 STEPS = '--config.num_train_steps=12'

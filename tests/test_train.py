@@ -221,7 +221,6 @@ def uninterrupted(tmp_path_factory, compilation_cache):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group('uninterrupted')  # One worker builds the fixture.
 @pytest.mark.parametrize('fault, latest_before_resume', [
     ('kill@batch:3', None),  # Before the first checkpoint.
     # Checkpoint 8 fully written but not yet complete: resumed from 6 (the
@@ -252,7 +251,6 @@ def test_kill_9_anywhere_then_rerun_ends_bit_identical(
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group('uninterrupted')  # One worker builds the fixture.
 def test_ctrl_c_saves_the_step_reached_and_a_rerun_resumes_there(
     tmp_path, uninterrupted, compilation_cache):
   # At an evaluation step: evaluated after resuming. SIGTERM takes the same
@@ -337,7 +335,6 @@ def test_runs_and_steps_per_call_resume_bit_identical(
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group('uninterrupted')  # One worker builds the fixture.
 def test_a_damaged_latest_checkpoint_is_set_aside_and_training_redone(
     tmp_path, uninterrupted, compilation_cache):
   workdir = tmp_path / 'run'
