@@ -271,7 +271,7 @@ def release_path(name: str | os.PathLike) -> str:
   """
   if isinstance(name, os.PathLike) or '/' in name or os.sep in name or (
       name in ('.', '..', '~')):
-    directory = os.path.expanduser(os.fspath(name))
+    directory = tools.expand_path(os.fspath(name))
     if not is_release(directory):
       raise ValueError(f'{directory} is not a release: it has no '
                        f'{RELEASE_FILE}')
