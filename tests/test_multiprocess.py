@@ -30,8 +30,20 @@ pytestmark = pytest.mark.slow
 
 # 12 steps: long enough for the preemption below to fall inside the run.
 STEPS = '--config.num_train_steps=12'
-COMMON = ('--config=configs/smoke.py', '--config.parallelism=shard_map',
-          '--config.compilation_cache_dir=')
+
+
+def common_flags() -> tuple[str, ...]:
+  """Every run's flags; fake_cifar's images as an image folder: no
+  TensorFlow to import (~15 s of each process)."""
+  return ('--config=configs/smoke.py', '--config.parallelism=shard_map',
+          '--config.compilation_cache_dir=', *fake_cifar.image_folder_flags())
+
+
+def smoke_config():
+  """The config of common_flags' runs (as far as restoring them needs)."""
+  config = smoke.get_config()
+  config.data.update(name='image_folder', data_dir=fake_cifar.image_folder())
+  return config
 
 
 def _free_port() -> int:
@@ -101,7 +113,8 @@ def _run_two_processes(workdir, *flags, faults=(None, None), timeout=300,
   processes, records = [], []
   for process_id in range(2):
     command, env = cli_command(
-        *COMMON, *flags, f'--workdir={workdir}', '--config.cpu_devices=2',
+        *common_flags(), *flags, f'--workdir={workdir}',
+        '--config.cpu_devices=2',
         '--config.distributed.enabled=True',
         f'--config.distributed.coordinator_address={address}',
         '--config.distributed.num_processes=2',
@@ -161,13 +174,13 @@ def two_processes(tmp_path_factory):
 def test_two_processes_train_like_one_process_with_as_many_devices(
     tmp_path, two_processes):
   two_dir, results = two_processes
-  single = run_cli(*COMMON, STEPS, f'--workdir={tmp_path / "one"}',
+  single = run_cli(*common_flags(), STEPS, f'--workdir={tmp_path / "one"}',
                    '--config.cpu_devices=4', own_devices=True)
   assert single.returncode == 0, single.stderr[-3000:]
 
   assert 'on 4 device(s), shard_map' in results[0][1]
   assert 'on 4 device(s), shard_map' in single.stderr
-  config = smoke.get_config()
+  config = smoke_config()
   two = restore_params(two_dir, config)
   one = restore_params(tmp_path / 'one', config)
   assert int(two[0]) == int(one[0]) == 12
@@ -202,12 +215,11 @@ def test_two_processes_train_like_one_process_with_as_many_devices(
 
 def _float64_replay(config, num_steps):
   """The trainer's first `num_steps` steps on the data the runs above train
-  on (cli.run_cli's), replayed in float64: (state, scales), as
+  on (common_flags'), replayed in float64: (state, scales), as
   oracle.float64_steps (one run's, where a checkpoint holds a stack of
   runs)."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.num_train_steps = num_steps
-  config.data.data_dir = fake_cifar.data_dir()
   ds = datasets.load_split(config.data, config.data.train_split)
   return oracle.float64_steps(config, ds, oracle.initial_state(config, ds),
                               num_steps)
@@ -247,7 +259,7 @@ def test_two_processes_preempted_then_rerun_end_bit_identical(
   for _, stderr, _ in results:
     assert f'Resuming from the checkpoint of step {step}.' in stderr
   _assert_process_0_alone_wrote_the_run_files(results)
-  config = smoke.get_config()
+  config = smoke_config()
   jax.tree.map(np.testing.assert_array_equal,
                restore_params(tmp_path / 'preempted', config),
                restore_params(straight, config))

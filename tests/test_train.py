@@ -122,13 +122,15 @@ def test_a_small_resnet_learns_real_images_in_float32_and_bfloat16(tmp_path):
                        test_split='')
     config.model.dtype = dtype
     config.update(parallelism='jit', batch_size=64, eval_batch_size=100,
-                  num_train_steps=300, log_every_steps=100,
-                  eval_every_steps=300, checkpoint_every_steps=300)
+                  num_train_steps=150, log_every_steps=50,
+                  eval_every_steps=150, checkpoint_every_steps=150)
     summary = train.train_and_evaluate(config, str(tmp_path / dtype))
     assert summary['eval_examples'] == 500
     accuracy[dtype] = summary['final_val_accuracy']
-  # Chance is 10%: 500 held-out images the model never trained on.
-  assert accuracy['float32'] > 0.3, accuracy
+  # Chance is 10% (+-1.3% over 500 held-out images the model never trained
+  # on); after 150 steps (4 epochs) float32 reached 35.8%, bfloat16 34.6%
+  # (AMD EPYC, JAX 0.12.1; 300 steps took twice the time).
+  assert accuracy['float32'] > 0.25, accuracy
   # bfloat16 computation (float32 parameters and statistics) learns as well:
   # the same data and steps, within the noise of 500 images.
   assert abs(accuracy['bfloat16'] - accuracy['float32']) < 0.05, accuracy
@@ -157,15 +159,30 @@ def compilation_cache(tmp_path_factory):
   return f'--config.compilation_cache_dir={tmp_path_factory.mktemp("xla")}'
 
 
+def recovery_flags(workdir, compilation_cache, *extra):
+  """The recovery run's command line, on fake_cifar's images as an image
+  folder: the subject is the trainer, not TFDS, whose TensorFlow import took
+  half of each run's 34 s."""
+  return (*RECOVERY_FLAGS, *fake_cifar.image_folder_flags(),
+          f'--workdir={workdir}', compilation_cache, *extra)
+
+
 def recovery_run(workdir, compilation_cache, *extra, fault=None):
-  return run_cli(*RECOVERY_FLAGS, f'--workdir={workdir}', compilation_cache,
-                 *extra, fault=fault)
+  return run_cli(*recovery_flags(workdir, compilation_cache, *extra),
+                 fault=fault)
+
+
+def recovery_config(**overrides):
+  """The recovery run's config (recovery_flags' model and data)."""
+  config = smoke.get_config()
+  config.data.update(name='image_folder', data_dir=fake_cifar.image_folder())
+  config.update(overrides)
+  return config
 
 
 def outcome(workdir, **overrides):
   """What must not depend on interruptions: final state, summary, curves."""
-  config = smoke.get_config()
-  config.update(overrides)
+  config = recovery_config(**overrides)
   summary = json.loads((workdir / 'summary.json').read_text())
   return (restore_params(workdir, config),
           {k: v for k, v in summary.items() if k not in NOT_REPRODUCIBLE},
@@ -270,7 +287,7 @@ def test_ctrl_c_saves_the_step_reached_and_a_rerun_resumes_there(
   assert checkpoints.Checkpointer(
       tmp_path / 'checkpoints', keep=2,
       metadata={}).latest_step() == 6
-  assert int(restore_params(tmp_path, smoke.get_config())[0]) == 6
+  assert int(restore_params(tmp_path, recovery_config())[0]) == 6
   before = event_files(tmp_path)
 
   resumed = recovery_run(tmp_path, compilation_cache)
@@ -415,8 +432,8 @@ def test_calls_end_where_something_is_due():
 @pytest.mark.slow
 def test_a_second_trainer_on_a_busy_workdir_is_refused_naming_the_first(
     tmp_path, compilation_cache):
-  command, env = cli_command(*RECOVERY_FLAGS, f'--workdir={tmp_path}',
-                             compilation_cache, '--config.num_train_steps=400')
+  command, env = cli_command(*recovery_flags(
+      tmp_path, compilation_cache, '--config.num_train_steps=400'))
   first = subprocess.Popen(command, cwd=REPO, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            text=True)
