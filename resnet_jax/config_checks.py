@@ -1,8 +1,8 @@
 """Rejects an invalid config before anything is written, in one line:
 `config.<field>=<value>: <requirement>`.
 
-`validate` checks every field of defaults.py: its default's type, its range or
-choices, and the rules between fields; a field a user adds may hold any JSON
+`validate` checks every field of defaults.FIELDS: its default's type, its range
+or choices, and the rules between fields; a field a user adds may hold any JSON
 value. ml_collections' type safety is not enough: it lets None, a bool for an
 int, NaN and lists of anything through, and configs read back from JSON have
 none. `validate_with_split` checks what needs the training split,
@@ -19,8 +19,8 @@ from resnet_jax import batching, datasets, defaults, models, parallel
 from resnet_jax import schedules, tools
 
 CONFIG_FILE = 'config.json'  # A workdir's (and a release's) config.
-# data.name's choices, datasets.py's (defaults.py imports only what lies below
-# datasets in the chain of imports).
+# data.name's choices: datasets.py's names. Not in defaults.FIELDS: defaults
+# importing datasets (and so tools) would make the import chain 7 levels deep.
 _DATA_NAMES = datasets.TFDS_DATASETS + (datasets.IMAGE_FOLDER,)
 
 

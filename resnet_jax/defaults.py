@@ -69,8 +69,8 @@ FIELDS = {
     'seed': (0, _SEED),
 
     # 'cifar10', 'cifar100' (TFDS) or 'image_folder'
-    # (<data_dir>/<split>/<class>/*): datasets.py's names, which
-    # config_checks checks (this file stays below datasets.py's imports).
+    # (<data_dir>/<split>/<class>/*): datasets.py's names, checked by
+    # config_checks (importing datasets here would deepen the import chain).
     'data.name': ('cifar10', None),
     # TFDS data_dir ('': TFDS's default, ~/tensorflow_datasets), or the root
     # of an image folder (required for 'image_folder').
