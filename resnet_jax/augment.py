@@ -9,7 +9,9 @@ step k repeats exactly what an uninterrupted run does there.
 The augmentation is the paper's: zero-pad 4 pixels on every side, take a
 random crop of the original size, flip horizontally with probability 1/2. The
 padding is black in pixel space (before normalisation), as with torchvision's
-RandomCrop(32, padding=4) followed by Normalize.
+RandomCrop(32, padding=4) followed by Normalize. `augment` reads its settings
+from the config's data group itself, so a new augmentation is written here
+and its field declared in defaults.py, nowhere else.
 """
 
 import jax
@@ -43,8 +45,9 @@ def normalize(images, mean, std):
   return (images.astype(jnp.float32) - mean) / std
 
 
-def augment(images, keys, *, mean, std, padding: int, flip: bool):
-  """The training transform of a batch: crop and flip each image, normalise."""
+def augment(images, keys, *, mean, std, data):
+  """The training transform of a batch: crop and flip each image as `data`
+  (config.data: crop_padding, random_flip) says, then normalise."""
   images = jax.vmap(crop_and_flip, in_axes=(0, 0, None, None))(
-      images, keys, padding, flip)
+      images, keys, data.crop_padding, data.random_flip)
   return normalize(images, mean, std)

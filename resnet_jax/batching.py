@@ -60,7 +60,7 @@ def _per_process(global_batch_size: int, process_index: int,
 
 
 # Two epochs (the current and, while prefetching, the next) of each of up to
-# config_checks.MAX_RUNS runs trained together; 360 KB each for CIFAR.
+# defaults.MAX_RUNS runs trained together; 360 KB each for CIFAR.
 @functools.lru_cache(maxsize=128)
 def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   order = np.random.default_rng([seed, epoch]).permutation(num_examples)

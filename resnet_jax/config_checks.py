@@ -1,121 +1,27 @@
 """Rejects an invalid config before anything is written, in one line:
 `config.<field>=<value>: <requirement>`.
 
-`validate` checks every field of defaults.py: its default's type, its range or
-choices, and the rules between fields; a field a user adds may hold any JSON
+`validate` checks every field of defaults.FIELDS: its default's type, its range
+or choices, and the rules between fields; a field a user adds may hold any JSON
 value. ml_collections' type safety is not enough: it lets None, a bool for an
 int, NaN and lists of anything through, and configs read back from JSON have
 none. `validate_with_split` checks what needs the training split,
 `learning_rate_fn` the schedule it builds; `read_config` reads a config.json.
 """
 
-import dataclasses
 import json
 import math
 import os
 
 import ml_collections
 
-from resnet_jax import batching, datasets, defaults, models, optimizer
-from resnet_jax import parallel, schedules, tools
+from resnet_jax import batching, datasets, defaults, models, parallel
+from resnet_jax import schedules, tools
 
-MAX_STEPS = 2**31 - 1  # Step counters are int32 on the device.
-# numpy's default_rng needs seeds >= 0; jax.random.key keeps 32 bits.
-MAX_SEED = 2**32 - 1
-# Batches are held whole in host memory: 2**16 exceeds the largest trained
-# (32k) and CIFAR's 50,000 images.
-MAX_BATCH = 2**16
-MAX_RUNS = 64  # Each run keeps its own state and cached training order.
 CONFIG_FILE = 'config.json'  # A workdir's (and a release's) config.
-
-
-@dataclasses.dataclass(frozen=True)
-class _Range:
-  """An interval of numbers, closed unless said otherwise."""
-  low: float = -math.inf
-  high: float = math.inf
-  low_open: bool = False
-  high_open: bool = False
-  note: str = ''  # What a special value means.
-
-  def __contains__(self, x) -> bool:
-    return ((x > self.low if self.low_open else x >= self.low) and
-            (x < self.high if self.high_open else x <= self.high))
-
-  def requirement(self, integer: bool) -> str:
-    """In words, e.g. 'must be an integer in [0, 10]'."""
-    kind = 'an integer ' if integer else ''
-    low, high = (f'{x:g}' if isinstance(x, float) else x
-                 for x in (self.low, self.high))
-    if integer and self.low == 1 and not self.low_open:
-      text = 'a positive integer' + (
-          f' <= {high}' if self.high < math.inf else '')
-    elif self.high == math.inf:
-      text = f"{kind}{'>' if self.low_open else '>='} {low}"
-    elif self.low == -math.inf:
-      text = f"{kind}{'<' if self.high_open else '<='} {high}"
-    else:
-      text = (f"{kind}in {'(' if self.low_open else '['}{low}, "
-              f"{high}{')' if self.high_open else ']'}")
-    return f'must be {text} ({self.note})' if self.note else f'must be {text}'
-
-
-_STEPS, _FRACTION = _Range(1, MAX_STEPS), _Range(0, 1, high_open=True)
-_SEED = _Range(0, MAX_SEED, note='seeds are 32-bit')
-# Every numeric field of defaults.py; floats must also be finite.
-RANGES = {
-    'seed': _SEED,
-    'data.split_shuffle_seed': _SEED,
-    'data.crop_padding': _Range(0),  # < the images' side: validate_with_split.
-    'model.depth': _Range(1, 2000),  # Tracing takes ~20 s per 1,000 layers.
-    'model.width': _Range(1, 64),  # 64: 4,096-channel convolutions.
-    'model.num_classes': _Range(1, 100_000),
-    'model.bn_momentum': _FRACTION,
-    # Float32's smallest normal number, 1.2e-38, vanishes on the device.
-    'model.bn_epsilon': _Range(1e-30, 1),
-    'optimizer.momentum': _FRACTION,
-    'optimizer.weight_decay': _Range(0, 1),
-    'label_smoothing': _FRACTION,
-    'schedule.base_learning_rate': _Range(0, 100, low_open=True),
-    'schedule.reference_batch_size': _Range(1, MAX_BATCH),
-    'schedule.decay_factor': _Range(0, 1, low_open=True),
-    'schedule.warmup_steps': _Range(0, MAX_STEPS),
-    'schedule.warmup_learning_rate': _Range(0, 100),
-    # At 0 or 1 one of the cycle's halves has no steps.
-    'schedule.one_cycle_pct_start': _Range(0, 1, low_open=True,
-                                           high_open=True),
-    # Their product must stay far from float32's overflow (3.4e38).
-    'schedule.one_cycle_div_factor': _Range(1, 1e8),
-    'schedule.one_cycle_final_div_factor': _Range(1, 1e8),
-    'num_runs': _Range(1, MAX_RUNS),
-    'steps_per_call': _STEPS,
-    'batch_size': _Range(1, MAX_BATCH),
-    'eval_batch_size': _Range(1, MAX_BATCH),
-    'num_train_steps': _STEPS,
-    'num_epochs': _Range(high=MAX_STEPS),  # <= 0: num_train_steps instead.
-    'log_every_steps': _STEPS,
-    'eval_every_steps': _STEPS,
-    'checkpoint_every_steps': _STEPS,
-    'keep_checkpoints': _STEPS,
-    'distributed.num_processes': _Range(0, 2**16, note='0: detect'),
-    'distributed.process_id': _Range(-1, 2**16 - 1, note='-1: detect'),
-    'cpu_devices': _Range(0, 1024, note='0: one per core'),
-    'profile.first_step': _Range(0, MAX_STEPS),
-    'profile.num_steps': _Range(0, MAX_STEPS),
-}
-CHOICES = {
-    'data.name': datasets.TFDS_DATASETS + (datasets.IMAGE_FOLDER,),
-    'data.normalization': ('constants', 'measured'),
-    'model.block': models.BLOCKS,
-    'model.shortcut': models.SHORTCUTS,
-    'model.dtype': ('float32', 'bfloat16'),
-    'optimizer.weight_decay_mode': optimizer.WEIGHT_DECAY_MODES,
-    'optimizer.weight_decay_on': optimizer.WEIGHT_DECAY_ON,
-    'schedule.name': schedules.SCHEDULES,
-    'parallelism': parallel.MODES,
-}
-# Pixel units, 0..255; a std below 1e-3 would blow the inputs past 2.5e5.
-_CHANNELS = {'data.mean': _Range(0, 255), 'data.std': _Range(1e-3, 255)}
+# data.name's choices: datasets.py's names. Not in defaults.FIELDS: defaults
+# importing datasets (and so tools) would make the import chain 7 levels deep.
+_DATA_NAMES = datasets.TFDS_DATASETS + (datasets.IMAGE_FOLDER,)
 
 
 def _is_int(x) -> bool:
@@ -181,17 +87,18 @@ def validate(config) -> None:
   values = tools.flatten(config.to_dict())
   for field, default_value in tools.flatten(default.to_dict()).items():
     value = values[field]
-    if field in CHOICES:
-      _check(value in CHOICES[field], field, value,
-             f'must be one of {CHOICES[field]}')
-    if field in RANGES:
-      _check(value in RANGES[field], field, value,
-             RANGES[field].requirement(_is_int(default_value)))
-    if field in _CHANNELS:
-      allowed = _CHANNELS[field]
+    allowed = _DATA_NAMES if field == 'data.name' else defaults.FIELDS[field][1]
+    if allowed is None:
+      continue
+    if isinstance(allowed, tuple):  # Choices.
+      _check(value in allowed, field, value, f'must be one of {allowed}')
+    elif isinstance(default_value, tuple):  # A Range for each channel.
       _check(len(value) == 3 and all(v in allowed for v in value), field,
              value, 'must be three numbers (one per channel) in '
              f'[{allowed.low}, {allowed.high}]')
+    else:
+      _check(value in allowed, field, value,
+             allowed.requirement(_is_int(default_value)))
 
   model, data = config.model, config.data
   try:
@@ -216,9 +123,10 @@ def validate(config) -> None:
       a < b for a, b in zip(fractions, fractions[1:])),
          'schedule.decay_fractions', fractions,
          'must be increasing fractions of training in (0, 1)')
-  _check(config.seed + config.num_runs - 1 <= MAX_SEED, 'num_runs',
+  max_seed = defaults.MAX_SEED
+  _check(config.seed + config.num_runs - 1 <= max_seed, 'num_runs',
          config.num_runs, f'must keep the last run\'s seed, config.seed + '
-         f'num_runs - 1, at most {MAX_SEED} (config.seed={config.seed})')
+         f'num_runs - 1, at most {max_seed} (config.seed={config.seed})')
 
   distributed = config.distributed
   _check(not distributed.enabled or config.parallelism in parallel.GLOBAL_MODES,
@@ -249,8 +157,9 @@ def validate_with_split(config, train_ds: datasets.InMemoryDataset
          config.data.crop_padding,
          f'must be less than {side}, the side of the training images')
   total_steps = batching.total_steps(config, n)
-  _check(config.num_epochs <= 0 or 1 <= total_steps <= MAX_STEPS, 'num_epochs',
-         config.num_epochs, f'must give 1 to {MAX_STEPS} steps of training; '
+  max_steps = defaults.MAX_STEPS
+  _check(config.num_epochs <= 0 or 1 <= total_steps <= max_steps, 'num_epochs',
+         config.num_epochs, f'must give 1 to {max_steps} steps of training; '
          f'it gives {total_steps} ({per_epoch} per epoch)')
   return per_epoch, total_steps
 

@@ -188,8 +188,7 @@ class Experiment(classifier.Classifier):
         label_smoothing=self.config.label_smoothing,
         augment_fn=functools.partial(
             augment.augment, mean=self.mean, std=self.std,
-            padding=self.config.data.crop_padding,
-            flip=self.config.data.random_flip))
+            data=self.config.data))
     if self.config.data.on_device:
       step_fn = batching.gathering(step_fn)
     unroll = self._unroll_loops

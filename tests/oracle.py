@@ -203,8 +203,7 @@ def hand_batch(c, ds, step: int):
                                global_batch_size=c.batch_size)
   keys = augment.example_keys(step_key(c, step), c.batch_size, None)
   images = augment.augment(batch['image'], keys, mean=c.data.mean,
-                           std=c.data.std, padding=c.data.crop_padding,
-                           flip=c.data.random_flip)
+                           std=c.data.std, data=c.data)
   return batch, np.asarray(images)
 
 
@@ -216,8 +215,7 @@ def hand_steps(c, ds):
       steps.train_step, learning_rate_fn=lr,
       label_smoothing=c.label_smoothing,
       augment_fn=functools.partial(
-          augment.augment, mean=c.data.mean, std=c.data.std,
-          padding=c.data.crop_padding, flip=c.data.random_flip)))
+          augment.augment, mean=c.data.mean, std=c.data.std, data=c.data)))
 
   def step(state, k):
     batch, _ = hand_batch(c, ds, k)

@@ -4,6 +4,7 @@ import functools
 
 import jax
 from jax.sharding import PartitionSpec as P
+import ml_collections
 import numpy as np
 import pytest
 
@@ -69,7 +70,8 @@ def test_normalize_is_per_channel_in_pixel_units():
 def augment_batch(x, rng, axis_name=None):
   keys = augment.example_keys(rng, x.shape[0], axis_name)
   return augment.augment(x, keys, mean=(0., 0., 0.), std=(1., 1., 1.),
-                         padding=PAD, flip=True)
+                         data=ml_collections.ConfigDict(dict(
+                             crop_padding=PAD, random_flip=True)))
 
 
 def test_same_key_same_batch_and_other_keys_other_batches():

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from configs import default, smoke
-from resnet_jax import config_checks, datasets, experiment, parallel
+from resnet_jax import config_checks, datasets, defaults, experiment, parallel
+from resnet_jax import schedules
 
 CONFIG_NAMES = sorted(p.stem for p in (
     pathlib.Path(__file__).resolve().parents[1] / 'configs').glob('*.py')
@@ -98,13 +99,19 @@ _strings = st.one_of(
 
 def _values(field):
   """Values of every kind, and many near the field's default and choices."""
-  near = st.sampled_from(config_checks.CHOICES.get(field, ()) +
-                         (_get(default.get_config(), field),))
+  near = st.sampled_from(_choices(field) + (_get(default.get_config(), field),))
   return st.one_of(
       near, _numbers, _strings, st.booleans(), st.none(),
       st.lists(_numbers, max_size=4).map(tuple),
       st.lists(st.floats(0, 255), min_size=3, max_size=3).map(tuple),
       st.lists(st.floats(0, 1), max_size=3).map(lambda v: tuple(sorted(v))))
+
+
+def _choices(field):
+  if field == 'data.name':  # datasets.py's names.
+    return datasets.TFDS_DATASETS + (datasets.IMAGE_FOLDER,)
+  allowed = defaults.FIELDS[field][1]
+  return allowed if isinstance(allowed, tuple) else ()
 
 
 def _get(config, field):
@@ -124,11 +131,11 @@ def _smoke_with(field, value, schedule='paper'):
   return config
 
 
-_SCHEDULES = st.sampled_from(config_checks.CHOICES['schedule.name'])
+_SCHEDULES = st.sampled_from(schedules.SCHEDULES)
 
 
 # The range of every numeric field, as its refusal states it, written out here
-# and not read from config_checks.RANGES, so that a range widened or narrowed
+# and not read from defaults.FIELDS, so that a range widened or narrowed
 # there is caught: (low, high, low_open, high_open).
 _MAX_STEPS = 2**31 - 1
 DOCUMENTED_RANGES = {
@@ -251,24 +258,29 @@ def test_a_config_that_passes_builds_and_traces_or_names_the_field(field,
     _assert_refused_naming(e, field)
     return
   total = exp.total_steps
-  assert 1 <= total <= config_checks.MAX_STEPS
+  assert 1 <= total <= defaults.MAX_STEPS
   for step in (0, 1, total // 2, total - 1, total):
     rate = float(exp.learning_rate_fn(step))
     assert math.isfinite(rate) and rate >= 0, (step, rate)
   _trace(exp)
 
 
+# The fields that defaults.py gives a Range of numbers.
+RANGES = {f for f, (_, allowed) in defaults.FIELDS.items()
+          if isinstance(allowed, defaults.Range)}
+
+
 def test_every_numeric_field_has_a_range():
   # A new number in default.py needs its range here: finite is not enough.
-  defaults = default.get_config()
-  numeric = [f for f in FIELDS if isinstance(_get(defaults, f), (int, float))
-             and not isinstance(_get(defaults, f), bool)]
-  assert set(numeric) <= set(config_checks.RANGES), (
-      set(numeric) - set(config_checks.RANGES))
+  config = default.get_config()
+  numeric = [f for f in FIELDS if isinstance(_get(config, f), (int, float))
+             and not isinstance(_get(config, f), bool)]
+  assert set(numeric) <= RANGES, set(numeric) - RANGES
 
 
 def test_every_range_is_documented_here():
-  assert set(DOCUMENTED_RANGES) == set(config_checks.RANGES)
+  # The channels' ranges (data.mean, data.std) are tested with their values.
+  assert set(DOCUMENTED_RANGES) == RANGES - {'data.mean', 'data.std'}
 
 
 # In-range values that other fields rule out in the smoke config, replaced by

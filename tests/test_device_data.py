@@ -32,8 +32,10 @@ def _train(mode, dataset, on_device, num_steps=4):
       tx, (8, 8, 3)))
   step_fn = functools.partial(
       steps.train_step, learning_rate_fn=lambda step: 0.1,
-      augment_fn=functools.partial(augment.augment, mean=(120.,) * 3,
-                                   std=(60.,) * 3, padding=2, flip=True))
+      augment_fn=functools.partial(
+          augment.augment, mean=(120.,) * 3, std=(60.,) * 3,
+          data=ml_collections.ConfigDict(dict(crop_padding=2,
+                                              random_flip=True))))
   if on_device:
     data = (batching.place(dataset, dp),)
     train_step = dp.train_step(batching.gathering(step_fn), with_data=True)

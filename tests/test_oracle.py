@@ -378,7 +378,7 @@ def test_padding_is_black_pixels_normalised_like_the_image():
   image = np.random.default_rng(0).integers(1, 256, (1, 6, 6, 3), np.uint8)
   transform = jax.jit(lambda key: augment.augment(
       image, augment.example_keys(key, 1, None), mean=mean, std=std,
-      padding=2, flip=False))
+      data=ml_collections.ConfigDict(dict(crop_padding=2, random_flip=False))))
   seen = set()
   for i in range(40):
     out = np.asarray(transform(jax.random.key(i)))[0]

@@ -102,3 +102,19 @@ def test_a_release_predicts_without_the_training_side():
   predictions, imported = result.stdout.splitlines()[-2:]
   assert predictions.startswith('['), result.stdout
   assert imported == '[]', imported
+
+
+def test_only_augment_reads_the_augmentation_fields():
+  """A new augmentation touches augment.py and defaults.py: augment.py reads
+  its fields from config.data, handed over whole, and no other module names
+  them but config_checks.py (crop_padding's rule with the image side)."""
+  trees = _trees()
+  fields = {node.attr for node in ast.walk(trees['augment'])
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == 'data'}
+  assert {'crop_padding', 'random_flip'} <= fields, fields
+  readers = {name for name, tree in trees.items()
+             if name not in ('augment', 'config_checks') and any(
+                 isinstance(node, ast.Attribute) and node.attr in fields
+                 for node in ast.walk(tree))}
+  assert not readers, readers
