@@ -1,65 +1,23 @@
-"""Released models: making them (`release`; inference.release_path finds
-them, inference.load reads them).
+"""Released models: making them (`release`; experiments/release.py is the
+command line). release_format holds their files' format, and finds and
+reads them; inference.load loads them.
 
-A release (experiments/release.py is the command line; the shipped ones are
-package data, resnet_jax/pretrained/<name>/) is a directory of three files:
-
-- weights.safetensors: one run's {'params', 'batch_stats'} under flat names
-  ('params/stem_conv/kernel'), readable without this package (safetensors'
-  numpy, Flax or PyTorch loaders);
-- release.json: what they are: step, seed, class names, image shape, the
-  normalisation, the weights' size and sha256, the sha256 of config.json and
-  of its own fields that change a prediction ('sha256'), the recorded
-  accuracy and the CPU check that tests/test_pretrained.py repeats;
-- config.json: the run's config (num_runs=1), as in any workdir.
-
-The committed releases also keep a README.md for people, written by hand.
-inference.load reads a release as it reads a workdir, refusing any part that
-changes a prediction and is not as released. A release can be released again
-(`release` of a release: a new format, the current data fingerprint), keeping
-its step, seed and recorded accuracy.
+A release can be released again (`release` of a release: a new format, the
+current data fingerprint), keeping its step, seed and recorded accuracy.
 """
 
-import hashlib
 import json
 import os
 import shutil
 import uuid
 
 import jax
-import numpy as np
 
-from resnet_jax import config_checks
 from resnet_jax import datasets
 from resnet_jax import inference
+from resnet_jax import release_format
 from resnet_jax import report
 from resnet_jax import tools
-from resnet_jax import workdir as workdir_lib
-
-
-def _write_record(out: str, record: dict) -> None:
-  workdir_lib.write_file(os.path.join(out, inference.RELEASE_FILE),
-                         json.dumps(record, indent=2) + '\n')
-
-
-def _write_weights(out: str, variables: dict, record: dict) -> dict:
-  """Writes `variables` (one run, no run axis) and release.json into `out`;
-  returns `record` with the weights' file, size and sha256 added, and the
-  sha256 of config.json and of the prediction fields (inference.promises)."""
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
-  data = safetensors.numpy.save(inference.flatten_weights(
-      jax.tree.map(np.asarray, jax.device_get(variables))))
-  workdir_lib.write_file(os.path.join(out, inference.WEIGHTS_FILE), data)
-  record = record | {'weights': {
-      'file': inference.WEIGHTS_FILE, 'bytes': len(data),
-      'sha256': hashlib.sha256(data).hexdigest()}}
-  # Each part hashed on its own, so that a reader names the part changed:
-  # config.json by its bytes (any field of it), release.json's prediction
-  # fields by their canonical JSON (the rest of release.json, such as the
-  # CPU check, is a report, rewritten below).
-  record['sha256'] = inference.promises(out, record)
-  _write_record(out, record)
-  return record
 
 
 def _checked_out(out: str) -> tuple[str, str]:
@@ -116,9 +74,8 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
                         **loaded.recorded()[datasets.RECORDED]['normalization']})
   released_from = {'workdir': workdir, 'run': run, 'num_runs': num_runs,
                    'checkpoint': str(checkpoint), 'command': command}
-  if inference.is_release(workdir):  # Again: as first released.
-    earlier = workdir_lib.read_json(
-        os.path.join(workdir, inference.RELEASE_FILE))
+  if release_format.is_release(workdir):  # Again: as first released.
+    earlier = release_format.read_record(workdir)
     validation = earlier.get('validation')
     released_from = earlier.get('released_from', {}) | {
         'released_again': released_from}
@@ -162,13 +119,13 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
     partial = os.path.join(
         parent, f'.{os.path.basename(out)}.{uuid.uuid4().hex[:8]}.partial')
     os.mkdir(partial)
-    workdir_lib.write_json(os.path.join(partial, config_checks.CONFIG_FILE),
-                           json.loads(config.to_json_best_effort()))
     # Loadable first, for the check; then its record again, with the check.
-    record = _write_weights(partial, loaded.variables, record)
+    record = release_format.write(
+        partial, json.loads(config.to_json_best_effort()), loaded.variables,
+        record)
     record['cpu_check'] = (count_correct(partial, check_split) if check_split
                            else None)
-    _write_record(partial, record)
+    release_format.write_record(partial, record)
     os.replace(partial, out)  # `out` is absent or an empty directory.
     partial = created = None
     return record

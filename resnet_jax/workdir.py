@@ -18,6 +18,7 @@ import time
 from etils import epath
 
 from resnet_jax import datasets
+from resnet_jax import release_format
 from resnet_jax import tools
 
 # Written by the trainer into its workdir before anything else, every
@@ -116,7 +117,7 @@ def is_own_run(workdir: str) -> bool:
   if os.path.isfile(os.path.join(workdir, HOLDER_FILE)):
     return True
   join = lambda name: os.path.join(workdir, name)
-  return (not os.path.lexists(join('release.json')) and
+  return (not os.path.lexists(join(release_format.RECORD_FILE)) and
           _json_with(join('config.json'), _CONFIG_FIELDS) and
           (_json_with(join('summary.json'), SUMMARY_FIELDS) or
            os.path.isdir(join('checkpoints'))))
@@ -132,8 +133,8 @@ def check_owned(workdir: str) -> None:
   entries = sorted(os.listdir(workdir))
   if entries and not is_own_run(workdir):
     shown = ', '.join(entries[:5]) + (', ...' if entries[5:] else '')
-    what = ('a release, not a run' if 'release.json' in entries else
-            'not a run of this trainer')
+    what = ('a release, not a run' if release_format.RECORD_FILE in entries
+            else 'not a run of this trainer')
     raise ValueError(
         f'--workdir={workdir} is {what} (it holds {shown}): the trainer '
         'writes only into a new or empty directory or into its own run; '
