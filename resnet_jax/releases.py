@@ -16,8 +16,8 @@ import jax
 from resnet_jax import datasets
 from resnet_jax import inference
 from resnet_jax import release_format
-from resnet_jax import report
 from resnet_jax import tools
+from resnet_jax import workdir as workdir_lib
 
 
 def _checked_out(out: str) -> tuple[str, str]:
@@ -81,13 +81,7 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
         'released_again': released_from}
     data_note = data_note or earlier.get('data_note', '')
   else:
-    summary = report.read_summary(workdir)
-    figures = (summary['runs'][run] if summary.get('steps') == loaded.step
-               else {})
-    validation = ({'accuracy': figures['final_val_accuracy'],
-                   'loss': figures['final_val_loss'],
-                   'examples': summary['eval_examples']}
-                  if 'final_val_accuracy' in figures else None)
+    validation = workdir_lib.final_validation(workdir, run, loaded.step)
   train_data = loaded.train_data
   if check_split:  # The data is needed: its fingerprint as computed now.
     train_ds = datasets.load_split(config.data, config.data.train_split)
