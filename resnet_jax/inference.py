@@ -257,19 +257,23 @@ def _check_shapes(variables: dict, expected: dict, workdir: str) -> None:
 
 
 def load(workdir: str, checkpoint='latest', run: int = 0,
-         ensemble: bool = False, data_dir: str | None = None) -> Loaded:
+         ensemble: bool = False, data_dir: str | None = None,
+         config: ml_collections.ConfigDict | None = None) -> Loaded:
   """Loads a checkpoint of the runs in `workdir` (or a release) for inference.
 
   `checkpoint`: 'latest' (the newest that reads back intact), 'best' (by
   validation accuracy) or a step. `data_dir`: where the dataset is, if not
   where config.json says (read only for checkpoints older than the recorded
-  normalisation). Any failure is a one-line ValueError.
+  normalisation). `config`: config.json as config_checks.read_config read
+  and validated it, where the caller has (evaluate: to check the run and the
+  split before loading). Any failure is a one-line ValueError.
   """
   checkpoint = parse_checkpoint(checkpoint)
   # A release: one weights file, no checkpoints; its config.json is checked
   # against the release's record before it is read.
   released, stored = release_format.read(workdir) or (None, None)
-  config = config_checks.read_config(workdir, data_dir)
+  if config is None:
+    config = config_checks.read_config(workdir, data_dir)
   check_run(config, workdir, run, ensemble)
   if released is not None:
     if checkpoint not in (*CHECKPOINT_CHOICES, stored['step']):
