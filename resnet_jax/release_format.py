@@ -66,47 +66,70 @@ def path(name: str | os.PathLike) -> str:
                    f'another release with a slash (./{name})')
 
 
-def _field_sha256(value) -> str:
-  """sha256 of a JSON value written canonically (sorted keys, no spaces)."""
-  return hashlib.sha256(json.dumps(
-      value, sort_keys=True, separators=(',', ':')).encode()).hexdigest()
-
-
 def _promises(directory: str, record: dict) -> dict:
-  """What release.json's 'sha256' records: config.json's bytes and each of
-  PREDICTION_FIELDS (absent ones as None)."""
-  with open(os.path.join(directory, CONFIG_FILE), 'rb') as f:
-    config = hashlib.sha256(f.read()).hexdigest()
-  return {CONFIG_FILE: config} | {
-      name: _field_sha256(record.get(name)) for name in PREDICTION_FIELDS}
+  """What release.json's 'sha256' records: the sha256 of config.json's bytes
+  and of each of PREDICTION_FIELDS as canonical JSON (sorted keys, no
+  spaces; absent ones as None)."""
+  parts = {CONFIG_FILE: pathlib.Path(directory, CONFIG_FILE).read_bytes()} | {
+      name: json.dumps(record.get(name), sort_keys=True,
+                       separators=(',', ':')).encode()
+      for name in PREDICTION_FIELDS}
+  return {part: hashlib.sha256(data).hexdigest()
+          for part, data in parts.items()}
 
 
-def write_record(out: str, record: dict) -> None:
-  """Writes `record` as release.json into `out`, a new directory that the
-  caller renames into place when complete (releases.release)."""
+def _write_record(out: str, record: dict) -> None:
   pathlib.Path(out, RECORD_FILE).write_text(json.dumps(record, indent=2) + '\n')
 
 
-def write(out: str, config: dict, variables: dict, record: dict) -> dict:
-  """Writes config.json (`config`, a JSON object), the weights (`variables`:
-  one run, no run axis) and release.json into `out`; returns `record` with
-  the weights' file, size and sha256 added, and the sha256 of config.json
-  and of the prediction fields. OSError if a write fails."""
+def write(out: str, loaded, config, *, earlier: dict | None, data_note: str,
+          train_data: str | None, released_from: dict,
+          validation: dict | None) -> dict:
+  """Writes `loaded` (an inference.Loaded run) as a release into `out`, a new
+  directory that the caller renames into place when complete: config.json
+  (`config`), the run's weights and release.json; returns release.json's
+  record. Of a release (`earlier` its record), its data note, provenance and
+  accuracy are kept. OSError if a write fails."""
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
-  pathlib.Path(out, CONFIG_FILE).write_text(json.dumps(config, indent=2))
+  if earlier is not None:
+    validation = earlier.get('validation')
+    released_from = earlier.get('released_from', {}) | {
+        'released_again': released_from}
+    data_note = data_note or earlier.get('data_note', '')
+  pathlib.Path(out, CONFIG_FILE).write_text(json.dumps(
+      json.loads(config.to_json_best_effort()), indent=2))
   data = safetensors.numpy.save(
-      {'/'.join(str(k.key) for k in path): np.asarray(x) for path, x in
-       jax.tree_util.tree_leaves_with_path(jax.device_get(variables))})
+      {'/'.join(str(k.key) for k in keys): np.asarray(x) for keys, x in
+       jax.tree_util.tree_leaves_with_path(jax.device_get(loaded.variables))})
   pathlib.Path(out, WEIGHTS_FILE).write_bytes(data)
-  record = record | {'weights': {
-      'file': WEIGHTS_FILE, 'bytes': len(data),
-      'sha256': hashlib.sha256(data).hexdigest()}}
+  record = {
+      'model': f'resnet{config.model.depth}', 'dataset': config.data.name,
+      'data_note': data_note, 'step': loaded.step, 'seed': loaded.seed,
+      'released_from': released_from,
+      'class_names': loaded.class_names and list(loaded.class_names),
+      'image_shape': list(loaded.image_shape),
+      # What inference normalises with, as a checkpoint records it.
+      **loaded.recorded(),
+      'num_params': sum(x.size for x in jax.tree.leaves(
+          loaded.variables['params'])),
+      # The training data's fingerprint: readers refuse a changed folder.
+      'training': {'train_data': train_data},
+      'validation': validation,
+      'weights': {'file': WEIGHTS_FILE, 'bytes': len(data),
+                  'sha256': hashlib.sha256(data).hexdigest()}}
   # Each part hashed on its own, so that a reader names the part changed:
   # config.json by its bytes (any field of it), release.json's prediction
   # fields by their canonical JSON (the rest of release.json, such as the
-  # CPU check, is a report, rewritten by the caller).
+  # CPU check, is a report, written again by `write_check`).
   record['sha256'] = _promises(out, record)
-  write_record(out, record)
+  _write_record(out, record)
+  return record
+
+
+def write_check(out: str, record: dict, cpu_check: dict | None) -> dict:
+  """release.json again, with how many images of a split the written release
+  classifies correctly here (None for none)."""
+  _write_record(out, record := record | {'cpu_check': cpu_check})
   return record
 
 
@@ -162,7 +185,7 @@ def read(directory: str) -> tuple[dict, dict] | None:
                if os.path.exists(os.path.join(directory, name))]
     if weights:  # Trainers write no such file.
       raise ValueError(
-          f'{record_path} is missing: {directory} holds a release\'s '
+          f"{record_path} is missing: {directory} holds a release's "
           f'{weights[0]} without the record that checks it; take the '
           'release again')
     return None
@@ -177,8 +200,7 @@ def read(directory: str) -> tuple[dict, dict] | None:
     _check_promises(directory, record)
   weights_path = os.path.join(directory, name)
   try:
-    with open(weights_path, 'rb') as f:
-      data = f.read()
+    data = pathlib.Path(weights_path).read_bytes()
   except OSError as e:
     raise ValueError(f'cannot read the weights of the release {directory}: '
                      f'{e.strerror}: {weights_path}') from None
@@ -197,11 +219,11 @@ def read(directory: str) -> tuple[dict, dict] | None:
       node[leaf] = x
   else:
     variables = flax.serialization.msgpack_restore(data)
-  for path, x in jax.tree_util.tree_leaves_with_path(variables):
+  for keys, x in jax.tree_util.tree_leaves_with_path(variables):
     if not np.isfinite(x).all():
       raise ValueError(
           f'{weights_path} holds NaN or infinite values (in '
-          f'{jax.tree_util.keystr(path)}), though its sha256 is the one '
+          f'{jax.tree_util.keystr(keys)}), though its sha256 is the one '
           'recorded: the model that was released is broken')
   if isinstance(record.get('step'), bool) or not isinstance(
       record.get('step'), int):

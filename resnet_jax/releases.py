@@ -6,12 +6,9 @@ A release can be released again (`release` of a release: a new format, the
 current data fingerprint), keeping its step, seed and recorded accuracy.
 """
 
-import json
 import os
 import shutil
 import uuid
-
-import jax
 
 from resnet_jax import datasets
 from resnet_jax import inference
@@ -72,35 +69,16 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
   if config.data.normalization == 'measured':  # Needs no training data.
     config.data.update({'normalization': 'constants',
                         **loaded.recorded()[datasets.RECORDED]['normalization']})
-  released_from = {'workdir': workdir, 'run': run, 'num_runs': num_runs,
-                   'checkpoint': str(checkpoint), 'command': command}
-  if release_format.is_release(workdir):  # Again: as first released.
-    earlier = release_format.read_record(workdir)
-    validation = earlier.get('validation')
-    released_from = earlier.get('released_from', {}) | {
-        'released_again': released_from}
-    data_note = data_note or earlier.get('data_note', '')
-  else:
-    validation = workdir_lib.final_validation(workdir, run, loaded.step)
+  # Of a release, its record: released again as first released.
+  earlier = (release_format.read_record(workdir)
+             if release_format.is_release(workdir) else None)
+  validation = workdir_lib.final_validation(workdir, run, loaded.step)
   train_data = loaded.train_data
   if check_split:  # The data is needed: its fingerprint as computed now.
     train_ds = datasets.load_split(config.data, config.data.train_split)
     inference._check_train_data(  # pylint: disable=protected-access
         train_data, train_ds, 'The release would describe other data')
     train_data = train_ds.source
-  record = {
-      'model': f'resnet{config.model.depth}', 'dataset': config.data.name,
-      'data_note': data_note, 'step': loaded.step, 'seed': loaded.seed,
-      'released_from': released_from,
-      'class_names': loaded.class_names and list(loaded.class_names),
-      'image_shape': list(loaded.image_shape),
-      # What inference normalises with, as a checkpoint records it.
-      **loaded.recorded(),
-      'num_params': sum(x.size for x in jax.tree.leaves(
-          loaded.variables['params'])),
-      # The training data's fingerprint: readers refuse a changed folder.
-      'training': {'train_data': train_data},
-      'validation': validation}
   partial = None
   created = []  # Missing parents of `out`, made here.
   try:
@@ -115,11 +93,13 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
     os.mkdir(partial)
     # Loadable first, for the check; then its record again, with the check.
     record = release_format.write(
-        partial, json.loads(config.to_json_best_effort()), loaded.variables,
-        record)
-    record['cpu_check'] = (count_correct(partial, check_split) if check_split
-                           else None)
-    release_format.write_record(partial, record)
+        partial, loaded, config, earlier=earlier, data_note=data_note,
+        train_data=train_data, released_from={
+            'workdir': workdir, 'run': run, 'num_runs': num_runs,
+            'checkpoint': str(checkpoint), 'command': command},
+        validation=validation)
+    record = release_format.write_check(partial, record, count_correct(
+        partial, check_split) if check_split else None)
     os.replace(partial, out)  # `out` is absent or an empty directory.
     partial = created = None
     return record

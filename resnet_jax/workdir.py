@@ -176,10 +176,8 @@ def write_json(path, value) -> None:
 
 def summarize(exp, config_name: str, splits, results: dict, loop,
               start_step: int, clock) -> dict:
-  """summary.json, which the trainer writes when a run is done: what ran, on
-  what, and how well (every key it holds is written here). `results`: each
-  split's per-run figures; `loop`: train.LoopState; `clock`:
-  monitoring.Stopwatch."""
+  """summary.json, written when a run is done: what ran, on what, and how
+  well (`loop`: train.LoopState, `clock`: monitoring.Stopwatch)."""
   config = exp.config
   train_ds, eval_ds, test_ds = splits
   devices = exp.dp.devices
@@ -249,9 +247,8 @@ def read_summary(workdir) -> dict:
 
 
 def final_validation(workdir, run: int, step: int) -> dict | None:
-  """Run `run`'s final validation figures, as summary.json records them:
-  {'accuracy', 'loss', 'examples'}; None if the run has no summary.json,
-  no validation, or none at `step`."""
+  """Run `run`'s final validation figures {'accuracy', 'loss', 'examples'}
+  in summary.json; None without them, or if they are not of `step`."""
   summary = read_summary(workdir)
   figures = summary['runs'][run] if summary.get('steps') == step else {}
   return ({'accuracy': figures['final_val_accuracy'],
