@@ -10,6 +10,8 @@ import os
 import shutil
 import uuid
 
+import jax
+
 from resnet_jax import datasets
 from resnet_jax import inference
 from resnet_jax import release_format
