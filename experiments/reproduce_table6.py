@@ -141,7 +141,7 @@ def done_summary(root: str, depth: int, seeds: range, overrides: dict):
   done.
   """
   path = epath.Path(workdir(root, depth, seeds))  # Also gs://.
-  summary, config = path / 'summary.json', path / 'config.json'
+  summary, config = path / workdir_lib.SUMMARY_FILE, path / 'config.json'
   if not (summary.exists() and config.exists()):
     return None  # Not started, or training.
   recipe = lambda c: {k: v for k, v in tools.flatten(c).items()

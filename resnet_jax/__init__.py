@@ -28,5 +28,6 @@ def pretrained(name='resnet20'):
   images (N, H, W, C); `class_names`, `config` and `step` say what it is.
   """
   # Imported here: `import resnet_jax` stays free of JAX's start-up.
-  from resnet_jax import inference  # pylint: disable=g-import-not-at-top
-  return inference.load(inference.release_path(name))
+  # pylint: disable=g-import-not-at-top
+  from resnet_jax import inference, release_format
+  return inference.load(release_format.path(name))

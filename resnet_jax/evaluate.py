@@ -84,7 +84,7 @@ def run(workdir: str, split: str = 'test', checkpoint='latest',
   if not os.access(workdir, os.W_OK | os.X_OK):
     raise ValueError(f'cannot write the results into {workdir}: not writable')
   loaded = inference.load(workdir, checkpoint, run=run, ensemble=ensemble,
-                          data_dir=data_dir)
+                          config=config)  # Read and validated once, above.
   ds, summary, logits, trained_on = inference.evaluate_split(loaded,
                                                             tfds_split, tta)
   class_names = loaded.class_names or ds.class_names

@@ -9,13 +9,9 @@ training. Loading writes nothing, so a run can be inspected while it trains.
 
 import dataclasses
 import functools
-import hashlib
-import json
 import os
-import pathlib
 
 from absl import flags
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,22 +20,12 @@ import numpy as np
 from resnet_jax import classifier
 from resnet_jax import config_checks
 from resnet_jax import datasets
+from resnet_jax import release_format
 from resnet_jax import report
 from resnet_jax import runs
 from resnet_jax import tools
 
-# A release (releases.py) holds one run's variables as safetensors, flat
-# names ('params/stem_conv/kernel'), and a record of them beside its
-# config.json. Releases made before hold Flax msgpack (still read).
-RELEASE_FILE = 'release.json'
-WEIGHTS_FILE = 'weights.safetensors'
-MSGPACK_WEIGHTS_FILE = 'weights.msgpack'
-# release.json's fields that change what a release predicts; with config.json
-# and the weights, each is checked against the sha256 release.json records.
-PREDICTION_FIELDS = ('class_names', 'image_shape', 'recorded')
 CHECKPOINT_CHOICES = ('latest', 'best')
-# The shipped releases: package data, so that an installed package has them.
-PRETRAINED = pathlib.Path(__file__).resolve().parent / 'pretrained'
 SPLIT_ALIASES = {'validation': 'eval_split', 'test': 'test_split'}
 
 
@@ -258,149 +244,6 @@ def check_run(config, workdir: str, run: int, ensemble: bool) -> None:
         f'runs, 0..{config.num_runs - 1}')
 
 
-def is_release(workdir: str) -> bool:
-  return os.path.isfile(os.path.join(workdir, RELEASE_FILE))
-
-
-def release_path(name: str | os.PathLike) -> str:
-  """A release's directory: a shipped release's name ('resnet20'), or a
-  release's path (a path object, or a string with a slash: './resnet20').
-
-  A name never means a directory of the working directory, so that a folder
-  called resnet20 there cannot stand in for the shipped release.
-  """
-  if isinstance(name, os.PathLike) or '/' in name or os.sep in name or (
-      name in ('.', '..', '~')):
-    directory = tools.expand_path(os.fspath(name))
-    if not is_release(directory):
-      raise ValueError(f'{directory} is not a release: it has no '
-                       f'{RELEASE_FILE}')
-    return directory
-  shipped = sorted(p.parent.name for p in PRETRAINED.glob(f'*/{RELEASE_FILE}'))
-  if name in shipped:
-    return str(PRETRAINED / name)
-  raise ValueError(f'no release {name!r}: the shipped releases are '
-                   f'{", ".join(shipped) or "none"}; give the path of '
-                   f'another release with a slash (./{name})')
-
-
-def field_sha256(value) -> str:
-  """sha256 of a JSON value written canonically (sorted keys, no spaces)."""
-  return hashlib.sha256(json.dumps(
-      value, sort_keys=True, separators=(',', ':')).encode()).hexdigest()
-
-
-def file_sha256(path: str) -> str:
-  with open(path, 'rb') as f:
-    return hashlib.sha256(f.read()).hexdigest()
-
-
-def promises(workdir: str, record: dict) -> dict:
-  """What release.json's 'sha256' records: config.json's bytes and each of
-  PREDICTION_FIELDS (absent ones as None)."""
-  config = config_checks.CONFIG_FILE
-  return {config: file_sha256(os.path.join(workdir, config))} | {
-      name: field_sha256(record.get(name)) for name in PREDICTION_FIELDS}
-
-
-def flatten_weights(variables: dict) -> dict[str, np.ndarray]:
-  """{'params': {'head': {'bias': x}}} -> {'params/head/bias': x}."""
-  return {'/'.join(str(k.key) for k in path): np.asarray(x)
-          for path, x in jax.tree_util.tree_leaves_with_path(variables)}
-
-
-def _unflatten_weights(flat: dict[str, np.ndarray]) -> dict:
-  tree = {}
-  for name, x in flat.items():
-    *parents, leaf = name.split('/')
-    node = tree
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = x
-  return tree
-
-
-def _check_promises(workdir: str, record: dict) -> None:
-  """Raises ValueError naming the first part of the release (config.json or
-  a prediction field of release.json) that is not as released."""
-  recorded = record.get('sha256')
-  if not isinstance(recorded, dict):
-    raise ValueError(
-        f'{os.path.join(workdir, RELEASE_FILE)} records no sha256 of its '
-        f'config and prediction fields: it was changed; take the release '
-        'again')
-  try:
-    found = promises(workdir, record)
-  except OSError as e:
-    raise ValueError(f'cannot read {e.filename}: {e.strerror}') from None
-  for part, sha256 in found.items():
-    if recorded.get(part) == sha256:
-      continue
-    if part == config_checks.CONFIG_FILE:
-      what = f'{os.path.join(workdir, part)} changed'
-    elif part not in record:
-      what = f'{RELEASE_FILE} of {workdir} lost its {part!r}'
-    else:
-      what = f'the {part!r} of {os.path.join(workdir, RELEASE_FILE)} changed'
-    raise ValueError(f'{what} since the release (its sha256 is not the one '
-                     f'{RELEASE_FILE} records): it would change the '
-                     'predictions; take the release again')
-
-
-def _read_release(workdir: str) -> tuple[dict, dict]:
-  """(variables with a run axis of size 1, release.json's record), all that
-  changes a prediction checked against the sha256s the record holds."""
-  record_path = os.path.join(workdir, RELEASE_FILE)
-  try:
-    with open(record_path) as f:
-      record = json.load(f)
-    weights = record['weights']
-    expected, name = weights['sha256'], weights['file']
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'{record_path} is not a release record: '
-                     f'{tools.one_line(e, named=True)}') from None
-  if name not in (WEIGHTS_FILE, MSGPACK_WEIGHTS_FILE):
-    raise ValueError(f'{record_path} names weights {name!r}, not '
-                     f'{WEIGHTS_FILE}: it was changed; take the release again')
-  # Releases before safetensors recorded the weights' sha256 only; each part
-  # they did not promise is checked where it is recorded.
-  if name == WEIGHTS_FILE or 'sha256' in record:
-    _check_promises(workdir, record)
-  weights_path = os.path.join(workdir, name)
-  try:
-    with open(weights_path, 'rb') as f:
-      data = f.read()
-  except OSError as e:
-    raise ValueError(f'cannot read the weights of the release {workdir}: '
-                     f'{e.strerror}: {weights_path}') from None
-  if (sha256 := hashlib.sha256(data).hexdigest()) != expected:
-    raise ValueError(f'{weights_path} has sha256 {sha256}, not the '
-                     f'{expected} that {RELEASE_FILE} records: the weights '
-                     'were changed or damaged; take the release again')
-  if name == WEIGHTS_FILE:
-    import safetensors.numpy  # pylint: disable=g-import-not-at-top
-    variables = _unflatten_weights(safetensors.numpy.load(data))
-  else:
-    variables = flax.serialization.msgpack_restore(data)
-  for path, x in jax.tree_util.tree_leaves_with_path(variables):
-    if not np.isfinite(x).all():
-      raise ValueError(
-          f'{weights_path} holds NaN or infinite values (in '
-          f'{jax.tree_util.keystr(path)}), though its sha256 is the one '
-          'recorded: the model that was released is broken')
-  if isinstance(record.get('step'), bool) or not isinstance(
-      record.get('step'), int):
-    raise ValueError(f'{record_path} has no step (it has '
-                     f'{record.get("step")!r}); take the release again')
-  image_shape = record.get('image_shape')
-  if (not isinstance(image_shape, list) or len(image_shape) != 3 or
-      not all(isinstance(n, int) and n > 0 for n in image_shape)):
-    raise ValueError(f'{record_path} has no image_shape [height, width, '
-                     f'channels] (it has {image_shape!r}); take the release '
-                     'again')
-  return jax.tree.map(lambda x: np.asarray(x)[None], variables), record
-
-
 def _check_shapes(variables: dict, expected: dict, workdir: str) -> None:
   """Raises ValueError unless `variables` has `expected`'s tree and shapes."""
   def shapes(tree):
@@ -414,27 +257,23 @@ def _check_shapes(variables: dict, expected: dict, workdir: str) -> None:
 
 
 def load(workdir: str, checkpoint='latest', run: int = 0,
-         ensemble: bool = False, data_dir: str | None = None) -> Loaded:
+         ensemble: bool = False, data_dir: str | None = None,
+         config: ml_collections.ConfigDict | None = None) -> Loaded:
   """Loads a checkpoint of the runs in `workdir` (or a release) for inference.
 
   `checkpoint`: 'latest' (the newest that reads back intact), 'best' (by
   validation accuracy) or a step. `data_dir`: where the dataset is, if not
   where config.json says (read only for checkpoints older than the recorded
-  normalisation). Any failure is a one-line ValueError.
+  normalisation). `config`: config.json as config_checks.read_config read
+  and validated it, where the caller has (evaluate: to check the run and the
+  split before loading). Any failure is a one-line ValueError.
   """
   checkpoint = parse_checkpoint(checkpoint)
   # A release: one weights file, no checkpoints; its config.json is checked
   # against the release's record before it is read.
-  released, stored = (_read_release(workdir) if is_release(workdir)
-                      else (None, None))
-  weights = [name for name in (WEIGHTS_FILE, MSGPACK_WEIGHTS_FILE)
-             if os.path.exists(os.path.join(workdir, name))]
-  if released is None and weights:  # Trainers write no such file.
-    raise ValueError(
-        f'{os.path.join(workdir, RELEASE_FILE)} is missing: {workdir} holds '
-        f"a release's {weights[0]} without the record that checks it; take "
-        'the release again')
-  config = config_checks.read_config(workdir, data_dir)
+  released, stored = release_format.read(workdir) or (None, None)
+  if config is None:
+    config = config_checks.read_config(workdir, data_dir)
   check_run(config, workdir, run, ensemble)
   if released is not None:
     if checkpoint not in (*CHECKPOINT_CHOICES, stored['step']):
@@ -468,8 +307,9 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
   if released is not None:  # The model alone: no optimizer, no schedule.
     net = classifier.build(config, image_shape, train_ds=train_ds,
                            normalization=normalization)
-    variables, step = released, stored['step']
-    _check_shapes(runs.take(variables, 0), net.variable_shapes(), workdir)
+    _check_shapes(released, net.variable_shapes(), workdir)
+    variables = jax.tree.map(lambda x: np.asarray(x)[None], released)
+    step = stored['step']
   else:
     net = experiment.build(
         config, dp=parallel.DataParallel('jit'), train_ds=train_ds,

@@ -1,65 +1,22 @@
-"""Released models: making them (`release`; inference.release_path finds
-them, inference.load reads them).
+"""Released models: making them (`release`; experiments/release.py is the
+command line). release_format holds their files' format, and finds and
+reads them; inference.load loads them.
 
-A release (experiments/release.py is the command line; the shipped ones are
-package data, resnet_jax/pretrained/<name>/) is a directory of three files:
-
-- weights.safetensors: one run's {'params', 'batch_stats'} under flat names
-  ('params/stem_conv/kernel'), readable without this package (safetensors'
-  numpy, Flax or PyTorch loaders);
-- release.json: what they are: step, seed, class names, image shape, the
-  normalisation, the weights' size and sha256, the sha256 of config.json and
-  of its own fields that change a prediction ('sha256'), the recorded
-  accuracy and the CPU check that tests/test_pretrained.py repeats;
-- config.json: the run's config (num_runs=1), as in any workdir.
-
-The committed releases also keep a README.md for people, written by hand.
-inference.load reads a release as it reads a workdir, refusing any part that
-changes a prediction and is not as released. A release can be released again
-(`release` of a release: a new format, the current data fingerprint), keeping
-its step, seed and recorded accuracy.
+A release can be released again (`release` of a release: a new format, the
+current data fingerprint), keeping its step, seed and recorded accuracy.
 """
 
-import hashlib
-import json
 import os
 import shutil
 import uuid
 
 import jax
-import numpy as np
 
-from resnet_jax import config_checks
 from resnet_jax import datasets
 from resnet_jax import inference
-from resnet_jax import report
+from resnet_jax import release_format
 from resnet_jax import tools
 from resnet_jax import workdir as workdir_lib
-
-
-def _write_record(out: str, record: dict) -> None:
-  workdir_lib.write_file(os.path.join(out, inference.RELEASE_FILE),
-                         json.dumps(record, indent=2) + '\n')
-
-
-def _write_weights(out: str, variables: dict, record: dict) -> dict:
-  """Writes `variables` (one run, no run axis) and release.json into `out`;
-  returns `record` with the weights' file, size and sha256 added, and the
-  sha256 of config.json and of the prediction fields (inference.promises)."""
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
-  data = safetensors.numpy.save(inference.flatten_weights(
-      jax.tree.map(np.asarray, jax.device_get(variables))))
-  workdir_lib.write_file(os.path.join(out, inference.WEIGHTS_FILE), data)
-  record = record | {'weights': {
-      'file': inference.WEIGHTS_FILE, 'bytes': len(data),
-      'sha256': hashlib.sha256(data).hexdigest()}}
-  # Each part hashed on its own, so that a reader names the part changed:
-  # config.json by its bytes (any field of it), release.json's prediction
-  # fields by their canonical JSON (the rest of release.json, such as the
-  # CPU check, is a report, rewritten below).
-  record['sha256'] = inference.promises(out, record)
-  _write_record(out, record)
-  return record
 
 
 def _checked_out(out: str) -> tuple[str, str]:
@@ -114,42 +71,16 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
   if config.data.normalization == 'measured':  # Needs no training data.
     config.data.update({'normalization': 'constants',
                         **loaded.recorded()[datasets.RECORDED]['normalization']})
-  released_from = {'workdir': workdir, 'run': run, 'num_runs': num_runs,
-                   'checkpoint': str(checkpoint), 'command': command}
-  if inference.is_release(workdir):  # Again: as first released.
-    earlier = workdir_lib.read_json(
-        os.path.join(workdir, inference.RELEASE_FILE))
-    validation = earlier.get('validation')
-    released_from = earlier.get('released_from', {}) | {
-        'released_again': released_from}
-    data_note = data_note or earlier.get('data_note', '')
-  else:
-    summary = report.read_summary(workdir)
-    figures = (summary['runs'][run] if summary.get('steps') == loaded.step
-               else {})
-    validation = ({'accuracy': figures['final_val_accuracy'],
-                   'loss': figures['final_val_loss'],
-                   'examples': summary['eval_examples']}
-                  if 'final_val_accuracy' in figures else None)
+  # Of a release, its record: released again as first released.
+  earlier = (release_format.read_record(workdir)
+             if release_format.is_release(workdir) else None)
+  validation = workdir_lib.final_validation(workdir, run, loaded.step)
   train_data = loaded.train_data
   if check_split:  # The data is needed: its fingerprint as computed now.
     train_ds = datasets.load_split(config.data, config.data.train_split)
     inference._check_train_data(  # pylint: disable=protected-access
         train_data, train_ds, 'The release would describe other data')
     train_data = train_ds.source
-  record = {
-      'model': f'resnet{config.model.depth}', 'dataset': config.data.name,
-      'data_note': data_note, 'step': loaded.step, 'seed': loaded.seed,
-      'released_from': released_from,
-      'class_names': loaded.class_names and list(loaded.class_names),
-      'image_shape': list(loaded.image_shape),
-      # What inference normalises with, as a checkpoint records it.
-      **loaded.recorded(),
-      'num_params': sum(x.size for x in jax.tree.leaves(
-          loaded.variables['params'])),
-      # The training data's fingerprint: readers refuse a changed folder.
-      'training': {'train_data': train_data},
-      'validation': validation}
   partial = None
   created = []  # Missing parents of `out`, made here.
   try:
@@ -162,13 +93,15 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
     partial = os.path.join(
         parent, f'.{os.path.basename(out)}.{uuid.uuid4().hex[:8]}.partial')
     os.mkdir(partial)
-    workdir_lib.write_json(os.path.join(partial, config_checks.CONFIG_FILE),
-                           json.loads(config.to_json_best_effort()))
     # Loadable first, for the check; then its record again, with the check.
-    record = _write_weights(partial, loaded.variables, record)
-    record['cpu_check'] = (count_correct(partial, check_split) if check_split
-                           else None)
-    _write_record(partial, record)
+    record = release_format.write(
+        partial, loaded, config, earlier=earlier, data_note=data_note,
+        train_data=train_data, released_from={
+            'workdir': workdir, 'run': run, 'num_runs': num_runs,
+            'checkpoint': str(checkpoint), 'command': command},
+        validation=validation)
+    record = release_format.write_check(partial, record, count_correct(
+        partial, check_split) if check_split else None)
     os.replace(partial, out)  # `out` is absent or an empty directory.
     partial = created = None
     return record

@@ -394,15 +394,6 @@ def write_curves(workdir: str) -> str:
                     title=_title(workdir), runs=_runs(workdir))
 
 
-def read_summary(workdir) -> dict:
-  """The workdir's summary.json (train.py's; gs:// too), {} while training or
-  if it is not one."""
-  try:
-    return workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
-  except ValueError:
-    return {}
-
-
 def _schedule(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
   """(steps 1..T, the learning rate of each) from the run's config.
 
@@ -414,7 +405,7 @@ def _schedule(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
   import jax  # pylint: disable=g-import-not-at-top
   try:
     config = config_checks.read_config(workdir)
-    total_steps = read_summary(workdir).get('steps') or (
+    total_steps = workdir_lib.read_summary(workdir).get('steps') or (
         config.num_train_steps if config.num_epochs <= 0 else None)
     if not isinstance(total_steps, int) or total_steps <= 0:
       return None
@@ -451,7 +442,7 @@ def _length(summary: dict) -> str | None:
 def _title(workdir: str) -> str:
   """The workdir's name, and what ran there when summary.json says."""
   title = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
-  summary = read_summary(workdir)  # {} while still training.
+  summary = workdir_lib.read_summary(workdir)  # {} while still training.
   details = [summary.get('config'), summary.get('dataset'), _length(summary)]
   details = ', '.join(str(d) for d in details if d)
   return f'{title}: {details}' if details else title

@@ -145,63 +145,6 @@ def _save(checkpointer, exp, step, state, loop, val_accuracy=None,
                     val_accuracy=val_accuracy, replace=replace)
 
 
-def summarize(exp, config_name: str, splits, results: dict, loop: LoopState,
-              start_step: int, clock: monitoring.Stopwatch) -> dict:
-  """summary.json: what ran, on what, and how well."""
-  config = exp.config
-  train_ds, eval_ds, test_ds = splits
-  devices = exp.dp.devices
-  summary = {
-      'config': config_name,
-      'dataset': config.data.name,
-      'steps': exp.total_steps,
-      'epochs': exp.total_steps / exp.steps_per_epoch,
-      'batch_size': config.batch_size,
-      'train_examples': train_ds.num_examples,
-  }
-  per_run = [{'seed': seed} for seed in runs.seeds(config)]
-  # Each figure per run; the summary's own is the runs' mean, with their
-  # sample standard deviation beside it when there are several.
-  figures = []
-  if eval_ds:
-    summary['eval_examples'] = eval_ds.num_examples
-    figures += [('final_val_accuracy', 'val', 'accuracy'),
-                ('final_val_loss', 'val', 'loss')]
-  if test_ds:
-    summary['test_examples'] = test_ds.num_examples
-    figures += [('test_accuracy', 'test', 'accuracy'),
-                ('test_loss', 'test', 'loss')]
-  for name, split, metric in figures:
-    values = [run[metric] for run in results[split]]
-    for run, value in zip(per_run, values):
-      run[name] = value
-    summary[name] = float(np.mean(values))
-    if len(values) > 1:
-      summary[f'{name}_std'] = float(np.std(values, ddof=1))
-  if eval_ds and loop.best_step is not None:
-    summary |= {'best_val_accuracy': loop.best_accuracy,
-                'best_val_step': loop.best_step}
-  # All runs together; training alone: compilation, evaluation and saving
-  # excluded.
-  images_per_second = clock.images_per_second(
-      exp.total_steps, config.batch_size * exp.num_runs)
-  return summary | {
-      'num_runs': exp.num_runs,
-      'runs': per_run,
-      'steps_per_call': config.steps_per_call,
-      'steps_this_run': exp.total_steps - start_step,
-      'wall_seconds': round(clock.wall_seconds, 2),
-      'total_wall_seconds': round(clock.total_wall_seconds, 2),
-      'train_images_per_second': images_per_second and round(
-          images_per_second, 1),
-      'devices': len(devices),
-      'process_count': jax.process_count(),
-      'platform': devices[0].platform,
-      'device_kind': devices[0].device_kind,
-      'jax_version': jax.__version__,
-  }
-
-
 def train_and_evaluate(config, workdir: str, config_name: str = '',
                        stop_at_step: int | None = None,
                        set_up_process: bool = False) -> dict | None:
@@ -404,10 +347,10 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
         writer.write_scalars(total_steps, [
             {'test_loss': run['loss'], 'test_accuracy': run['accuracy']}
             for run in results['test']])
-    summary = summarize(exp, config_name, splits, results, loop, start_step,
-                        clock)
+    summary = workdir_lib.summarize(exp, config_name, splits, results, loop,
+                                    start_step, clock)
     if jax.process_index() == 0:
-      workdir_lib.write_json(workdir_path / 'summary.json', summary)
+      workdir_lib.write_summary(workdir_path, summary)
       writer.flush()
     logging.info('Summary: %s', json.dumps(summary))
     return summary

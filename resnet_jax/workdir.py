@@ -1,4 +1,6 @@
-"""The run's directory: checked before use, held by one trainer at a time.
+"""The run's directory: checked before use, held by one trainer at a time;
+its summary.json, the one home of that file's keys (`summarize` writes every
+one, `read_summary` and `final_validation` read them back).
 
 The trainer writes only into a new or empty directory or into its own run
 (`check_owned`), as git will not overwrite files it does not track.
@@ -16,16 +18,21 @@ import socket
 import time
 
 from etils import epath
+import jax
+import numpy as np
 
 from resnet_jax import datasets
+from resnet_jax import release_format
+from resnet_jax import runs
 from resnet_jax import tools
 
 # Written by the trainer into its workdir before anything else, every
 # session (since round two of the reliability work): it marks the directory
 # as a run of this trainer (`check_owned`), and names the lock's holder.
 HOLDER_FILE = '.trainer'
+SUMMARY_FILE = 'summary.json'  # `summarize`'s, once a run is done.
 # The files the trainer writes into the workdir besides its folders.
-WRITTEN_FILES = ('config.json', 'summary.json', HOLDER_FILE)
+WRITTEN_FILES = ('config.json', SUMMARY_FILE, HOLDER_FILE)
 # Fields that every version of the trainer wrote into config.json and
 # summary.json: how a run older than HOLDER_FILE is recognised.
 _CONFIG_FIELDS = ('seed', 'model', 'optimizer', 'schedule', 'batch_size')
@@ -116,9 +123,9 @@ def is_own_run(workdir: str) -> bool:
   if os.path.isfile(os.path.join(workdir, HOLDER_FILE)):
     return True
   join = lambda name: os.path.join(workdir, name)
-  return (not os.path.lexists(join('release.json')) and
+  return (not os.path.lexists(join(release_format.RECORD_FILE)) and
           _json_with(join('config.json'), _CONFIG_FIELDS) and
-          (_json_with(join('summary.json'), SUMMARY_FIELDS) or
+          (_json_with(join(SUMMARY_FILE), SUMMARY_FIELDS) or
            os.path.isdir(join('checkpoints'))))
 
 
@@ -132,8 +139,8 @@ def check_owned(workdir: str) -> None:
   entries = sorted(os.listdir(workdir))
   if entries and not is_own_run(workdir):
     shown = ', '.join(entries[:5]) + (', ...' if entries[5:] else '')
-    what = ('a release, not a run' if 'release.json' in entries else
-            'not a run of this trainer')
+    what = ('a release, not a run' if release_format.RECORD_FILE in entries
+            else 'not a run of this trainer')
     raise ValueError(
         f'--workdir={workdir} is {what} (it holds {shown}): the trainer '
         'writes only into a new or empty directory or into its own run; '
@@ -165,6 +172,89 @@ def write_file(path, data: bytes | str) -> None:
 def write_json(path, value) -> None:
   """Writes `value` as JSON whole (`write_file`): never half a file."""
   write_file(path, json.dumps(value, indent=2))
+
+
+def summarize(exp, config_name: str, splits, results: dict, loop,
+              start_step: int, clock) -> dict:
+  """summary.json, written when a run is done: what ran, on what, and how
+  well (`loop`: train.LoopState, `clock`: monitoring.Stopwatch)."""
+  config = exp.config
+  train_ds, eval_ds, test_ds = splits
+  devices = exp.dp.devices
+  summary = {
+      'config': config_name,
+      'dataset': config.data.name,
+      'steps': exp.total_steps,
+      'epochs': exp.total_steps / exp.steps_per_epoch,
+      'batch_size': config.batch_size,
+      'train_examples': train_ds.num_examples,
+  }
+  per_run = [{'seed': seed} for seed in runs.seeds(config)]
+  # Each figure per run; the summary's own is the runs' mean, with their
+  # sample standard deviation beside it when there are several.
+  figures = []
+  if eval_ds:
+    summary['eval_examples'] = eval_ds.num_examples
+    figures += [('final_val_accuracy', 'val', 'accuracy'),
+                ('final_val_loss', 'val', 'loss')]
+  if test_ds:
+    summary['test_examples'] = test_ds.num_examples
+    figures += [('test_accuracy', 'test', 'accuracy'),
+                ('test_loss', 'test', 'loss')]
+  for name, split, metric in figures:
+    values = [run[metric] for run in results[split]]
+    for run, value in zip(per_run, values):
+      run[name] = value
+    summary[name] = float(np.mean(values))
+    if len(values) > 1:
+      summary[f'{name}_std'] = float(np.std(values, ddof=1))
+  if eval_ds and loop.best_step is not None:
+    summary |= {'best_val_accuracy': loop.best_accuracy,
+                'best_val_step': loop.best_step}
+  # All runs together; training alone: compilation, evaluation and saving
+  # excluded.
+  images_per_second = clock.images_per_second(
+      exp.total_steps, config.batch_size * exp.num_runs)
+  return summary | {
+      'num_runs': exp.num_runs,
+      'runs': per_run,
+      'steps_per_call': config.steps_per_call,
+      'steps_this_run': exp.total_steps - start_step,
+      'wall_seconds': round(clock.wall_seconds, 2),
+      'total_wall_seconds': round(clock.total_wall_seconds, 2),
+      'train_images_per_second': images_per_second and round(
+          images_per_second, 1),
+      'devices': len(devices),
+      'process_count': jax.process_count(),
+      'platform': devices[0].platform,
+      'device_kind': devices[0].device_kind,
+      'jax_version': jax.__version__,
+  }
+
+
+def write_summary(workdir, summary: dict) -> None:
+  """Writes `summary` (`summarize`'s) as the workdir's summary.json."""
+  write_json(epath.Path(workdir) / SUMMARY_FILE, summary)
+
+
+def read_summary(workdir) -> dict:
+  """The workdir's summary.json (gs:// too); {} while the run trains or if
+  it is not one."""
+  try:
+    return read_json(os.path.join(workdir, SUMMARY_FILE))
+  except ValueError:
+    return {}
+
+
+def final_validation(workdir, run: int, step: int) -> dict | None:
+  """Run `run`'s final validation figures {'accuracy', 'loss', 'examples'}
+  in summary.json; None without them, or if they are not of `step`."""
+  summary = read_summary(workdir)
+  figures = summary['runs'][run] if summary.get('steps') == step else {}
+  return ({'accuracy': figures['final_val_accuracy'],
+           'loss': figures['final_val_loss'],
+           'examples': summary['eval_examples']}
+          if 'final_val_accuracy' in figures else None)
 
 
 class Lock:

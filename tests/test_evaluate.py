@@ -170,6 +170,23 @@ def test_a_release_evaluates_the_test_folder_of_an_image_folder(tmp_path):
   assert json.loads((release / 'eval_test.json').read_text()) == result
 
 
+def test_evaluate_validates_the_config_once(tmp_path, monkeypatch):
+  """evaluate reads config.json (to check the run and split before loading)
+  and hands it to inference.load: validated once, not again inside load."""
+  release = shutil.copytree(REPO / 'resnet_jax' / 'pretrained' / 'resnet20',
+                            tmp_path / 'release')
+  write_noise_images(tmp_path / 'images' / 'test',
+                     datasets.CIFAR10_CLASS_NAMES, 1)
+  validated = []
+  validate = config_checks.validate
+  monkeypatch.setattr(config_checks, 'validate',
+                      lambda config: validated.append(validate(config)))
+  result = evaluate.run(str(release), split='test', num_misclassified=0,
+                        data_dir=str(tmp_path / 'images'))
+  assert result['num_examples'] == 10
+  assert len(validated) == 1
+
+
 # ----------------------------------------------------------------------------
 # A real (smoke) run.
 

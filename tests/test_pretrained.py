@@ -25,11 +25,11 @@ import pytest
 
 import jpeg_copy
 import resnet_jax
-from resnet_jax import inference
+from resnet_jax import release_format
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RELEASES = sorted(p.parent for p in inference.PRETRAINED.glob(
-    f'*/{inference.RELEASE_FILE}'))
+RELEASES = sorted(p.parent for p in release_format.PRETRAINED.glob(
+    f'*/{release_format.RECORD_FILE}'))
 
 
 def test_the_readme_shows_each_releases_recorded_figures():
@@ -41,7 +41,7 @@ def test_the_readme_shows_each_releases_recorded_figures():
       'resnet20', 'resnet56'}
   for name, accuracy, params in shown:
     record = json.loads(
-        (inference.PRETRAINED / name / inference.RELEASE_FILE).read_text())
+        (release_format.PRETRAINED / name / release_format.RECORD_FILE).read_text())
     assert float(accuracy) == round(100 * record['validation']['accuracy'], 2)
     assert int(params.replace(',', '')) == record['num_params']
 
@@ -87,8 +87,8 @@ def test_a_name_means_a_shipped_release_and_a_path_any(tmp_path,
                                                         monkeypatch):
   # A decoy in the working directory: resnet20 as released, but its
   # record says step 1 (and a config.json edit would change nothing here).
-  shutil.copytree(inference.PRETRAINED / 'resnet20', tmp_path / 'resnet20')
-  record_path = tmp_path / 'resnet20' / inference.RELEASE_FILE
+  shutil.copytree(release_format.PRETRAINED / 'resnet20', tmp_path / 'resnet20')
+  record_path = tmp_path / 'resnet20' / release_format.RECORD_FILE
   record = json.loads(record_path.read_text())
   record_path.write_text(json.dumps(record | {'step': 1}))
   monkeypatch.chdir(tmp_path)

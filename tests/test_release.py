@@ -5,6 +5,7 @@ import errno
 import hashlib
 import json
 import os
+import pathlib
 import re
 import shutil
 
@@ -15,6 +16,7 @@ from safetensors import numpy as safetensors_numpy
 from cli import run_module
 from resnet_jax import evaluate
 from resnet_jax import inference
+from resnet_jax import release_format
 from resnet_jax import releases
 
 
@@ -157,13 +159,13 @@ def test_no_release_into_a_full_dir_of_no_run_or_of_no_checkpoint(
 def fixture_again(tmp_path_factory):
   """The shipped ResNet-20 released again (no data here: no CPU check)."""
   out = tmp_path_factory.mktemp('again') / 'resnet20'
-  releases.release(str(inference.PRETRAINED / 'resnet20'), str(out),
+  releases.release(str(release_format.PRETRAINED / 'resnet20'), str(out),
                    check_split='')
   return out
 
 
 def test_a_release_released_again_keeps_its_record_and_predictions(again):
-  shipped = inference.PRETRAINED / 'resnet20'
+  shipped = release_format.PRETRAINED / 'resnet20'
   before, after = (json.loads((d / 'release.json').read_text())
                    for d in (shipped, again))
   for field in ('step', 'seed', 'validation', 'class_names', 'data_note',
@@ -262,7 +264,7 @@ def test_evaluate_predict_and_export_refuse_a_damaged_release(again,
 
 def test_out_is_checked_before_anything_is_written(again, tmp_path,
                                                    monkeypatch):
-  source = str(inference.PRETRAINED / 'resnet20')
+  source = str(release_format.PRETRAINED / 'resnet20')
   elsewhere = tmp_path / 'elsewhere'
   elsewhere.mkdir()
   (tmp_path / 'link').symlink_to(elsewhere)
@@ -277,14 +279,14 @@ def test_out_is_checked_before_anything_is_written(again, tmp_path,
   assert not list(elsewhere.iterdir())
   # A write that fails halfway (a full disk): nothing half-written stays,
   # not even the parents made for it.
-  real_write = releases.workdir_lib.write_file
+  real_write = pathlib.Path.write_bytes
 
   def full_disk(path, data):
     if str(path).endswith('.safetensors'):
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-    real_write(path, data)
+    return real_write(path, data)
 
-  monkeypatch.setattr(releases.workdir_lib, 'write_file', full_disk)
+  monkeypatch.setattr(pathlib.Path, 'write_bytes', full_disk)
   with pytest.raises(ValueError, match='cannot write the release into .*'
                      'new/release: No space left on device'):
     releases.release(source, str(tmp_path / 'new' / 'release'),
@@ -297,9 +299,9 @@ def test_a_tilde_in_out_means_home(tmp_path, monkeypatch):
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
   monkeypatch.chdir(tmp_path)
   (tmp_path / 'home').mkdir()
-  releases.release(str(inference.PRETRAINED / 'resnet20'), '~/mine/r20',
+  releases.release(str(release_format.PRETRAINED / 'resnet20'), '~/mine/r20',
                    check_split='')
-  assert inference.is_release(str(tmp_path / 'home' / 'mine' / 'r20'))
+  assert release_format.is_release(str(tmp_path / 'home' / 'mine' / 'r20'))
   assert not (tmp_path / '~').exists()
 
 
@@ -308,5 +310,5 @@ def test_an_unwritable_out_is_refused(tmp_path):
   locked = tmp_path / 'locked'
   locked.mkdir(mode=0o500)
   with pytest.raises(ValueError, match='locked is not writable'):
-    releases.release(str(inference.PRETRAINED / 'resnet20'),
+    releases.release(str(release_format.PRETRAINED / 'resnet20'),
                      str(locked / 'r20'), check_split='')

@@ -2,8 +2,9 @@
 
 Read from the sources (every import, those inside functions too): the chain
 of imports is short and has no cycle, no library module imports a command,
-the training loop draws no picture, one module builds a run's schedule, and
-a release predicts without the training side's libraries.
+the training loop draws no picture, one module builds a run's schedule, one
+names a release's files and one summary.json, and a release predicts without
+the training side's libraries.
 """
 
 import ast
@@ -84,6 +85,17 @@ def test_one_module_builds_a_runs_schedule():
       name for name, tree in _trees().items()
       if name != 'schedules' and 'create_learning_rate_fn' in ast.unparse(tree))
   assert builders == ['config_checks']
+
+
+def test_one_module_names_a_releases_files_and_one_the_summary():
+  # Every other module uses the names these two define (issue 32).
+  homes = {'release.json': 'release_format',
+           'weights.safetensors': 'release_format',
+           'weights.msgpack': 'release_format', 'summary.json': 'workdir'}
+  named = sorted({(node.value, name) for name, tree in _trees().items()
+                  for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                  and isinstance(node.value, str) and node.value in homes})
+  assert named == sorted(homes.items())
 
 
 def test_a_release_predicts_without_the_training_side():
