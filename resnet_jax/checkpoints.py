@@ -29,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from resnet_jax import datasets
+from resnet_jax import defaults
 from resnet_jax import tools
 
 # Where `tidy` moves unreadable checkpoints, beside the directory.
@@ -109,10 +110,20 @@ def _differences(stored: dict[str, Any], ours: dict[str, Any]) -> list[str]:
   diffs = []
   for key in sorted(ours):
     saved, now = stored.get(key, _ABSENT), ours[key]
+    if saved is _ABSENT:  # A field added since, at its default: the same run.
+      saved = _default(key.removeprefix('training.'), saved)
     if (saved != now and not key.startswith(datasets.RECORDED + '.') and not (
         key == 'training.train_data' and datasets.same_data(saved, now))):
       diffs.append(f'{key}: checkpoint {show(saved)}, this run {show(now)}')
   return diffs
+
+
+def _default(field: str, otherwise):
+  """defaults.py's value of 'dotted.field' as JSON has it, or `otherwise`."""
+  if field not in defaults.FIELDS:
+    return otherwise
+  value = defaults.FIELDS[field][0]
+  return list(value) if isinstance(value, tuple) else value
 
 
 def _host_copy(x) -> np.ndarray:

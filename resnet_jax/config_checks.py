@@ -123,10 +123,10 @@ def validate(config) -> None:
       a < b for a, b in zip(fractions, fractions[1:])),
          'schedule.decay_fractions', fractions,
          'must be increasing fractions of training in (0, 1)')
-  max_seed = defaults.MAX_SEED
-  _check(config.seed + config.num_runs - 1 <= max_seed, 'num_runs',
+  _check(config.seed + config.num_runs - 1 <= defaults.MAX_SEED, 'num_runs',
          config.num_runs, f'must keep the last run\'s seed, config.seed + '
-         f'num_runs - 1, at most {max_seed} (config.seed={config.seed})')
+         f'num_runs - 1, at most {defaults.MAX_SEED} (config.seed='
+         f'{config.seed})')
 
   distributed = config.distributed
   _check(not distributed.enabled or config.parallelism in parallel.GLOBAL_MODES,
@@ -191,15 +191,19 @@ def read_config(workdir: str,
   try:
     with open(path) as f:
       # JSON has no tuples: tuple fields (mean, std, ...) come back as lists.
-      config = ml_collections.ConfigDict(json.load(f))
+      recorded = ml_collections.ConfigDict(json.load(f)).to_dict()
   except (OSError, ValueError, TypeError, AttributeError) as e:
     raise ValueError(f'{path} is not a config written by the trainer: '
                      f'{str(e) or type(e).__name__}') from None
-  if 'num_runs' not in config:
+  if 'num_runs' not in recorded:
     raise ValueError(
         f'{path} has no num_runs: {workdir} was written before checkpoints '
         'held several runs, and cannot be loaded by this version; train it '
         'again')
+  # A field added to defaults.py since the run was written is read as its
+  # default, which keeps the behaviour the run had (defaults.py's rule).
+  config = ml_collections.ConfigDict(
+      _with_defaults(recorded, defaults.get_config().to_dict()))
   if data_dir:
     config.data.data_dir = data_dir
   try:
@@ -208,3 +212,11 @@ def read_config(workdir: str,
     raise ValueError(f'{path} is not a valid config: {e}; restore it as the '
                      'trainer wrote it') from None
   return config
+
+
+def _with_defaults(recorded, default):
+  """`recorded` (nested dicts) with the fields it lacks taken from `default`."""
+  if not (isinstance(recorded, dict) and isinstance(default, dict)):
+    return recorded
+  return default | {key: _with_defaults(value, default.get(key))
+                    for key, value in recorded.items()}

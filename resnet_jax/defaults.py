@@ -7,7 +7,9 @@ tuple of choices, or None where the default's type is the whole rule.
 config_checks.validate checks a config against this table, and the rules
 between fields that it states. The config files in configs/ start from
 `get_config()` and change what differs. Any field can be overridden on the
-command line, e.g. `--config.model.depth=56`.
+command line, e.g. `--config.model.depth=56`. A field added later defaults to
+the behaviour from before it: runs, checkpoints and releases written earlier,
+which lack it, are read as if they held its default.
 """
 
 import dataclasses

@@ -15,7 +15,9 @@ from PIL import Image
 import pytest
 
 from configs import smoke
+import resnet_jax
 from resnet_jax import datasets
+from resnet_jax import defaults
 from resnet_jax import evaluate
 from resnet_jax import inference
 from resnet_jax import report
@@ -131,7 +133,7 @@ def edited(workdir, edit):
      "config.eval_batch_size='abc': must be an integer"),
     (lambda c: c['model'].update(depth='abc'),
      "config.model.depth='abc': must be an integer"),
-    (lambda c: c.pop('model'), 'config.model is missing'),
+    (lambda c: c.update(model=5), 'config.model=5: must be a group'),
     (lambda c: c['model'].update(dtype='float16'),
      "config.model.dtype='float16': must be one of"),
 ])
@@ -150,6 +152,15 @@ def test_a_hand_edited_config_json_is_validated_as_the_trainers(
 def test_a_config_json_that_disagrees_with_its_checkpoints_is_refused(
     trained):
   workdir, _ = trained
+  original = (workdir / 'config.json').read_text()
+  # A field config.json lacks reads as its default (a field added since the
+  # run): here the whole model, which its checkpoints contradict.
+  edited(workdir, lambda c: c.pop('model'))
+  with pytest.raises(ValueError, match=(
+      r"do not match the workdir's config.json \(.*training.model.depth: "
+      r'checkpoint 8, this run 20')):
+    inference.load(str(workdir))
+  (workdir / 'config.json').write_text(original)
   edited(workdir, lambda c: c['data'].update(mean=[0, 0, 0],
                                              normalization='constants'))
   with pytest.raises(ValueError, match=(
@@ -207,3 +218,23 @@ def test_a_split_the_run_lacks_is_answered_with_one_it_has(tmp_path):
       r'it has no held-out split: pass a split of image_folder it did not '
       r"train on \(it trained on 'train\[:12\]'\)$")):
     inference.resolve_split(config, 'validation')
+
+
+def test_a_field_added_since_a_run_reads_as_its_default(trained, monkeypatch):
+  # The code gains a field (an augmentation's, say) after the run and the
+  # shipped releases were written: none of them records it.
+  monkeypatch.setitem(defaults.FIELDS, 'data.cutout', (0, defaults.Range(0)))
+  workdir, root = trained
+  assert 'cutout' not in json.loads((workdir / 'config.json').read_text())[
+      'data']
+  assert inference.load(str(workdir)).config.data.cutout == 0
+  assert resnet_jax.pretrained('resnet20').config.data.cutout == 0
+  # The trainer resumes the run at the field's default (the finished run's
+  # summary is written again) and refuses any other value of it.
+  config = folder_config(root)
+  assert config.data.cutout == 0
+  assert train.train_and_evaluate(config, str(workdir))['steps'] == 2
+  config.data.cutout = 3
+  with pytest.raises(ValueError, match='come from a different run.*'
+                     'training.data.cutout: checkpoint 0, this run 3'):
+    train.train_and_evaluate(config, str(workdir))
