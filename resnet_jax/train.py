@@ -165,11 +165,10 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
   """
   config_checks.validate(config)
   if set_up_process:
-    if config.compilation_cache_dir:  # A restart loads the compiled steps.
-      jax.config.update('jax_compilation_cache_dir',
-                        tools.expand_path(config.compilation_cache_dir))
     parallel.configure_cpu_devices(config)
     parallel.initialize_distributed(config)
+    if config.compilation_cache_dir:  # A restart loads the compiled steps.
+      _use_compilation_cache(config.compilation_cache_dir)
   workdir_lib.check(workdir, config.data)
   # Pending checkpoint writes and logs are finished even when a step fails.
   with contextlib.ExitStack() as cleanup:
@@ -354,6 +353,18 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
       writer.flush()
     logging.info('Summary: %s', json.dumps(summary))
     return summary
+
+
+def _use_compilation_cache(directory: str) -> None:
+  """Caches compiled programs in `directory`, but not in a job of several
+  CPU processes: there, on JAX 0.12.1, processes that read their training
+  step back from the cache hung in its first all-reduce, a restarted pair
+  every time (JAX 0.10.2 did not; tests/test_multiprocess.py)."""
+  if jax.process_count() > 1 and jax.default_backend() == 'cpu':
+    logging.info('Compiled programs are not cached: a job of several CPU '
+                 'processes compiles afresh.')
+    return
+  jax.config.update('jax_compilation_cache_dir', tools.expand_path(directory))
 
 
 def _load_data(config) -> list:

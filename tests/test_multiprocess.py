@@ -238,10 +238,14 @@ def test_two_processes_preempted_then_rerun_end_bit_identical(
   # sync point falls inside the run whatever the machine's load (without
   # the wait it came up to ~10 steps after the signal: seen 5 to 13).
   straight, _ = two_processes
+  # With a compilation cache, as the trainer's default: processes of a
+  # restarted CPU pair that read their step back from it hung in its first
+  # all-reduce (JAX 0.12.1), so the trainer does not cache there.
+  cache = f'--config.compilation_cache_dir={tmp_path / "xla"}'
   # SIGTERM reaches process 1 alone, at step 4: process 0 hears of it only
   # through JAX's coordination service, yet both stop at the same step and
   # both save it, so neither waits forever for the other's collectives.
-  results = _run_two_processes(tmp_path / 'preempted', STEPS,
+  results = _run_two_processes(tmp_path / 'preempted', STEPS, cache,
                                faults=(None, 'term@batch:4'),
                                await_notice_after=4)
   assert [code for code, _, _ in results] == [143, 143], [
@@ -253,7 +257,7 @@ def test_two_processes_preempted_then_rerun_end_bit_identical(
              .iterdir() if p.name.isdigit()) == step
   _assert_process_0_alone_wrote_the_run_files(results, finished=False)
 
-  results = _run_two_processes(tmp_path / 'preempted', STEPS)
+  results = _run_two_processes(tmp_path / 'preempted', STEPS, cache)
 
   assert [code for code, _, _ in results] == [0, 0], results[0][1][-3000:]
   for _, stderr, _ in results:
