@@ -110,7 +110,8 @@ def _differences(stored: dict[str, Any], ours: dict[str, Any]) -> list[str]:
   diffs = []
   for key in sorted(ours):
     saved, now = stored.get(key, _ABSENT), ours[key]
-    if saved is _ABSENT:  # A field added since, at its default: the same run.
+    if saved is _ABSENT and key.startswith(('training.', 'model.')):
+      # A config field added since, at its default: the same run.
       saved = _default(key.removeprefix('training.'), saved)
     if (saved != now and not key.startswith(datasets.RECORDED + '.') and not (
         key == 'training.train_data' and datasets.same_data(saved, now))):
