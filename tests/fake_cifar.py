@@ -143,3 +143,9 @@ def image_folder_flags() -> tuple[str, str]:
   """The trainer's flags that read `image_folder()` instead of TFDS."""
   return ('--config.data.name=image_folder',
           f'--config.data.data_dir={image_folder()}')
+
+
+def image_folder_config(config):
+  """`config` reading `image_folder()`, as `image_folder_flags()` set it."""
+  config.data.update(name='image_folder', data_dir=image_folder())
+  return config

@@ -41,9 +41,7 @@ def common_flags() -> tuple[str, ...]:
 
 def smoke_config():
   """The config of common_flags' runs (as far as restoring them needs)."""
-  config = smoke.get_config()
-  config.data.update(name='image_folder', data_dir=fake_cifar.image_folder())
-  return config
+  return fake_cifar.image_folder_config(smoke.get_config())
 
 
 def _free_port() -> int:

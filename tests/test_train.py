@@ -174,8 +174,7 @@ def recovery_run(workdir, compilation_cache, *extra, fault=None):
 
 def recovery_config(**overrides):
   """The recovery run's config (recovery_flags' model and data)."""
-  config = smoke.get_config()
-  config.data.update(name='image_folder', data_dir=fake_cifar.image_folder())
+  config = fake_cifar.image_folder_config(smoke.get_config())
   config.update(overrides)
   return config
 
