@@ -9,6 +9,7 @@ differs by far more; a kill or SIGTERM resume is bit for bit (test_train.py).
 """
 
 import os
+import weakref
 
 import jax
 import numpy as np
@@ -73,13 +74,14 @@ def _watch_calls(monkeypatch, programs=True):
   steps, r runs, vmap or the loops really ran, where the numbers alone would
   match without them.
   """
-  calls, seen = [], set()
+  # A set of ids would miss a run whose Experiment reuses a freed one's id.
+  calls, seen = [], weakref.WeakSet()
   original = experiment.Experiment.train_steps
 
   def train_steps(exp, state, batches, first_step):
     program = None
-    if programs and id(exp) not in seen:  # Before the call: it donates state.
-      seen.add(id(exp))
+    if programs and exp not in seen:  # Before the call: it donates state.
+      seen.add(exp)
       program = jax.make_jaxpr(exp._compiled_train_steps)(  # pylint: disable=protected-access
           state, batches, exp._augment_keys, np.int32(first_step),  # pylint: disable=protected-access
           *exp._train_data).jaxpr  # pylint: disable=protected-access
