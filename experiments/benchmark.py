@@ -284,4 +284,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  tools.run(main)  # --help and errors as in every command.
+  tools.start(main)  # --help and errors as in every command.

@@ -4,10 +4,10 @@
       --num_epochs=2 --root=/tmp/table6 --config.data.name=image_folder \
       --config.data.data_dir=data/cifar10-jpeg75 --config.data.test_split=
 
-runs one trainer per depth (--dry_run prints them) for every seed at once,
-as config.num_runs runs (seeds --first_seed, ...), into
+trains one job per depth (--dry_run prints their commands): one trainer for
+every seed at once, as config.num_runs runs (seeds --first_seed, ...), into
 <root>/resnet<depth>-seeds<first>-<last>, its output appended to
-<log_dir>/<that name>.log. A depth done with this recipe (`done_summary`) is
+<log_dir>/<that name>.log. A job done with this recipe (`done_summary`) is
 skipped; any other goes to the trainer, which resumes it or refuses another
 recipe's workdir. <root>/table6.md and table6.csv give per depth the mean ±
 sample std of the final test error (validation error where a run has no
@@ -100,8 +100,8 @@ def build_command(depth, seeds: range, root: str,
             for k, v in overrides.items())]
 
 
-def run_config(depth: int, seeds: range, overrides: dict) -> dict:
-  """The config.json that the trainer writes for this depth's command."""
+def job_config(depth: int, seeds: range, overrides: dict) -> dict:
+  """The config.json that the trainer writes for this depth's job."""
   config = importlib.import_module(f'configs.resnet{depth}').get_config()
   config.update_from_flattened_dict(
       {**overrides, 'seed': seeds[0], 'num_runs': len(seeds)})
@@ -147,7 +147,7 @@ def done_summary(root: str, depth: int, seeds: range, overrides: dict):
   recipe = lambda c: {k: v for k, v in tools.flatten(c).items()
                       if not experiment.resumable(k) and k != 'vectorize_runs'}
   if recipe(workdir_lib.read_json(config)) == recipe(
-      run_config(depth, seeds, overrides)):
+      job_config(depth, seeds, overrides)):
     return _checked_summary(summary)
   return None
 
@@ -163,7 +163,7 @@ def _done_or_why(root: str, depth: int, seeds: range, overrides: dict):
 def finished(root: str, depth: int, overrides: dict) -> list[dict]:
   """Summaries of the depth's workdirs in root done with this recipe.
 
-  Any seeds: the runs of several sweeps (say one seed per machine or job) make
+  Any seeds: the runs of several sweeps (say one seed per machine) make
   one row of the table.
   """
   found = []
@@ -273,8 +273,8 @@ def write_tables(found: dict, seeds: range, root: str,
 
 
 class Trainer:
-  """Runs trainers one at a time; SIGTERM or SIGINT (Ctrl-C) is passed on to
-  the running one, which saves its checkpoint before the sweep exits."""
+  """Trains the jobs one at a time; SIGTERM or SIGINT (Ctrl-C) is passed on
+  to the running one, which saves its checkpoint before the sweep exits."""
   process = None
   terminated = False  # After a signal no other trainer starts.
   signum = signal.SIGTERM  # The signal that stopped the sweep.
@@ -284,8 +284,8 @@ class Trainer:
     if self.process is not None and self.process.poll() is None:
       self.process.send_signal(signum)
 
-  def run(self, command: list[str], log_path: str) -> int:
-    """Runs one, its output appended to `log_path`; its exit status."""
+  def train(self, command: list[str], log_path: str) -> int:
+    """Trains one job, its output appended to `log_path`; its exit status."""
     with open(log_path, 'a') as log:
       log.write(f'\n=== {shlex.join(command)}\n')
       log.flush()
@@ -304,7 +304,7 @@ class Trainer:
 
 def sweep(depths, seeds: range, root: str, log_dir: str, overrides: dict,
           trainer: Trainer) -> list[str]:
-  """Trains each depth not done, all seeds at once; a line per failure."""
+  """Trains each depth's job not done, all seeds at once; a line per failure."""
   os.makedirs(log_dir, exist_ok=True)
   failures = []
   for depth in depths:
@@ -320,7 +320,7 @@ def sweep(depths, seeds: range, root: str, log_dir: str, overrides: dict,
     log = os.path.join(log_dir, f'{name}.log')
     print(f'{workdir(root, depth, seeds)}: training, log {log}', flush=True)
     start = os.path.getsize(log) if os.path.exists(log) else 0
-    code = trainer.run(build_command(depth, seeds, root, overrides), log)
+    code = trainer.train(build_command(depth, seeds, root, overrides), log)
     done, unreadable = _done_or_why(root, depth, seeds, overrides)
     if code == 0 and done:
       continue
@@ -388,4 +388,4 @@ if __name__ == '__main__':
     define_flags()  # Parses the config's overrides.
   except (AttributeError, KeyError) as e:  # An override of no config field.
     tools.fail(tools.config_error(e))
-  tools.run(main)
+  tools.start(main)

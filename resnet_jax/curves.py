@@ -33,7 +33,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  tools.define_path('workdir', None, 'A run directory written by '
-                    'resnet_jax.main.')
+  tools.define_path('workdir', None, 'A workdir written by resnet_jax.main.')
   flags.mark_flag_as_required('workdir')
-  tools.run(main)
+  tools.start(main)

@@ -38,7 +38,7 @@ SPLIT_FIELDS = ('train_split', 'eval_split', 'test_split')
 # Unprepared, TFDS names CIFAR-10's classes '0'..'9'; these are its archive's.
 CIFAR10_CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
                        'frog', 'horse', 'ship', 'truck')
-# What a run's workdir holds (checkpoints.py's folder, workdir.py's holder
+# What a workdir holds (checkpoints.py's folder, workdir.py's holder
 # file): such a folder inside an image folder is never a split or a class.
 WORKDIR_MARKERS = ('checkpoints', '.trainer')
 _REACHABILITY_TIMEOUT_S = 3.0  # check_available's wait for the download host.
@@ -241,9 +241,9 @@ def _image_folder_classes(root: str) -> tuple[str, ...]:
       for marker in WORKDIR_MARKERS:
         if os.path.lexists(os.path.join(directory, marker)):
           raise DatasetUnavailableError(
-              f'{directory} holds a run (its {marker}): a --workdir inside '
-              f'the image folder {root} is read as a split or class of it; '
-              f'move the run out of {root}')
+              f'{directory} holds a workdir (its {marker}): a --workdir '
+              f'inside the image folder {root} is read as a split or class '
+              f'of it; move the workdir out of {root}')
     names.update(classes)
   return tuple(sorted(names))
 

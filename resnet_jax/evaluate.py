@@ -62,9 +62,9 @@ def file_tag(split: str, run: int, ensemble: bool) -> str:
   return tag if run == 0 else f'{tag}_run{run}'
 
 
-def run(workdir: str, split: str = 'test', checkpoint='latest',
-        tta: bool = False, num_misclassified: int = 24, *, run: int = 0,
-        ensemble: bool = False, data_dir: str | None = None) -> dict:
+def evaluate(workdir: str, split: str = 'test', checkpoint='latest',
+             tta: bool = False, num_misclassified: int = 24, *, run: int = 0,
+             ensemble: bool = False, data_dir: str | None = None) -> dict:
   """Evaluates a checkpoint of `workdir` on `split`; writes, returns the JSON.
 
   `run` picks one of the workdir's runs; `ensemble` all of them (see
@@ -176,9 +176,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   tools.quiet_start(logging.WARNING)
-  result = run(**inference.selection_from_flags(), split=FLAGS.split,
-               tta=FLAGS.tta, num_misclassified=FLAGS.num_misclassified,
-               data_dir=FLAGS.data_dir)
+  result = evaluate(**inference.selection_from_flags(), split=FLAGS.split,
+                    tta=FLAGS.tta, num_misclassified=FLAGS.num_misclassified,
+                    data_dir=FLAGS.data_dir)
   print(format_summary(result))
 
 
@@ -199,4 +199,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  tools.run(main)
+  tools.start(main)

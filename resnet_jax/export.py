@@ -231,7 +231,7 @@ def output_format(out: str, format_: str | None) -> str:
 
 def export(workdir: str, out: str, checkpoint='latest', run: int = 0,
            format_: str | None = None) -> str:
-  """Writes run `run` of `workdir` (a run or a release) to `out` (new);
+  """Writes run `run` of `workdir` (a workdir or a release) to `out` (new);
   returns the format. Every failure is a one-line ValueError, with nothing
   written."""
   out = tools.expand_path(out)
@@ -277,4 +277,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  tools.run(main)
+  tools.start(main)

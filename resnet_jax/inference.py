@@ -418,8 +418,8 @@ def define_selection_flags(ensemble: bool = True) -> None:
   """Defines --workdir (required), --checkpoint, --run and --ensemble: what
   `load` loads, once for evaluate, predict and release."""
   flags.disclaim_key_flags()  # Key flags of the caller, not of this module.
-  tools.define_path('workdir', None, 'A run directory written by '
-                    'resnet_jax.main, or a release (pretrained/...).')
+  tools.define_path('workdir', None, 'A workdir written by resnet_jax.main, '
+                    'or a release (pretrained/...).')
   flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.")
   flags.DEFINE_integer('run', 0, "Which of the workdir's runs: run i is the "
                        'run of seed config.seed + i.')

@@ -89,4 +89,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  tools.run(main, flags_parser=_parse_flags)
+  tools.start(main, flags_parser=_parse_flags)

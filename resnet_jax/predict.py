@@ -164,4 +164,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  tools.run(main)
+  tools.start(main)

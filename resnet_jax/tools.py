@@ -1,4 +1,4 @@
-"""What every command does: quiet start-up and one error path (`run`).
+"""What every command does: quiet start-up and one error path (`start`).
 
 It imports nothing of the project, so every module may use its helpers.
 """
@@ -142,7 +142,7 @@ def _help_succeeds() -> None:
     flag.parse, flag.exits_zero = parse, True
 
 
-def run(main, **kwargs) -> None:
+def start(main, **kwargs) -> None:
   """`absl.app.run(main)` through the project's one error path.
 
   A ValueError in `main` ends it with `error: ...` and status 1, and so does

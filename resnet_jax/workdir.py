@@ -1,9 +1,9 @@
-"""The run's directory: checked before use, held by one trainer at a time;
+"""The workdir: checked before use, held by one trainer at a time;
 its summary.json, the one home of that file's keys (`summarize` writes every
 one, `read_summary` and `final_validation` read them back).
 
-The trainer writes only into a new or empty directory or into its own run
-(`check_owned`), as git will not overwrite files it does not track.
+The trainer writes only into a new or empty directory or into its own
+workdir (`check_owned`), as git will not overwrite files it does not track.
 
 The trainer holds an exclusive `flock` on the workdir while it runs: the
 kernel releases it however the process ends (kill -9 included), and taking it
@@ -112,13 +112,13 @@ def _json_with(path: str, fields) -> bool:
   return True
 
 
-def is_own_run(workdir: str) -> bool:
-  """Whether the local directory `workdir` is a run this trainer wrote.
+def is_own_workdir(workdir: str) -> bool:
+  """Whether the local directory `workdir` is a workdir this trainer wrote.
 
-  Marked by HOLDER_FILE; a run older than the mark, or a record kept without
+  Marked by HOLDER_FILE; a workdir older than the mark, or a record kept without
   it (experiments/table6/), by a trainer's config.json with a trainer's
   summary.json or checkpoints/ beside it. A release (release.json) carries a
-  trainer's config.json but is not a run.
+  trainer's config.json but is not a workdir.
   """
   if os.path.isfile(os.path.join(workdir, HOLDER_FILE)):
     return True
@@ -131,19 +131,19 @@ def is_own_run(workdir: str) -> bool:
 
 def check_owned(workdir: str) -> None:
   """Fails unless the trainer may write into `workdir`: a new or empty
-  directory, or its own run (`is_own_run`). As git refuses to overwrite
+  directory, or its own workdir (`is_own_workdir`). As git refuses to overwrite
   untracked files, nothing of anyone else is replaced: a release, a user's
   config.json or summary.json, any other directory with something in it."""
   if '://' in workdir or not os.path.isdir(workdir):
     return  # An object store, or nothing there yet (`check` says more).
   entries = sorted(os.listdir(workdir))
-  if entries and not is_own_run(workdir):
+  if entries and not is_own_workdir(workdir):
     shown = ', '.join(entries[:5]) + (', ...' if entries[5:] else '')
-    what = ('a release, not a run' if release_format.RECORD_FILE in entries
-            else 'not a run of this trainer')
+    what = ('a release, not a workdir' if release_format.RECORD_FILE in entries
+            else 'not a workdir of this trainer')
     raise ValueError(
         f'--workdir={workdir} is {what} (it holds {shown}): the trainer '
-        'writes only into a new or empty directory or into its own run; '
+        'writes only into a new or empty directory or into its own workdir; '
         'give another --workdir')
 
 

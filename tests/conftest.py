@@ -85,8 +85,8 @@ def fixture_check_release():
   return _check_release
 
 
-@pytest.fixture(name='run_dir', scope='session')
-def fixture_run_dir(tmp_path_factory, cifar10_dir):
+@pytest.fixture(name='trained_workdir', scope='session')
+def fixture_trained_workdir(tmp_path_factory, cifar10_dir):
   """A trained workdir: the smoke config, shortened, on fake_cifar's data.
 
   Two runs (seeds 0 and 1), so that choosing a run and the ensemble have

@@ -75,20 +75,21 @@ def test_a_workdir_inside_the_image_folder_is_refused(tmp_path):
       r'\(config.data.data_dir\): its files would be read as a split')):
     workdir_lib.check(str(root / 'run'), config.data)
   workdir_lib.check(str(tmp_path / 'run'), config.data)  # Beside it is fine.
-  # A run already there (its checkpoints folder) is no split of the data.
+  # A workdir already there (its checkpoints folder) is no split of the data.
   (root / 'run' / 'checkpoints').mkdir(parents=True)
   with pytest.raises(ValueError, match=(
-      r'.*/data/run holds a run \(its checkpoints\): a --workdir inside the '
-      r'image folder .*/data is read as a split or class of it')):
+      r'.*/data/run holds a workdir \(its checkpoints\): a --workdir inside '
+      r'the image folder .*/data is read as a split or class of it')):
     datasets.load_split(config.data, 'train')
 
 
-def test_a_run_inside_a_split_is_named_as_a_run_not_an_empty_class(tmp_path):
+def test_a_workdir_inside_a_split_is_named_so_not_an_empty_class(tmp_path):
   root = tmp_path / 'data'
   write_split(root, 'train', 4)
   (root / 'train' / 'run' / 'checkpoints').mkdir(parents=True)
   with pytest.raises(datasets.DatasetUnavailableError,
-                     match=r'/data/train/run holds a run \(its checkpoints\)'):
+                     match=r'/data/train/run holds a workdir '
+                     r'\(its checkpoints\)'):
     datasets.check_available(folder_config(root).data)
 
 
@@ -112,6 +113,6 @@ def test_a_run_records_where_its_data_is_wherever_it_started(tmp_path,
   assert recorded['data']['data_dir'] == str(tmp_path / 'data')
   (tmp_path / 'elsewhere').mkdir()
   monkeypatch.chdir(tmp_path / 'elsewhere')
-  result = evaluate.run(str(tmp_path / 'run'), split='validation',
-                        num_misclassified=0)
+  result = evaluate.evaluate(str(tmp_path / 'run'), split='validation',
+                             num_misclassified=0)
   assert result['num_examples'] == 1

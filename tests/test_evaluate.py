@@ -163,8 +163,8 @@ def test_a_release_evaluates_the_test_folder_of_an_image_folder(tmp_path):
       'test_split'] == ''
   write_noise_images(tmp_path / 'images' / 'test',
                      datasets.CIFAR10_CLASS_NAMES, 2)
-  result = evaluate.run(str(release), split='test', num_misclassified=0,
-                        data_dir=str(tmp_path / 'images'))
+  result = evaluate.evaluate(str(release), split='test', num_misclassified=0,
+                             data_dir=str(tmp_path / 'images'))
   assert (result['split'], result['tfds_split']) == ('test', 'test')
   assert result['num_examples'] == 20 and result['training_examples'] == 0
   assert json.loads((release / 'eval_test.json').read_text()) == result
@@ -181,8 +181,8 @@ def test_evaluate_validates_the_config_once(tmp_path, monkeypatch):
   validate = config_checks.validate
   monkeypatch.setattr(config_checks, 'validate',
                       lambda config: validated.append(validate(config)))
-  result = evaluate.run(str(release), split='test', num_misclassified=0,
-                        data_dir=str(tmp_path / 'images'))
+  result = evaluate.evaluate(str(release), split='test', num_misclassified=0,
+                             data_dir=str(tmp_path / 'images'))
   assert result['num_examples'] == 10
   assert len(validated) == 1
 
@@ -191,10 +191,11 @@ def test_evaluate_validates_the_config_once(tmp_path, monkeypatch):
 # A real (smoke) run.
 
 
-def test_evaluating_a_run_reproduces_the_trainers_validation_figures(run_dir):
-  result = evaluate.run(str(run_dir), split='validation', tta=True,
-                        num_misclassified=5)
-  summary = json.loads((run_dir / 'summary.json').read_text())
+def test_evaluating_a_run_reproduces_the_trainers_validation_figures(
+    trained_workdir):
+  result = evaluate.evaluate(str(trained_workdir), split='validation',
+                             tta=True, num_misclassified=5)
+  summary = json.loads((trained_workdir / 'summary.json').read_text())
   assert result['checkpoint_step'] == 4
   assert result['tfds_split'] == 'train[90%:]'
   assert result['num_examples'] == summary['eval_examples'] == 10
@@ -210,67 +211,70 @@ def test_evaluating_a_run_reproduces_the_trainers_validation_figures(run_dir):
   assert [c['support'] for c in result['per_class']] == list(confusion.sum(1))
   assert result['class_names'] == list(datasets.CIFAR10_CLASS_NAMES)
   assert result['tta']['num_examples'] == 10
-  written = (run_dir / 'eval_validation.json').read_text()
+  written = (trained_workdir / 'eval_validation.json').read_text()
   assert json.loads(written) == result
   json.loads(written, parse_constant=pytest.fail)  # No NaN in the file.
-  assert_picture(run_dir / 'confusion_validation.png')
-  assert_picture(run_dir / 'misclassified_validation.png')
+  assert_picture(trained_workdir / 'confusion_validation.png')
+  assert_picture(trained_workdir / 'misclassified_validation.png')
 
 
 def test_a_checkpoint_is_chosen_by_step_latest_or_best_and_nothing_written(
-    run_dir):
-  before = snapshot(run_dir)
-  with checkpoints.Checkpointer(run_dir / 'checkpoints', keep=1, metadata={}) as checkpointer:
+    trained_workdir):
+  before = snapshot(trained_workdir)
+  with checkpoints.Checkpointer(trained_workdir / 'checkpoints', keep=1,
+                                metadata={}) as checkpointer:
     best = checkpointer.best_step()
   # The step the trainer named best (the first to reach the runs' highest
   # mean validation accuracy), whichever of 2 and 4 it was.
-  summary = json.loads((run_dir / 'summary.json').read_text())
+  summary = json.loads((trained_workdir / 'summary.json').read_text())
   assert best == summary['best_val_step']
-  assert inference.load(str(run_dir)).step == 4
-  assert inference.load(str(run_dir), 'best').step == best
-  loaded = inference.load(str(run_dir), 2)
+  assert inference.load(str(trained_workdir)).step == 4
+  assert inference.load(str(trained_workdir), 'best').step == best
+  loaded = inference.load(str(trained_workdir), 2)
   assert loaded.step == 2 and loaded.image_shape == (32, 32, 3)
-  assert snapshot(run_dir) == before
+  assert snapshot(trained_workdir) == before
 
 
 def test_bad_workdirs_checkpoints_and_splits_are_one_line_errors(
-    run_dir, tmp_path):
+    trained_workdir, tmp_path):
   with pytest.raises(ValueError, match='does not exist'):
-    evaluate.run(str(tmp_path / 'missing'))
+    evaluate.evaluate(str(tmp_path / 'missing'))
   with pytest.raises(ValueError, match='config.json is missing'):
-    evaluate.run(str(tmp_path))
+    evaluate.evaluate(str(tmp_path))
   no_checkpoints = tmp_path / 'no_checkpoints'
   no_checkpoints.mkdir()
-  shutil.copy(run_dir / 'config.json', no_checkpoints)
+  shutil.copy(trained_workdir / 'config.json', no_checkpoints)
   with pytest.raises(ValueError, match='no checkpoint in'):
-    evaluate.run(str(no_checkpoints), split='validation')
+    evaluate.evaluate(str(no_checkpoints), split='validation')
   with pytest.raises(ValueError, match=r'no checkpoint of step 3 .*\[2, 4\]'):
-    evaluate.run(str(run_dir), split='validation', checkpoint='3')
+    evaluate.evaluate(str(trained_workdir), split='validation', checkpoint='3')
   with pytest.raises(ValueError, match='use latest, best or a step'):
-    evaluate.run(str(run_dir), split='validation', checkpoint='newest')
+    evaluate.evaluate(str(trained_workdir), split='validation',
+                      checkpoint='newest')
   assert not list(no_checkpoints.glob('eval_*'))
 
 
 @pytest.mark.slow
-def test_the_dataset_may_be_elsewhere_than_the_config_says(run_dir,
+def test_the_dataset_may_be_elsewhere_than_the_config_says(trained_workdir,
                                                            tmp_path):
-  moved = shutil.copytree(run_dir, tmp_path / 'run')
+  moved = shutil.copytree(trained_workdir, tmp_path / 'run')
   config = json.loads((moved / 'config.json').read_text())
   config['data']['data_dir'] = str(tmp_path / 'elsewhere')
   (moved / 'config.json').write_text(json.dumps(config))
   with pytest.raises(ValueError, match='elsewhere'):
-    evaluate.run(str(moved), split='validation', num_misclassified=0)
-  result = evaluate.run(str(moved), split='validation', num_misclassified=0,
-                        data_dir=fake_cifar.data_dir())
+    evaluate.evaluate(str(moved), split='validation', num_misclassified=0)
+  result = evaluate.evaluate(str(moved), split='validation',
+                             num_misclassified=0,
+                             data_dir=fake_cifar.data_dir())
   assert result['num_examples'] == 10
 
 
-def test_the_command_line_evaluates_the_test_split(run_dir):
-  result = run_module('resnet_jax.evaluate', f'--workdir={run_dir}',
+def test_the_command_line_evaluates_the_test_split(trained_workdir):
+  result = run_module('resnet_jax.evaluate', f'--workdir={trained_workdir}',
                       '--split=test', '--tta')
   assert result.returncode == 0, result.stderr[-3000:]
-  written = json.loads((run_dir / 'eval_test.json').read_text())
-  summary = json.loads((run_dir / 'summary.json').read_text())
+  written = json.loads((trained_workdir / 'eval_test.json').read_text())
+  summary = json.loads((trained_workdir / 'summary.json').read_text())
   assert written['num_examples'] == summary['test_examples'] == 100
   assert written['accuracy'] == pytest.approx(
       summary['runs'][0]['test_accuracy'])
@@ -279,25 +283,26 @@ def test_the_command_line_evaluates_the_test_split(run_dir):
   assert 'eval_test.json' in result.stdout
 
 
-def test_the_command_line_reports_a_malformed_split_in_one_line(run_dir):
-  result = run_module('resnet_jax.evaluate', f'--workdir={run_dir}',
+def test_the_command_line_reports_a_malformed_split_in_one_line(
+    trained_workdir):
+  result = run_module('resnet_jax.evaluate', f'--workdir={trained_workdir}',
                       '--split=train[1:2:3]')
   assert result.returncode == 1, result.stderr[-2000:]
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error: malformed split')
-  assert not list(run_dir.glob('eval_train*'))
+  assert not list(trained_workdir.glob('eval_train*'))
 
 
 # ----------------------------------------------------------------------------
 # Several runs in one workdir: one of them, or their ensemble.
 
 
-def restored_runs_logits(run_dir, images) -> list[np.ndarray]:
+def restored_runs_logits(trained_workdir, images) -> list[np.ndarray]:
   """Each run's logits, restored here without inference.load."""
-  config = config_checks.read_config(str(run_dir))
+  config = config_checks.read_config(str(trained_workdir))
   exp = experiment.build(config, dp=parallel.DataParallel('jit'),
                          image_shape=images.shape[1:])
-  with checkpoints.Checkpointer(run_dir / 'checkpoints', metadata={},
+  with checkpoints.Checkpointer(trained_workdir / 'checkpoints', metadata={},
                                 read_only=True) as checkpointer:
     state = checkpointer.restore(exp.abstract_state())
   return [np.asarray(exp.logits_fn(
@@ -307,21 +312,21 @@ def restored_runs_logits(run_dir, images) -> list[np.ndarray]:
 
 
 def test_a_run_is_chosen_by_number_and_the_ensemble_averages_the_runs(
-    run_dir):
+    trained_workdir):
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3),
                                              dtype=np.uint8)
-  want = restored_runs_logits(run_dir, images)
+  want = restored_runs_logits(trained_workdir, images)
   assert not np.allclose(want[0], want[1])  # Two seeds, two models.
 
-  first, second = inference.load(str(run_dir)), inference.load(str(run_dir),
-                                                               run=1)
+  first = inference.load(str(trained_workdir))
+  second = inference.load(str(trained_workdir), run=1)
   assert (first.run, first.seed, second.run, second.seed) == (0, 0, 1, 1)
   np.testing.assert_allclose(first.logits(images, batch_size=8), want[0],
                              rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(second.logits(images, batch_size=8), want[1],
                              rtol=1e-6, atol=1e-6)
 
-  ensemble = inference.load(str(run_dir), ensemble=True)
+  ensemble = inference.load(str(trained_workdir), ensemble=True)
   assert ensemble.run is None and ensemble.seed is None
   assert ensemble.num_runs == 2 and ensemble.step == 4
   np.testing.assert_allclose(ensemble.logits(images, batch_size=8),
@@ -332,10 +337,10 @@ def test_a_run_is_chosen_by_number_and_the_ensemble_averages_the_runs(
 
 
 def test_the_ensemble_loops_over_the_runs_without_grouped_convolutions(
-    run_dir):
+    trained_workdir):
   # vmapped runs make grouped convolutions (feature_group_count = runs),
   # several times slower on a CPU than each run's own.
-  ensemble = inference.load(str(run_dir), ensemble=True)
+  ensemble = inference.load(str(trained_workdir), ensemble=True)
   images = np.zeros((4, 32, 32, 3), np.uint8)
   for fn in (ensemble._ensemble_fn, ensemble._runs_fn):  # pylint: disable=protected-access
     program = fn.lower(ensemble.all_variables, images).compile().as_text()
@@ -344,17 +349,17 @@ def test_the_ensemble_loops_over_the_runs_without_grouped_convolutions(
     assert 'feature_group_count' not in program
 
 
-def test_each_run_and_the_ensemble_write_their_own_files(run_dir):
-  summary = json.loads((run_dir / 'summary.json').read_text())
-  second = evaluate.run(str(run_dir), split='validation', run=1,
-                        num_misclassified=2)
+def test_each_run_and_the_ensemble_write_their_own_files(trained_workdir):
+  summary = json.loads((trained_workdir / 'summary.json').read_text())
+  second = evaluate.evaluate(str(trained_workdir), split='validation', run=1,
+                             num_misclassified=2)
   assert (second['run'], second['seed']) == (1, 1)
   assert second['accuracy'] == pytest.approx(
       summary['runs'][1]['final_val_accuracy'])
   assert second['files']['json'] == 'eval_validation_run1.json'
 
-  result = evaluate.run(str(run_dir), split='validation', ensemble=True,
-                        num_misclassified=2)
+  result = evaluate.evaluate(str(trained_workdir), split='validation',
+                             ensemble=True, num_misclassified=2)
   assert result['ensemble'] is True and 'run' not in result
   assert result['files'] == {
       'json': 'eval_validation_ensemble.json',
@@ -368,34 +373,36 @@ def test_each_run_and_the_ensemble_write_their_own_files(run_dir):
                                          rel=1e-5)
   assert result['runs'][1]['accuracy'] == second['accuracy']
   assert np.trace(result['confusion_matrix']) / 10 == result['accuracy']
-  assert json.loads((run_dir / 'eval_validation_ensemble.json').read_text()
-                    ) == result
-  assert json.loads((run_dir / 'eval_validation_run1.json').read_text()
+  assert json.loads(
+      (trained_workdir / 'eval_validation_ensemble.json').read_text()
+  ) == result
+  assert json.loads((trained_workdir / 'eval_validation_run1.json').read_text()
                     ) == second
-  assert_picture(run_dir / 'confusion_validation_ensemble.png')
-  assert_picture(run_dir / 'misclassified_validation_run1.png')
+  assert_picture(trained_workdir / 'confusion_validation_ensemble.png')
+  assert_picture(trained_workdir / 'misclassified_validation_run1.png')
   lines = evaluate.format_summary(result).splitlines()
   assert 'ensemble of 2 runs' in lines[0]
   assert lines[2].startswith('  run 0 (seed 0) alone: accuracy ')
 
 
 def test_a_run_out_of_range_or_with_the_ensemble_is_a_one_line_error(
-    run_dir, tmp_path):
+    trained_workdir, tmp_path):
   for run, message in [(2, 'no run 2 in .*num_runs=2 runs, 0..1'),
                        (-1, 'no run -1 in .*num_runs=2 runs, 0..1')]:
     with pytest.raises(ValueError, match=message):
-      evaluate.run(str(run_dir), split='validation', run=run)
+      evaluate.evaluate(str(trained_workdir), split='validation', run=run)
     with pytest.raises(ValueError, match=message):
-      inference.load(str(run_dir), run=run)
+      inference.load(str(trained_workdir), run=run)
   with pytest.raises(ValueError, match='or the ensemble .*, not both'):
-    evaluate.run(str(run_dir), split='validation', run=1, ensemble=True)
-  assert not list(run_dir.glob('eval_*run2*'))
+    evaluate.evaluate(str(trained_workdir), split='validation', run=1,
+                      ensemble=True)
+  assert not list(trained_workdir.glob('eval_*run2*'))
   # A workdir from before runs: its config.json has no num_runs.
-  config = json.loads((run_dir / 'config.json').read_text())
+  config = json.loads((trained_workdir / 'config.json').read_text())
   del config['num_runs']
   (tmp_path / 'config.json').write_text(json.dumps(config))
-  shutil.copytree(run_dir / 'checkpoints', tmp_path / 'checkpoints')
+  shutil.copytree(trained_workdir / 'checkpoints', tmp_path / 'checkpoints')
   with pytest.raises(ValueError, match='has no num_runs: .* written before'):
-    evaluate.run(str(tmp_path), split='validation')
+    evaluate.evaluate(str(tmp_path), split='validation')
   with pytest.raises(ValueError, match='has no num_runs'):
     inference.load(str(tmp_path))

@@ -1,4 +1,4 @@
-"""Exporting a run or a release (resnet_jax/export.py): ONNX and jax.export.
+"""Exporting a workdir or a release (resnet_jax/export.py): ONNX and jax.export.
 
 Each artefact must give the JAX model's logits on real images, for any batch
 size. Tolerance: both compute in float32 the same arithmetic in another
@@ -141,15 +141,15 @@ def test_bad_input_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_chosen_run_of_a_workdir_exports(run_dir, tmp_path):
+def test_a_chosen_run_of_a_workdir_exports(trained_workdir, tmp_path):
   out = tmp_path / 'run1.onnx'
-  result = run_module('resnet_jax.export', f'--workdir={run_dir}', '--run=1',
-                      '--checkpoint=2', f'--out={out}')
+  result = run_module('resnet_jax.export', f'--workdir={trained_workdir}',
+                      '--run=1', '--checkpoint=2', f'--out={out}')
   assert result.returncode == 0, result.stderr[-3000:]
   images = _images(7)
-  expected = inference.load(str(run_dir), checkpoint=2, run=1).logits(
+  expected = inference.load(str(trained_workdir), checkpoint=2, run=1).logits(
       images, batch_size=7)
-  other = inference.load(str(run_dir), checkpoint=2, run=0).logits(
+  other = inference.load(str(trained_workdir), checkpoint=2, run=0).logits(
       images, batch_size=7)
   assert np.abs(expected - other).max() > 100 * TOLERANCE  # Runs differ.
   np.testing.assert_allclose(_onnx_logits(out.read_bytes(), images),

@@ -112,10 +112,10 @@ def test_a_release_is_not_trained_into(tmp_path):
   shutil.copytree(REPO / 'resnet_jax' / 'pretrained' / 'resnet20', release)
   before = snapshot(release)
   result = run_cli(SMOKE, f'--workdir={release}')
-  assert_refused(result, f'--workdir={release} is a release, not a run (it '
+  assert_refused(result, f'--workdir={release} is a release, not a workdir (it '
                  'holds README.md, config.json, release.json, '
                  'weights.safetensors): the trainer writes only into a new or '
-                 'empty directory or into its own run')
+                 'empty directory or into its own workdir')
   assert snapshot(release) == before
 
 

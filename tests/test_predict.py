@@ -18,9 +18,9 @@ SHAPE = (32, 32, 3)
 
 
 @pytest.fixture(name='loaded', scope='module')
-def fixture_loaded(run_dir):
+def fixture_loaded(trained_workdir):
   # Outside TFDS's mock data: predicting needs no dataset.
-  return inference.load(str(run_dir))
+  return inference.load(str(trained_workdir))
 
 
 def random_image(seed, size=(32, 32), mode='RGB'):
@@ -148,7 +148,7 @@ def test_the_table_lists_each_files_classes_in_order():
 
 
 def test_the_command_line_predicts_the_good_files_and_names_the_bad_ones(
-    run_dir, tmp_path):
+    trained_workdir, tmp_path):
   random_image(10).save(tmp_path / 'a.png')
   random_image(11).save(tmp_path / 'b.jpg', quality=90)
   random_image(12, mode='L').save(tmp_path / 'gray.png')
@@ -157,8 +157,9 @@ def test_the_command_line_predicts_the_good_files_and_names_the_bad_ones(
   names = ['a.png', 'missing.png', 'b.jpg', 'big.jpg', 'gray.png',
            'notes.txt']
   # No dataset is needed.
-  result = run_module('resnet_jax.predict', f'--workdir={run_dir}', '--json',
-                      '--top_k=2', *[str(tmp_path / n) for n in names])
+  result = run_module('resnet_jax.predict', f'--workdir={trained_workdir}',
+                      '--json', '--top_k=2',
+                      *[str(tmp_path / n) for n in names])
   assert result.returncode == 1, result.stderr[-3000:]
   errors = [line for line in result.stderr.splitlines()
             if line.startswith('error: ')]
@@ -183,32 +184,32 @@ def test_the_command_line_predicts_the_good_files_and_names_the_bad_ones(
 
 
 def test_the_command_line_predicts_with_a_chosen_run_or_the_ensemble(
-    run_dir, tmp_path):
+    trained_workdir, tmp_path):
   random_image(20).save(tmp_path / 'a.png')
   pixels = np.asarray(random_image(20))[None]
   for flag, which, kwargs in [('--run=1', {'run': 1, 'seed': 1}, {'run': 1}),
                               ('--ensemble', {'ensemble': True},
                                {'ensemble': True})]:
-    result = run_module('resnet_jax.predict', f'--workdir={run_dir}', '--json',
-                        '--top_k=10', flag, str(tmp_path / 'a.png'))
+    result = run_module('resnet_jax.predict', f'--workdir={trained_workdir}',
+                        '--json', '--top_k=10', flag, str(tmp_path / 'a.png'))
     assert result.returncode == 0, result.stderr[-3000:]
     output = json.loads(result.stdout)
     assert output.items() >= which.items()
-    loaded = inference.load(str(run_dir), **kwargs)
+    loaded = inference.load(str(trained_workdir), **kwargs)
     want = report.softmax(loaded.logits(pixels))[0]
     [prediction] = output['predictions']
     got = {p['index']: p['probability'] for p in prediction['top_k']}
     np.testing.assert_allclose([got[i] for i in range(10)], want, rtol=1e-5)
 
 
-def test_the_command_line_names_a_run_out_of_range_in_one_line(run_dir,
+def test_the_command_line_names_a_run_out_of_range_in_one_line(trained_workdir,
                                                                tmp_path):
   random_image(21).save(tmp_path / 'a.png')
-  result = run_module('resnet_jax.predict', f'--workdir={run_dir}', '--run=2',
-                      str(tmp_path / 'a.png'))
+  result = run_module('resnet_jax.predict', f'--workdir={trained_workdir}',
+                      '--run=2', str(tmp_path / 'a.png'))
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
-      f'error: no run 2 in {run_dir}: it holds num_runs=2 runs, 0..1')
+      f'error: no run 2 in {trained_workdir}: it holds num_runs=2 runs, 0..1')
   assert not result.stdout
 
 
@@ -227,10 +228,10 @@ print(sorted({m.split('.')[0] if m.startswith('tensorflow') else m
 
 
 def test_predicting_one_image_imports_neither_tensorflow_nor_clus_writers(
-    run_dir, tmp_path):
+    trained_workdir, tmp_path):
   random_image(10).save(tmp_path / 'a.png')
   result = subprocess.run(
-      [sys.executable, '-c', IMPORTS_OF_PREDICT, f'--workdir={run_dir}',
+      [sys.executable, '-c', IMPORTS_OF_PREDICT, f'--workdir={trained_workdir}',
        str(tmp_path / 'a.png')], cwd=REPO, capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -79,11 +79,12 @@ def trained_mean_std(root):
 
 def test_validation_of_a_folder_changed_since_training_is_refused(trained):
   workdir, root = trained
-  before = evaluate.run(str(workdir), split='validation', num_misclassified=0)
+  before = evaluate.evaluate(str(workdir), split='validation',
+                             num_misclassified=0)
   assert before['num_examples'] == 6
   write_folder(root, per_class=5, first=100)  # 15 images more.
   with pytest.raises(ValueError) as refused:
-    evaluate.run(str(workdir), split='validation', num_misclassified=0)
+    evaluate.evaluate(str(workdir), split='validation', num_misclassified=0)
   message = str(refused.value)
   assert message.startswith('the training data changed since the run '
                             'trained: it was train[:12] of image folder')
@@ -93,7 +94,8 @@ def test_validation_of_a_folder_changed_since_training_is_refused(trained):
 
 def test_evaluating_training_images_says_so(trained):
   workdir, _ = trained
-  result = evaluate.run(str(workdir), split='train[8:]', num_misclassified=0)
+  result = evaluate.evaluate(str(workdir), split='train[8:]',
+                             num_misclassified=0)
   assert result['num_examples'] == 10 and result['training_examples'] == 4
   assert ('warning: 4 of these 10 examples are training examples' in
           evaluate.format_summary(result))
@@ -115,9 +117,9 @@ def test_a_moved_dataset_is_read_from_data_dir(trained, tmp_path):
   moved = root.rename(tmp_path / 'moved')
   with pytest.raises(ValueError, match=f'image folder {root} does not exist.*'
                      'pass --data_dir=DIR'):
-    evaluate.run(str(workdir), split='validation', num_misclassified=0)
-  result = evaluate.run(str(workdir), split='validation', num_misclassified=0,
-                        data_dir=str(moved))
+    evaluate.evaluate(str(workdir), split='validation', num_misclassified=0)
+  result = evaluate.evaluate(str(workdir), split='validation',
+                             num_misclassified=0, data_dir=str(moved))
   assert result['num_examples'] == 6
   assert inference.load(str(workdir), data_dir=str(moved)).step == 2
 
@@ -141,7 +143,7 @@ def test_a_hand_edited_config_json_is_validated_as_the_trainers(
     trained, edit, message):
   workdir, _ = trained
   edited(workdir, edit)
-  for read in (lambda: evaluate.run(str(workdir), split='validation'),
+  for read in (lambda: evaluate.evaluate(str(workdir), split='validation'),
                lambda: inference.load(str(workdir))):
     with pytest.raises(ValueError) as refused:
       read()
@@ -190,7 +192,7 @@ def test_pictures_on_a_full_disk_are_one_line_and_leave_nothing_half_written(
   monkeypatch.setattr(path_class, 'write_bytes', full_disk)
   with pytest.raises(ValueError, match=(
       r'^cannot write .*/confusion_validation.png: No space left on device$')):
-    evaluate.run(str(workdir), split='validation')
+    evaluate.evaluate(str(workdir), split='validation')
   assert sorted(p.name for p in workdir.iterdir()) == before
 
 
@@ -198,7 +200,7 @@ def test_the_misclassified_picture_shows_at_most_its_cap_and_says_so(
     trained, monkeypatch):
   workdir, _ = trained
   monkeypatch.setattr(report, 'MAX_PICTURED', 2)
-  result = evaluate.run(str(workdir), split='train', num_misclassified=400)
+  result = evaluate.evaluate(str(workdir), split='train', num_misclassified=400)
   assert result['misclassified_shown'] == 2
   assert result['misclassified_asked'] == 400
   assert ('misclassified_train.png shows 2 mistakes: one picture shows at '

@@ -21,9 +21,9 @@ from resnet_jax import releases
 
 
 @pytest.fixture(name='released', scope='session')
-def fixture_released(run_dir, tmp_path_factory):
+def fixture_released(trained_workdir, tmp_path_factory):
   out = tmp_path_factory.mktemp('release') / 'smoke'
-  result = run_module('experiments.release', f'--workdir={run_dir}',
+  result = run_module('experiments.release', f'--workdir={trained_workdir}',
                       '--run=1', f'--out={out}',
                       '--data_note=Fake CIFAR-10 of the tests.')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -33,7 +33,7 @@ def fixture_released(run_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_release_holds_one_runs_config_weights_and_a_manifest(run_dir,
+def test_a_release_holds_one_runs_config_weights_and_a_manifest(trained_workdir,
                                                                  released):
   config = json.loads((released / 'config.json').read_text())
   assert (config['num_runs'], config['seed']) == (1, 1)
@@ -45,11 +45,11 @@ def test_a_release_holds_one_runs_config_weights_and_a_manifest(run_dir,
           record['class_names'][0], record['data_note']) == (
               'resnet8', 4, 1, 'airplane', 'Fake CIFAR-10 of the tests.')
   assert record['released_from'] == {
-      'workdir': str(run_dir), 'run': 1, 'num_runs': 2,
+      'workdir': str(trained_workdir), 'run': 1, 'num_runs': 2,
       'checkpoint': 'latest', 'command': 'python -m experiments.release '
-      f"--workdir={run_dir} --run=1 --out={released} "
+      f"--workdir={trained_workdir} --run=1 --out={released} "
       "'--data_note=Fake CIFAR-10 of the tests.'"}
-  summary = json.loads((run_dir / 'summary.json').read_text())
+  summary = json.loads((trained_workdir / 'summary.json').read_text())
   assert record['validation'] == {
       'accuracy': summary['runs'][1]['final_val_accuracy'],
       'loss': summary['runs'][1]['final_val_loss'],
@@ -72,8 +72,8 @@ def test_the_check_holds_and_fails_on_a_changed_record(
   check = record['cpu_check']
   assert (check['examples'], check['split']) == (10, 'train[90%:]')
   # Counted by evaluate, independently of the release's own count.
-  result = evaluate.run(str(shutil.copytree(released, tmp_path / 'copy')),
-                        split='validation', num_misclassified=0)
+  result = evaluate.evaluate(str(shutil.copytree(released, tmp_path / 'copy')),
+                             split='validation', num_misclassified=0)
   assert check['correct'] == round(result['accuracy'] * 10)
   check_release(released)
   # Evaluating a release leaves its results beside it; the check still holds.
@@ -108,22 +108,22 @@ def test_changed_or_missing_weights_are_refused_in_one_line(released,
 
 
 @pytest.mark.slow
-def test_a_release_classifies_as_its_run_did(run_dir, released):
+def test_a_release_classifies_as_its_run_did(trained_workdir, released):
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3),
                                              dtype=np.uint8)
   mine, original = inference.load(str(released)), inference.load(
-      str(run_dir), run=1)
+      str(trained_workdir), run=1)
   assert (mine.run, mine.seed, mine.num_runs, mine.step) == (0, 1, 1, 4)
   assert mine.class_names == original.class_names
   np.testing.assert_array_equal(mine.logits(images, batch_size=8),
                                 original.logits(images, batch_size=8))
 
-  summary = json.loads((run_dir / 'summary.json').read_text())
-  result = evaluate.run(str(released), split='validation',
-                        num_misclassified=2)
+  summary = json.loads((trained_workdir / 'summary.json').read_text())
+  result = evaluate.evaluate(str(released), split='validation',
+                             num_misclassified=2)
   assert result['seed'] == 1 and result['checkpoint_step'] == 4
-  assert result['accuracy'] == evaluate.run(
-      str(run_dir), split='validation', run=1,
+  assert result['accuracy'] == evaluate.evaluate(
+      str(trained_workdir), split='validation', run=1,
       num_misclassified=2)['accuracy']
   assert result['accuracy'] == pytest.approx(
       summary['runs'][1]['final_val_accuracy'])
@@ -131,22 +131,23 @@ def test_a_release_classifies_as_its_run_did(run_dir, released):
 
 @pytest.mark.slow
 def test_no_release_into_a_full_dir_of_no_run_or_of_no_checkpoint(
-    run_dir, tmp_path):
+    trained_workdir, tmp_path):
   full = tmp_path / 'full'
   full.mkdir()
   (full / 'x').write_text('')
   with pytest.raises(ValueError, match='exists and is not empty'):
-    releases.release(str(run_dir), str(full))
+    releases.release(str(trained_workdir), str(full))
   with pytest.raises(ValueError, match='no run 2 in .*0..1'):
-    releases.release(str(run_dir), str(tmp_path / 'a'), run=2)
+    releases.release(str(trained_workdir), str(tmp_path / 'a'), run=2)
   empty = tmp_path / 'empty'
   empty.mkdir()
-  (empty / 'config.json').write_text((run_dir / 'config.json').read_text())
+  (empty / 'config.json').write_text(
+      (trained_workdir / 'config.json').read_text())
   with pytest.raises(ValueError, match='no checkpoint in'):
     releases.release(str(empty), str(tmp_path / 'b'))
   assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
   # On the command line: one line, status 1.
-  result = run_module('experiments.release', f'--workdir={run_dir}',
+  result = run_module('experiments.release', f'--workdir={trained_workdir}',
                       f'--out={full}')
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr

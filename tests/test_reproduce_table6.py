@@ -83,7 +83,7 @@ class FakeTrainer(table6.Trainer):
     self.accuracies, self.fail, self.ends, self.calls = (
         accuracies or {}, fail, ends, [])
 
-  def run(self, command, log_path):
+  def train(self, command, log_path):
     self.calls.append(command)
     if self.ends:
       code, line = self.ends
@@ -126,12 +126,12 @@ def fixture_signals():
     signal.signal(s, handler)
 
 
-def _write_run(root, depth, seeds, overrides, summary):
+def _write_job(root, depth, seeds, overrides, summary):
   """A depth done earlier with the config `overrides` give."""
   workdir = table6.workdir(root, depth, seeds)
   os.makedirs(workdir)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump(table6.run_config(depth, seeds, overrides), f)
+    json.dump(table6.job_config(depth, seeds, overrides), f)
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f)
 
@@ -163,7 +163,7 @@ def test_overrides_are_typed_and_reach_the_trainer_unchanged(monkeypatch):
   config, workdir = _trainer_config(
       table6.build_command(110, range(3, 8), '/r', overrides))
   assert workdir == '/r/resnet110-seeds3-7'
-  assert json.loads(config.to_json_best_effort()) == table6.run_config(
+  assert json.loads(config.to_json_best_effort()) == table6.job_config(
       110, range(3, 8), overrides)
   assert (config.seed, config.num_runs, config.model.depth, config.data.mean,
           config.data.on_device, config.steps_per_call) == (
@@ -276,15 +276,15 @@ def test_a_row_gathers_every_workdir_of_the_recipe(tmp_path):
   root, overrides = str(tmp_path), {**TYPED, 'num_epochs': 2.0}
   # Seeds 0-2 as vectorized runs of one program, resumed once; seed 3 alone
   # with more steps per call; seed 2 again; another recipe; a stray folder.
-  _write_run(root, 20, range(3), {**overrides, 'vectorize_runs': True},
+  _write_job(root, 20, range(3), {**overrides, 'vectorize_runs': True},
              _summary([0.90, 0.92, 0.91], total_wall_seconds=900.0))
-  _write_run(root, 20, range(3, 4), {**overrides, 'steps_per_call': 100},
+  _write_job(root, 20, range(3, 4), {**overrides, 'steps_per_call': 100},
              _summary([0.89], first_seed=3))
-  _write_run(root, 20, range(2, 3), overrides, _summary([0.5], first_seed=2))
-  _write_run(root, 20, range(4, 5), {**overrides, 'num_epochs': 3.0},
+  _write_job(root, 20, range(2, 3), overrides, _summary([0.5], first_seed=2))
+  _write_job(root, 20, range(4, 5), {**overrides, 'num_epochs': 3.0},
              _summary([0.5], first_seed=4))
   os.makedirs(f'{root}/resnet20-seeds5-x')
-  _write_run(root, 32, range(1), overrides, _summary([0.5]))
+  _write_job(root, 32, range(1), overrides, _summary([0.5]))
 
   found = table6.finished(root, 20, overrides)
   assert [[run['seed'] for run in s['runs']] for s in found] == [
@@ -316,7 +316,7 @@ def test_test_error_when_every_run_has_one(tmp_path):
 def test_a_sweep_skips_done_depths_and_reports_failures(tmp_path):
   root, logs = str(tmp_path / 'runs'), str(tmp_path / 'logs')
   overrides, seeds = {**TYPED, 'num_epochs': 2.0}, range(2)
-  _write_run(root, 20, seeds, overrides, _summary([0.90, 0.91]))  # Earlier.
+  _write_job(root, 20, seeds, overrides, _summary([0.90, 0.91]))  # Earlier.
   trainer = FakeTrainer({(32, 0): 0.93, (32, 1): 0.94, (44, 0): 0.95,
                          (44, 1): 0.96}, fail={44})
   failures = table6.sweep([20, 32, 44], seeds, root, logs, overrides,
@@ -346,7 +346,7 @@ def test_a_sweep_skips_done_depths_and_reports_failures(tmp_path):
 
 def test_a_finished_depth_of_another_config_goes_to_the_trainer(tmp_path):
   root, logs, seeds = str(tmp_path), str(tmp_path / 'logs'), range(1)
-  _write_run(root, 20, seeds, {**TYPED, 'num_epochs': 2.0}, _summary([0.90]))
+  _write_job(root, 20, seeds, {**TYPED, 'num_epochs': 2.0}, _summary([0.90]))
   # Another recipe: the trainer refuses the workdir; the depth is not done.
   trainer = FakeTrainer({(20, 0): 0.5})
   failures = table6.sweep([20], seeds, root, logs,
@@ -387,11 +387,11 @@ def test_sigterm_reaches_the_running_trainer_and_stops_the_sweep(tmp_path,
     trainer(signal.SIGTERM, None)  # As the sweep's handler is called.
 
   threading.Thread(target=terminate_when_ready, daemon=True).start()
-  assert trainer.run(command, str(log)) == 143
+  assert trainer.train(command, str(log)) == 143
   assert trainer.terminated
   # The next attempt's output is appended after the first's.
-  assert table6.Trainer().run([sys.executable, '-c', 'print("again")'],
-                              str(log)) == 0
+  assert table6.Trainer().train([sys.executable, '-c', 'print("again")'],
+                                str(log)) == 0
   text = log.read_text()
   assert text.count('=== ') == 2 and text.index('ready') < text.index('again')
 
@@ -470,7 +470,7 @@ def test_ctrl_c_is_passed_on_and_the_sweep_waits_for_the_save(tmp_path):
     trainer(signal.SIGINT, None)  # As the sweep's handler is called.
 
   threading.Thread(target=interrupt_when_ready, daemon=True).start()
-  assert trainer.run(command, str(log)) == 130
+  assert trainer.train(command, str(log)) == 130
   assert trainer.terminated and trainer.signum == signal.SIGINT
   assert log.read_text().splitlines()[-1] == 'saved'  # Waited for it.
 
@@ -494,10 +494,10 @@ def test_a_workdir_with_broken_records_is_named_and_the_others_go_on(
     monkeypatch, tmp_path, capsys):
   seeds, overrides = range(1), {**TYPED, 'num_epochs': 2.0}
   root = str(tmp_path)
-  _write_run(root, 20, seeds, overrides, _summary([0.90]))
+  _write_job(root, 20, seeds, overrides, _summary([0.90]))
   config20 = tmp_path / 'resnet20-seeds0-0' / 'config.json'
   config20.write_text('{"seed": 0,')  # Cut short.
-  _write_run(root, 32, seeds, overrides, {'config': 'resnet32',
+  _write_job(root, 32, seeds, overrides, {'config': 'resnet32',
                                           'runs': [{'seed': 0}]})
   summary32 = tmp_path / 'resnet32-seeds0-0' / 'summary.json'
   trainer = FakeTrainer({(44, 0): 0.93})

@@ -81,12 +81,13 @@ def test_a_path_flag_expands_the_home_folder(monkeypatch):
 PATH_FLAGS = {
     'resnet_jax.main': ('', ['--workdir', '--config=configs/smoke.py']),
     'resnet_jax.curves': ('', ['--workdir']),
-    'resnet_jax.evaluate': ('evaluate.define_flags()',
+    # evaluate and export: the module's name is also its function's (which
+    # the `*` below imports).
+    'resnet_jax.evaluate': ("sys.modules['resnet_jax.evaluate'].define_flags()",
                             ['--workdir', '--data_dir']),
     'resnet_jax.predict': ('predict.define_flags()', ['--workdir']),
     'experiments.release': ('release.define_flags()',
                             ['--workdir', '--data_dir', '--out']),
-    # Its module's name is also its function's (imported by the `*` below).
     'resnet_jax.export': ("sys.modules['resnet_jax.export'].define_flags()",
                           ['--workdir', '--out']),
     # Its --log_dir is absl's own, expanded where main() reads it.
@@ -106,7 +107,7 @@ def test_every_command_expands_the_home_folder_in_its_path_flags(tmp_path):
     if not define:  # Defined under `if __name__ == '__main__':`.
       define = source[source.index("\nif __name__ == '__main__':"):]
       define = '\n'.join(l[2:] for l in define.splitlines()[2:]
-                         if 'tools.run' not in l)
+                         if 'tools.start' not in l)
     paths = [a[2:] for a in args if '=' not in a]
     code = (f'import sys\nfrom absl import flags\nfrom {package} import '
             f'{name}\nfrom {package}.{name} import *\n{define}\n'

@@ -83,7 +83,7 @@ def contents(directory):
 
 
 def foreign(tmp_path, kind):
-  """A directory that is not a run of the trainer, of `kind`."""
+  """A directory that is not a workdir of the trainer, of `kind`."""
   directory = tmp_path / kind
   if kind == 'release':
     shutil.copytree(REPO / 'resnet_jax' / 'pretrained' / 'resnet20', directory)
@@ -110,9 +110,9 @@ def test_a_directory_not_of_this_trainer_is_refused_untouched(tmp_path,
   directory = foreign(tmp_path, kind)
   before = contents(directory)
   with pytest.raises(ValueError, match=(
-      rf'^--workdir={directory} is (a release, not a run|not a run of this '
-      r'trainer) \(it holds .*\): the trainer writes only into a new or '
-      'empty directory or into its own run; give another --workdir$')):
+      rf'^--workdir={directory} is (a release, not a workdir|not a workdir of '
+      r'this trainer) \(it holds .*\): the trainer writes only into a new or '
+      'empty directory or into its own workdir; give another --workdir$')):
     workdir.check(str(directory))
   assert contents(directory) == before
 
