@@ -33,7 +33,7 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-from resnet_jax import batching, datasets, experiment, parallel, tools
+from resnet_jax import batching, cli, datasets, experiment, parallel
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/resnet20.py')
 _INPUT = flags.DEFINE_enum(
@@ -164,7 +164,7 @@ def trace_summary(trace_dir: str, steps: int) -> dict | None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  tools.quiet_start()  # No INFO lines of JAX's, such as its search for a TPU.
+  cli.quiet_start()  # No INFO lines of JAX's, such as its search for a TPU.
   config = _CONFIG.value
   config.data.on_device = _INPUT.value == 'device'
   parallel.configure_cpu_devices(config)
@@ -284,4 +284,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  tools.start(main)  # --help and errors as in every command.
+  cli.start(main)  # --help and errors as in every command.

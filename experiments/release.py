@@ -21,9 +21,9 @@ import sys
 from absl import flags
 from absl import logging
 
+from resnet_jax import cli
 from resnet_jax import inference
 from resnet_jax import releases
-from resnet_jax import tools
 
 FLAGS = flags.FLAGS
 
@@ -31,9 +31,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {" ".join(argv[1:])}')
-  tools.quiet_start(logging.WARNING)
+  cli.quiet_start(logging.WARNING)
   record = releases.release(
-      **inference.selection_from_flags(), out=FLAGS.out,
+      **cli.selection_from_flags(), out=FLAGS.out,
       data_note=FLAGS.data_note, check_split=FLAGS.check_split,
       data_dir=FLAGS.data_dir, command=shlex.join(
           ['python', '-m', 'experiments.release', *sys.argv[1:]]))
@@ -48,19 +48,19 @@ def main(argv):
 
 def define_flags():
   """The command line's flags (defined only when run as a program)."""
-  inference.define_selection_flags(ensemble=False)
-  tools.define_path('out', None, 'A new (or empty) directory, e.g. '
+  cli.define_selection_flags(ensemble=False)
+  cli.define_path('out', None, 'A new (or empty) directory, e.g. '
                     'releases/resnet20.')
   flags.DEFINE_string('data_note', '', "A sentence on the data for "
                       "release.json, e.g. 'the JPEG copy of CIFAR-10'.")
   flags.DEFINE_string('check_split', 'validation', 'The split the CPU check '
                       "classifies ('validation', 'test' or TFDS syntax); "
                       'empty: no check.')
-  tools.define_path('data_dir', None, "Where the run's dataset is here; "
+  cli.define_path('data_dir', None, "Where the run's dataset is here; "
                     "written into the release's config.json.")
   flags.mark_flag_as_required('out')
 
 
 if __name__ == '__main__':
   define_flags()
-  tools.start(main)
+  cli.start(main)

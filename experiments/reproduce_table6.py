@@ -35,8 +35,9 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
+from resnet_jax import cli
 from resnet_jax import experiment
-from resnet_jax import tools
+from resnet_jax import utils
 from resnet_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -55,9 +56,9 @@ def define_flags(flag_values=flags.FLAGS):
   # Consecutive seeds: the trainer's runs are seeds config.seed + i.
   flags.DEFINE_integer('first_seed', 0, 'Seed of the first run.', **kw)
   flags.DEFINE_integer('num_seeds', 5, 'Runs (seeds) per depth.', **kw)
-  tools.define_path('root', 'runs/table6', 'Run workdirs, tables.', **kw)
+  cli.define_path('root', 'runs/table6', 'Run workdirs, tables.', **kw)
   if 'log_dir' not in flag_values:  # absl.logging's, for the trainers' logs.
-    tools.define_path('log_dir', '', 'Local; default <root>/logs.', **kw)
+    cli.define_path('log_dir', '', 'Local; default <root>/logs.', **kw)
   flags.DEFINE_float('num_epochs', None, 'Instead of 64k steps.', **kw)
   flags.DEFINE_bool('dry_run', False, 'Print the commands and stop.', **kw)
   flags.DEFINE_bool('report_only', False, 'Only write the tables.', **kw)
@@ -144,7 +145,7 @@ def done_summary(root: str, depth: int, seeds: range, overrides: dict):
   summary, config = path / workdir_lib.SUMMARY_FILE, path / 'config.json'
   if not (summary.exists() and config.exists()):
     return None  # Not started, or training.
-  recipe = lambda c: {k: v for k, v in tools.flatten(c).items()
+  recipe = lambda c: {k: v for k, v in utils.flatten(c).items()
                       if not experiment.resumable(k) and k != 'vectorize_runs'}
   if recipe(workdir_lib.read_json(config)) == recipe(
       job_config(depth, seeds, overrides)):
@@ -157,7 +158,7 @@ def _done_or_why(root: str, depth: int, seeds: range, overrides: dict):
   try:
     return done_summary(root, depth, seeds, overrides), None
   except ValueError as e:
-    return None, tools.one_line(e)
+    return None, utils.one_line(e)
 
 
 def finished(root: str, depth: int, overrides: dict) -> list[dict]:
@@ -364,7 +365,7 @@ def main(argv) -> int:
     signal.signal(signal.SIGINT, trainer)
     # absl's own --log_dir when run as a program: expanded here.
     failures = sweep(depths, seeds, root,
-                     tools.expand_path(FLAGS.log_dir) or f'{root}/logs',
+                     utils.expand_path(FLAGS.log_dir) or f'{root}/logs',
                      overrides, trainer)
   print(write_tables({d: finished(root, d, overrides) for d in depths},
                      seeds, root, overrides))
@@ -378,7 +379,7 @@ def main(argv) -> int:
       for d in depths for done, why in [_done_or_why(root, d, seeds, overrides)]
       if not done]
   if not_done:
-    tools.fail(f'{len(not_done)} of {len(depths)} depths not done: '
+    cli.fail(f'{len(not_done)} of {len(depths)} depths not done: '
                + ' | '.join(not_done))
   return 0
 
@@ -387,5 +388,5 @@ if __name__ == '__main__':
   try:
     define_flags()  # Parses the config's overrides.
   except (AttributeError, KeyError) as e:  # An override of no config field.
-    tools.fail(tools.config_error(e))
-  tools.start(main)
+    cli.fail(cli.config_error(e))
+  cli.start(main)

@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 
 from resnet_jax import datasets
 from resnet_jax import defaults
-from resnet_jax import tools
+from resnet_jax import utils
 
 # Where `tidy` moves unreadable checkpoints, beside the directory.
 UNREADABLE_DIR = 'unreadable_checkpoints'
@@ -105,7 +105,7 @@ def _normalise(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def _differences(stored: dict[str, Any], ours: dict[str, Any]) -> list[str]:
   """Each setting of `ours` that the checkpoint's `stored` does not share."""
-  stored, ours = tools.flatten(stored), tools.flatten(ours)
+  stored, ours = utils.flatten(stored), utils.flatten(ours)
   show = lambda v: v if v is _ABSENT else json.dumps(v)
   diffs = []
   for key in sorted(ours):
@@ -305,7 +305,7 @@ class Checkpointer:
     # Not a warning: `restore` skips the step and warns, in one line.
     failed = lambda s, e: logging.info(
         'Checkpoint %d: cannot read its run metadata (%s).', s,
-        tools.one_line(e, 200, named=True))
+        utils.one_line(e, 200, named=True))
     return self._first_readable(
         step, lambda s: self._read_json(s, 'metadata'), failed)
 
@@ -377,7 +377,7 @@ class Checkpointer:
     failures = []
 
     def failed(candidate, error):
-      reason = tools.one_line(error, 200, named=True)
+      reason = utils.one_line(error, 200, named=True)
       failures.append(f'step {candidate}: {reason}')
       if candidate not in self.unreadable_steps:
         self.unreadable_steps.append(candidate)
@@ -495,7 +495,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointWriteError(
           f'writing {what} into {self.directory} failed: '
-          f'{tools.one_line(e, 200, named=True)}') from e
+          f'{utils.one_line(e, 200, named=True)}') from e
 
   def check_for_errors(self) -> None:
     with self._writing('a checkpoint'):

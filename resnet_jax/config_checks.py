@@ -16,11 +16,11 @@ import os
 import ml_collections
 
 from resnet_jax import batching, datasets, defaults, models, parallel
-from resnet_jax import schedules, tools
+from resnet_jax import schedules, utils
 
 CONFIG_FILE = 'config.json'  # A workdir's (and a release's) config.
 # data.name's choices: datasets.py's names. Not in defaults.FIELDS: defaults
-# importing datasets (and so tools) would make the import chain 7 levels deep.
+# importing datasets (and so utils) would make the import chain 7 levels deep.
 _DATA_NAMES = datasets.TFDS_DATASETS + (datasets.IMAGE_FOLDER,)
 
 
@@ -44,7 +44,7 @@ _TYPES = (
 
 
 def _fail(field: str, value, requirement: str):
-  shown = tools.one_line(repr(value), 200)  # The value, not too long.
+  shown = utils.one_line(repr(value), 200)  # The value, not too long.
   raise ValueError(f'config.{field}={shown}: {requirement}')
 
 
@@ -84,8 +84,8 @@ def validate(config) -> None:
   """Raises ValueError naming the first invalid field of `config`."""
   default = defaults.get_config()
   _check_types(config, default)
-  values = tools.flatten(config.to_dict())
-  for field, default_value in tools.flatten(default.to_dict()).items():
+  values = utils.flatten(config.to_dict())
+  for field, default_value in utils.flatten(default.to_dict()).items():
     value = values[field]
     allowed = _DATA_NAMES if field == 'data.name' else defaults.FIELDS[field][1]
     if allowed is None:

@@ -19,7 +19,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from resnet_jax import tools
+from resnet_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -27,12 +27,12 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  tools.quiet_start(logging.WARNING)
+  cli.quiet_start(logging.WARNING)
   from resnet_jax import report  # pylint: disable=g-import-not-at-top
   print(report.write_curves(FLAGS.workdir))
 
 
 if __name__ == '__main__':
-  tools.define_path('workdir', None, 'A workdir written by resnet_jax.main.')
+  cli.define_path('workdir', None, 'A workdir written by resnet_jax.main.')
   flags.mark_flag_as_required('workdir')
-  tools.start(main)
+  cli.start(main)

@@ -29,7 +29,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
-from resnet_jax import tools
+from resnet_jax import utils
 
 TFDS_DATASETS = ('cifar10', 'cifar100')
 IMAGE_FOLDER = 'image_folder'
@@ -152,7 +152,7 @@ def local_dir(path: str | None) -> str | None:
   such as gs://... are left alone."""
   if not path or '://' in path:
     return path or None
-  return os.path.abspath(tools.expand_path(path))
+  return os.path.abspath(utils.expand_path(path))
 
 
 # ----------------------------------------------------------------------------

@@ -22,11 +22,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from resnet_jax import cli
 from resnet_jax import config_checks
 from resnet_jax import datasets
 from resnet_jax import inference
 from resnet_jax import report
-from resnet_jax import tools
 from resnet_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -175,8 +175,8 @@ def format_summary(result: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  tools.quiet_start(logging.WARNING)
-  result = evaluate(**inference.selection_from_flags(), split=FLAGS.split,
+  cli.quiet_start(logging.WARNING)
+  result = evaluate(**cli.selection_from_flags(), split=FLAGS.split,
                     tta=FLAGS.tta, num_misclassified=FLAGS.num_misclassified,
                     data_dir=FLAGS.data_dir)
   print(format_summary(result))
@@ -184,7 +184,7 @@ def main(argv):
 
 def define_flags():
   """The command line's flags (defined only when run as a program)."""
-  inference.define_selection_flags()
+  cli.define_selection_flags()
   flags.DEFINE_string('split', 'test', "'validation', 'test' or a split of "
                       "the run's dataset, e.g. 'train[45000:]'.")
   flags.DEFINE_bool('tta', False, 'Also report test-time augmentation: the '
@@ -192,11 +192,11 @@ def define_flags():
   flags.DEFINE_integer('num_misclassified', 24, 'How many of the most '
                        'confident mistakes to show, at most '
                        f'{report.MAX_PICTURED}.')
-  tools.define_path('data_dir', None, "Where the run's dataset is, when "
+  cli.define_path('data_dir', None, "Where the run's dataset is, when "
                     'not at its config.data.data_dir (an image folder or '
                     'TFDS data moved, another machine).')
 
 
 if __name__ == '__main__':
   define_flags()
-  tools.start(main)
+  cli.start(main)

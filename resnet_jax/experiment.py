@@ -31,7 +31,7 @@ from resnet_jax import optimizer
 from resnet_jax import parallel
 from resnet_jax import runs
 from resnet_jax import steps
-from resnet_jax import tools
+from resnet_jax import utils
 
 # Config fields that may change when a run resumes: they decide how a run is
 # observed, laid out, saved or where its files are, not what it computes.
@@ -55,7 +55,7 @@ def resumable(field: str) -> bool:
 def recipe(config) -> dict[str, Any]:
   """The config as {'dotted.field': value}, less RESUMABLE_FIELDS."""
   return {field: value
-          for field, value in tools.flatten(config.to_dict()).items()
+          for field, value in utils.flatten(config.to_dict()).items()
           if not resumable(field)}
 
 

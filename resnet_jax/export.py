@@ -19,9 +19,10 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from resnet_jax import cli
 from resnet_jax import inference
 from resnet_jax import models
-from resnet_jax import tools
+from resnet_jax import utils
 from resnet_jax import workdir as workdir_lib
 
 FORMATS = ('onnx', 'jax')
@@ -234,7 +235,7 @@ def export(workdir: str, out: str, checkpoint='latest', run: int = 0,
   """Writes run `run` of `workdir` (a workdir or a release) to `out` (new);
   returns the format. Every failure is a one-line ValueError, with nothing
   written."""
-  out = tools.expand_path(out)
+  out = utils.expand_path(out)
   fmt = output_format(out, format_)
   if os.path.lexists(out):
     raise ValueError(f'--out={out} exists; name a new file')
@@ -247,7 +248,7 @@ def export(workdir: str, out: str, checkpoint='latest', run: int = 0,
     except ImportError:
       raise ValueError("ONNX export needs the onnx package: pip install "
                        "'resnet_jax[export]'") from None
-  loaded = inference.load(tools.expand_path(workdir), checkpoint, run=run)
+  loaded = inference.load(utils.expand_path(workdir), checkpoint, run=run)
   data = (onnx_model(loaded).SerializeToString() if fmt == 'onnx'
           else jax_export(loaded))
   workdir_lib.write_file(out, data)
@@ -257,8 +258,8 @@ def export(workdir: str, out: str, checkpoint='latest', run: int = 0,
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {" ".join(argv[1:])}')
-  tools.quiet_start(logging.WARNING)
-  selection = inference.selection_from_flags()
+  cli.quiet_start(logging.WARNING)
+  selection = cli.selection_from_flags()
   fmt = export(**selection, out=FLAGS.out, format_=FLAGS.format)
   print(f'exported run {selection["run"]} of {selection["workdir"]} as '
         f'{"ONNX" if fmt == "onnx" else "jax.export"} into {FLAGS.out}: '
@@ -267,8 +268,8 @@ def main(argv):
 
 def define_flags():
   """The command line's flags (defined only when run as a program)."""
-  inference.define_selection_flags(ensemble=False)
-  tools.define_path('out', None, 'The file to write: model.onnx (ONNX) or '
+  cli.define_selection_flags(ensemble=False)
+  cli.define_path('out', None, 'The file to write: model.onnx (ONNX) or '
                     'model.jax (jax.export); it must not exist.')
   flags.DEFINE_enum('format', None, FORMATS, "'onnx' or 'jax'; default: "
                     "--out's suffix.")
@@ -277,4 +278,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  tools.start(main)
+  cli.start(main)

@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import os
 
-from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,7 +22,7 @@ from resnet_jax import datasets
 from resnet_jax import release_format
 from resnet_jax import report
 from resnet_jax import runs
-from resnet_jax import tools
+from resnet_jax import utils
 
 CHECKPOINT_CHOICES = ('latest', 'best')
 SPLIT_ALIASES = {'validation': 'eval_split', 'test': 'test_split'}
@@ -412,25 +411,3 @@ def evaluate_split(loaded: Loaded, split: str, tta: bool = False) -> tuple:
       batch_size=loaded.config.eval_batch_size,
       class_names=loaded.class_names or ds.class_names, tta=tta)
   return ds, summary, logits, trained_on
-
-
-def define_selection_flags(ensemble: bool = True) -> None:
-  """Defines --workdir (required), --checkpoint, --run and --ensemble: what
-  `load` loads, once for evaluate, predict and release."""
-  flags.disclaim_key_flags()  # Key flags of the caller, not of this module.
-  tools.define_path('workdir', None, 'A workdir written by resnet_jax.main, '
-                    'or a release (pretrained/...).')
-  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.")
-  flags.DEFINE_integer('run', 0, "Which of the workdir's runs: run i is the "
-                       'run of seed config.seed + i.')
-  if ensemble:
-    flags.DEFINE_bool('ensemble', False, "The mean of all runs' logits "
-                      'instead of one run.')
-  flags.mark_flag_as_required('workdir')
-
-
-def selection_from_flags() -> dict:
-  """What those flags chose, as `load`'s keyword arguments."""
-  names = ('workdir', 'checkpoint', 'run', 'ensemble')
-  return {name: flags.FLAGS[name].value for name in names
-          if name in flags.FLAGS}

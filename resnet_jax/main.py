@@ -22,10 +22,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from resnet_jax import tools
+from resnet_jax import cli
+from resnet_jax import utils
 
 FLAGS = flags.FLAGS
-tools.define_path('workdir', None,
+cli.define_path('workdir', None,
                   'Directory for checkpoints, TensorBoard logs and '
                   'summary.json; a rerun resumes from it. Default: '
                   'runs/<config file name without .py>.')
@@ -46,8 +47,8 @@ def _parse_flags(argv):
     config_file = next((a.split('=', 1)[1] for a in argv[1:]
                         if a.startswith('--config=')), None)
     if config_file and not os.path.isfile(config_file):
-      tools.fail(f'--config={config_file}: no such file')
-    tools.fail(tools.config_error(e, config_file))
+      cli.fail(f'--config={config_file}: no such file')
+    cli.fail(cli.config_error(e, config_file))
 
 
 def _workdir(config_file: str) -> str:
@@ -60,7 +61,7 @@ def _workdir(config_file: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {" ".join(argv[1:])}')
-  tools.quiet_start()
+  cli.quiet_start()
   config_file = config_flags.get_config_filename(FLAGS['config'])
   if not os.path.isfile(config_file):  # Loaded lazily: not caught above.
     raise ValueError(f'--config={config_file}: no such file')
@@ -68,7 +69,7 @@ def main(argv):
   logging.info('Workdir: %s', os.path.abspath(workdir))
   logging.info('Config %s:\n%s', config_file, '\n'.join(
       f'  {field} = {value!r}'
-      for field, value in tools.flatten(config.to_dict()).items()))
+      for field, value in utils.flatten(config.to_dict()).items()))
   # pylint: disable=g-import-not-at-top
   from resnet_jax import preemption
   from resnet_jax import report
@@ -89,4 +90,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  tools.start(main, flags_parser=_parse_flags)
+  cli.start(main, flags_parser=_parse_flags)

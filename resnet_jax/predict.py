@@ -25,10 +25,10 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from resnet_jax import cli
 from resnet_jax import datasets
 from resnet_jax import inference
 from resnet_jax import report
-from resnet_jax import tools
 
 FLAGS = flags.FLAGS
 
@@ -129,8 +129,8 @@ def main(argv):
     raise app.UsageError('give one or more image files to classify')
   if FLAGS.top_k < 1:
     raise app.UsageError(f'--top_k must be >= 1, got {FLAGS.top_k}')
-  tools.quiet_start(logging.WARNING)
-  loaded = inference.load(**inference.selection_from_flags())
+  cli.quiet_start(logging.WARNING)
+  loaded = inference.load(**cli.selection_from_flags())
   results = predict_files(loaded, paths, top_k=FLAGS.top_k,
                           resize=FLAGS.resize)
   for result in results:
@@ -153,7 +153,7 @@ def main(argv):
 
 def define_flags():
   """The command line's flags (defined only when run as a program)."""
-  inference.define_selection_flags()
+  cli.define_selection_flags()
   flags.DEFINE_integer('top_k', 3, 'How many of the most probable classes '
                        'to show per image.')
   flags.DEFINE_bool('json', False, 'Print one JSON document instead of tables.')
@@ -164,4 +164,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  tools.start(main)
+  cli.start(main)

@@ -27,7 +27,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from resnet_jax import tools
+from resnet_jax import utils
 
 RECORD_FILE = 'release.json'
 WEIGHTS_FILE = 'weights.safetensors'
@@ -53,7 +53,7 @@ def path(name: str | os.PathLike) -> str:
   """
   if isinstance(name, os.PathLike) or '/' in name or os.sep in name or (
       name in ('.', '..', '~')):
-    directory = tools.expand_path(os.fspath(name))
+    directory = utils.expand_path(os.fspath(name))
     if not is_release(directory):
       raise ValueError(f'{directory} is not a release: it has no '
                        f'{RECORD_FILE}')
@@ -143,7 +143,7 @@ def read_record(directory: str) -> dict:
     _ = record['weights']['sha256'], record['weights']['file']  # Both there.
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ValueError(f'{record_path} is not a release record: '
-                     f'{tools.one_line(e, named=True)}') from None
+                     f'{utils.one_line(e, named=True)}') from None
   return record
 
 

@@ -15,7 +15,7 @@ import jax
 from resnet_jax import datasets
 from resnet_jax import inference
 from resnet_jax import release_format
-from resnet_jax import tools
+from resnet_jax import utils
 from resnet_jax import workdir as workdir_lib
 
 
@@ -24,7 +24,7 @@ def _checked_out(out: str) -> tuple[str, str]:
   if a release cannot be written there. Nothing is written."""
   if not out.strip():
     raise ValueError('--out is empty; name a new directory for the release')
-  out = tools.expand_path(out)
+  out = utils.expand_path(out)
   if os.path.islink(out):
     raise ValueError(f'--out={out} is a symbolic link; name a new directory')
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
@@ -64,7 +64,7 @@ def release(workdir: str, out: str, run: int = 0, checkpoint='latest',
       Nothing stays in `out` then.
   """
   out, ancestor = _checked_out(out)
-  workdir = tools.expand_path(workdir)
+  workdir = utils.expand_path(workdir)
   loaded = inference.load(workdir, checkpoint, run=run, data_dir=data_dir)
   config = loaded.config.copy_and_resolve_references()
   num_runs, config.num_runs, config.seed = config.num_runs, 1, loaded.seed

@@ -32,7 +32,7 @@ from resnet_jax import monitoring
 from resnet_jax import parallel
 from resnet_jax import preemption
 from resnet_jax import runs
-from resnet_jax import tools
+from resnet_jax import utils
 from resnet_jax import workdir as workdir_lib
 
 
@@ -79,7 +79,7 @@ class LoopState:
 def _flat(config) -> dict:
   """The config as flat scalars, for TensorBoard's hyperparameter view."""
   return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-          for k, v in tools.flatten(config.to_dict()).items()}
+          for k, v in utils.flatten(config.to_dict()).items()}
 
 
 def _newest(checkpointer) -> str:
@@ -364,7 +364,7 @@ def _use_compilation_cache(directory: str) -> None:
     logging.info('Compiled programs are not cached: a job of several CPU '
                  'processes compiles afresh.')
     return
-  jax.config.update('jax_compilation_cache_dir', tools.expand_path(directory))
+  jax.config.update('jax_compilation_cache_dir', utils.expand_path(directory))
 
 
 def _load_data(config) -> list:

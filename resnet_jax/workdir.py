@@ -24,7 +24,7 @@ import numpy as np
 from resnet_jax import datasets
 from resnet_jax import release_format
 from resnet_jax import runs
-from resnet_jax import tools
+from resnet_jax import utils
 
 # Written by the trainer into its workdir before anything else, every
 # session (since round two of the reliability work): it marks the directory
@@ -57,7 +57,7 @@ def check(workdir: str, data=None) -> None:
   data_dir = data and data.get('name') == datasets.IMAGE_FOLDER and data.get(
       'data_dir')
   if data_dir and '://' not in data_dir:
-    root = os.path.realpath(tools.expand_path(data_dir))
+    root = os.path.realpath(utils.expand_path(data_dir))
     if os.path.commonpath([root, os.path.realpath(workdir)]) == root:
       raise ValueError(
           f'--workdir={workdir} is inside the image folder {root} '

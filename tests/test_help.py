@@ -1,8 +1,8 @@
 """Every command's --help prints its help and succeeds (exit status 0).
 
-Every command runs through tools.start, which turns absl's help exit (status
+Every command runs through cli.start, which turns absl's help exit (status
 1) into status 0; the test runs two commands (the trainer has its own flag
-parser) and checks that every other one goes through tools.start.
+parser) and checks that every other one goes through cli.start.
 """
 
 import pathlib
@@ -19,10 +19,10 @@ COMMANDS = ('resnet_jax.main', 'resnet_jax.evaluate', 'resnet_jax.predict',
 
 
 @pytest.mark.parametrize('module', COMMANDS)
-def test_every_command_starts_through_tools_start(module):
+def test_every_command_starts_through_cli_start(module):
   source = (REPO / (module.replace('.', '/') + '.py')).read_text()
   main_block = source[source.index("\nif __name__ == '__main__':"):]
-  assert re.search(r'\n  tools\.start\(main\b', main_block), module
+  assert re.search(r'\n  cli\.start\(main\b', main_block), module
 
 
 @pytest.mark.slow  # A Python (and JAX) start-up per command.

@@ -1,10 +1,10 @@
 """The package's arrows: how its modules import one another.
 
 Read from the sources (every import, those inside functions too): the chain
-of imports is short and has no cycle, no library module imports a command,
-the training loop draws no picture, one module builds a run's schedule, one
-names a release's files and one summary.json, and a release predicts without
-the training side's libraries.
+of imports is short and has no cycle, no library module imports a command
+or the command-line plumbing (cli), the training loop draws no picture, one
+module builds a run's schedule, one names a release's files and one
+summary.json, and a release predicts without the training side's libraries.
 """
 
 import ast
@@ -72,6 +72,26 @@ def test_no_library_module_imports_a_command():
            for name, imported in _arrows().items()
            if name not in commands and imported & commands}
   assert not wrong, wrong
+
+
+def test_only_commands_import_the_command_line_plumbing():
+  # cli (flags, --help, exit statuses) is the commands'; the library raises
+  # and never parses flags. utils, which any module may use, imports nothing
+  # of the project and no absl flags.
+  commands, arrows, trees = _commands(), _arrows(), _trees()
+  wrong = sorted(name for name, imported in arrows.items()
+                 if 'cli' in imported and name not in commands)
+  assert not wrong, wrong
+  absl_flags = lambda node: (
+      isinstance(node, ast.ImportFrom) and node.module == 'absl' and
+      {a.name for a in node.names} & {'flags', 'app'}) or (
+          isinstance(node, ast.Import) and
+          {a.name for a in node.names} & {'absl.flags', 'absl.app'})
+  flag_users = sorted(name for name, tree in trees.items()
+                      if name not in commands | {'cli'} and
+                      any(absl_flags(node) for node in ast.walk(tree)))
+  assert not flag_users, flag_users
+  assert not arrows['utils'], arrows['utils']
 
 
 def test_the_training_loop_draws_no_picture():

@@ -65,11 +65,11 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_a_file_system_error_in_any_command_is_one_line(tmp_path):
   # A name over Linux's 255 bytes, as a --workdir or --out may be: every
-  # command's OSError goes the same way (tools.start).
+  # command's OSError goes the same way (cli.start).
   path = tmp_path / ('x' * 300) / 'config.json'
   ran = run_python(
-      'from resnet_jax import tools\n'
-      f'tools.start(lambda argv: open({str(path)!r}).read())')
+      'from resnet_jax import cli\n'
+      f'cli.start(lambda argv: open({str(path)!r}).read())')
   assert (ran.returncode, ran.stdout, ran.stderr) == (
       1, '', f'error: {path}: File name too long\n')
 

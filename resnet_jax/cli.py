@@ -1,6 +1,9 @@
-"""What every command does: quiet start-up and one error path (`start`).
+"""What every command shares: its path flags, quiet start-up, --help that
+succeeds, and one error path (`start`).
 
-It imports nothing of the project, so every module may use its helpers.
+Only the commands (resnet_jax.main, evaluate, predict, curves, export and
+experiments/' scripts) import it; the library raises ValueError or OSError
+and never exits.
 """
 
 import logging as python_logging
@@ -8,29 +11,22 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from resnet_jax import utils
+
 # Exit status for a user's mistake (bad input), as README promises.
 EXIT_ERROR = 1
-
-
-def expand_path(path: str | None) -> str | None:
-  """`path` with a leading `~` or `~user` made the home folder, as a shell
-  would (it does not after `--flag=`); URLs (gs://...) and None unchanged."""
-  if not path or '://' in path:
-    return path
-  return os.path.expanduser(path)
 
 
 class _PathParser(flags.ArgumentParser):
   """A path flag's parser: the value as typed, `expand_path`ed."""
 
   def parse(self, argument):
-    return expand_path(argument)
+    return utils.expand_path(argument)
 
   def flag_type(self):
     return 'string'
@@ -44,29 +40,26 @@ def define_path(name: str, default: str | None, help_text: str, **kwargs):
                       serializer=flags.ArgumentSerializer(), **kwargs)
 
 
-def one_line(error, limit: int | None = None, named: bool = False) -> str:
-  """An error's message (or any text) with its whitespace folded: one line.
+def define_selection_flags(ensemble: bool = True) -> None:
+  """Defines --workdir (required), --checkpoint, --run and --ensemble: what
+  `inference.load` loads, once for evaluate, predict, export and release."""
+  flags.disclaim_key_flags()  # Key flags of the caller, not of this module.
+  define_path('workdir', None, 'A workdir written by resnet_jax.main, '
+              'or a release (pretrained/...).')
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.")
+  flags.DEFINE_integer('run', 0, "Which of the workdir's runs: run i is the "
+                       'run of seed config.seed + i.')
+  if ensemble:
+    flags.DEFINE_bool('ensemble', False, "The mean of all runs' logits "
+                      'instead of one run.')
+  flags.mark_flag_as_required('workdir')
 
-  Cut to `limit` characters, '...' included, when longer; after its type's
-  name (`named`) where the type says more than the message (a library's).
-  """
-  text = ' '.join(str(error).split())
-  if limit is not None and len(text) > limit:
-    text = text[:limit - 3] + '...'
-  return f'{type(error).__name__}: {text}' if named else text
 
-
-def flatten(tree, prefix: str = '') -> dict[str, Any]:
-  """Nested dicts as {'a.b': leaf}, so that a message names the exact field.
-
-  An empty dict below the top is a leaf: a field whose value is {}.
-  """
-  if isinstance(tree, dict) and (tree or not prefix):
-    flat = {}
-    for key, value in tree.items():
-      flat.update(flatten(value, f'{prefix}{key}.'))
-    return flat
-  return {prefix[:-1]: tree}
+def selection_from_flags() -> dict:
+  """What those flags chose, as `inference.load`'s keyword arguments."""
+  names = ('workdir', 'checkpoint', 'run', 'ensemble')
+  return {name: flags.FLAGS[name].value for name in names
+          if name in flags.FLAGS}
 
 
 def config_error(error: Exception, config_file: str | None = None) -> str:
@@ -82,23 +75,14 @@ def config_error(error: Exception, config_file: str | None = None) -> str:
     return f'--config={config_file} has no get_config() function'
   missing = next((e for e in chain if isinstance(e, KeyError)), None)
   if missing:  # ml_collections' message: the field and a hint.
-    field = one_line(' '.join(map(str, missing.args)))
+    field = utils.one_line(' '.join(map(str, missing.args)))
     return f'the config has no field {field}; check the --config.* overrides'
-  return one_line(error)
-
-
-def os_error(error: OSError) -> str:
-  """An OSError (a full disk, a name too long, no permission) in one line:
-  the file or files it names, then the system's reason, as `cp` says it."""
-  files = ' -> '.join(str(f) for f in (error.filename, error.filename2)
-                      if f is not None)
-  reason = error.strerror or one_line(error, named=True)
-  return f'{files}: {reason}' if files else reason
+  return utils.one_line(error)
 
 
 def fail(message) -> None:
   """Ends the command with `error: <message>` (a str or an error), status 1."""
-  print(f'error: {one_line(message)}', file=sys.stderr, flush=True)
+  print(f'error: {utils.one_line(message)}', file=sys.stderr, flush=True)
   sys.exit(EXIT_ERROR)
 
 
@@ -146,9 +130,9 @@ def start(main, **kwargs) -> None:
   """`absl.app.run(main)` through the project's one error path.
 
   A ValueError in `main` ends it with `error: ...` and status 1, and so does
-  an OSError (`os_error`: the file system's, not a bug); Ctrl-C that it does
-  not handle (the trainer does) with one line and status 130. It ends
-  at once: background threads (Orbax's writers) may wait forever on work
+  an OSError (`utils.os_error`: the file system's, not a bug); Ctrl-C that
+  it does not handle (the trainer does) with one line and status 130. It
+  ends at once: background threads (Orbax's writers) may wait forever on work
   that failed, and must not keep it alive.
   """
 
@@ -157,7 +141,7 @@ def start(main, **kwargs) -> None:
       return main(argv)
     except (ValueError, OSError) as e:
       logging.debug('Failed:', exc_info=True)  # The traceback with -v 1.
-      fail(os_error(e) if isinstance(e, OSError) else e)
+      fail(utils.os_error(e) if isinstance(e, OSError) else e)
     except KeyboardInterrupt:
       print('error: interrupted (Ctrl-C)', file=sys.stderr, flush=True)
       sys.exit(128 + signal.SIGINT)

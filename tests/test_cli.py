@@ -1,4 +1,5 @@
-"""The helpers every module shares: errors as one line, configs as fields."""
+"""What the commands share (resnet_jax/cli.py): config errors as one line,
+path flags that expand `~`."""
 
 import os
 import pathlib
@@ -9,25 +10,9 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from resnet_jax import tools
+from resnet_jax import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def test_an_error_is_one_line_cut_to_the_limit_and_named_if_asked():
-  error = OSError('disk\n   full:\tno space')
-  assert tools.one_line(error) == 'disk full: no space'
-  assert tools.one_line(error, named=True) == 'OSError: disk full: no space'
-  long = ValueError('x' * 300)
-  assert tools.one_line(long, 200) == 'x' * 197 + '...'
-  assert tools.one_line('short', 200) == 'short'
-
-
-def test_nested_dicts_flatten_to_dotted_fields_with_empty_ones_as_leaves():
-  assert tools.flatten({'a': 1, 'b': {'c': (2,), 'd': {'e': None}},
-                        'f': {}}) == {'a': 1, 'b.c': (2,), 'b.d.e': None,
-                                      'f': {}}
-  assert tools.flatten({}) == {}
 
 
 def _parse_error(monkeypatch, argv) -> Exception:
@@ -52,22 +37,22 @@ def _parse_error(monkeypatch, argv) -> Exception:
 def test_a_config_override_error_is_one_line(monkeypatch, override, message):
   error = _parse_error(monkeypatch,
                        ['main', '--config=configs/smoke.py', override])
-  assert tools.config_error(error, 'configs/smoke.py') == message
+  assert cli.config_error(error, 'configs/smoke.py') == message
 
 
 def test_a_config_file_without_get_config_is_named(monkeypatch, tmp_path):
   config_file = tmp_path / 'not_a_config.py'
   config_file.write_text('depth = 20\n')
   error = _parse_error(monkeypatch, ['main', f'--config={config_file}'])
-  assert tools.config_error(error, str(config_file)) == (
+  assert cli.config_error(error, str(config_file)) == (
       f'--config={config_file} has no get_config() function')
 
 
 def test_a_path_flag_expands_the_home_folder(monkeypatch):
   monkeypatch.setenv('HOME', '/home/someone')
   values = flags.FlagValues()
-  tools.define_path('workdir', '~/default', '', flag_values=values)
-  tools.define_path('root', None, '', flag_values=values)
+  cli.define_path('workdir', '~/default', '', flag_values=values)
+  cli.define_path('root', None, '', flag_values=values)
   values(['command'])
   assert values.workdir == '/home/someone/default'
   values(['command', '--workdir=~/run', '--root=gs://bucket/~x'])
@@ -107,7 +92,7 @@ def test_every_command_expands_the_home_folder_in_its_path_flags(tmp_path):
     if not define:  # Defined under `if __name__ == '__main__':`.
       define = source[source.index("\nif __name__ == '__main__':"):]
       define = '\n'.join(l[2:] for l in define.splitlines()[2:]
-                         if 'tools.start' not in l)
+                         if 'cli.start' not in l)
     paths = [a[2:] for a in args if '=' not in a]
     code = (f'import sys\nfrom absl import flags\nfrom {package} import '
             f'{name}\nfrom {package}.{name} import *\n{define}\n'
