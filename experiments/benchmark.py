@@ -33,7 +33,9 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-from resnet_jax import batching, cli, datasets, experiment, parallel
+from resnet_jax import cli
+from resnet_jax.data import batching, datasets
+from resnet_jax.run import experiment, parallel
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/resnet20.py')
 _INPUT = flags.DEFINE_enum(

@@ -4,7 +4,7 @@
       --checkpoint=latest --out=releases/resnet20 [--data_note='...']
 
 writes into --out (absent or empty; `~` is home) config.json,
-weights.safetensors and release.json (resnet_jax/releases.py, `release`),
+weights.safetensors and release.json (resnet_jax/read/releases.py, `release`),
 with the CPU check: how many images of --check_split this machine classifies
 correctly. Everything is checked first, then written into a temporary
 directory renamed to --out. Of a release (--workdir=resnet_jax/pretrained/
@@ -22,8 +22,8 @@ from absl import flags
 from absl import logging
 
 from resnet_jax import cli
-from resnet_jax import inference
-from resnet_jax import releases
+from resnet_jax.read import inference
+from resnet_jax.read import releases
 
 FLAGS = flags.FLAGS
 

@@ -36,9 +36,9 @@ from etils import epath
 from ml_collections import config_flags
 
 from resnet_jax import cli
-from resnet_jax import experiment
 from resnet_jax import utils
-from resnet_jax import workdir as workdir_lib
+from resnet_jax.run import experiment
+from resnet_jax.run import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS

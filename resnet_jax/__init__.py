@@ -29,5 +29,5 @@ def pretrained(name='resnet20'):
   """
   # Imported here: `import resnet_jax` stays free of JAX's start-up.
   # pylint: disable=g-import-not-at-top
-  from resnet_jax import inference, release_format
+  from resnet_jax.read import inference, release_format
   return inference.load(release_format.path(name))

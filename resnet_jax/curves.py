@@ -28,7 +28,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_start(logging.WARNING)
-  from resnet_jax import report  # pylint: disable=g-import-not-at-top
+  from resnet_jax.read import report  # pylint: disable=g-import-not-at-top
   print(report.write_curves(FLAGS.workdir))
 
 

@@ -23,11 +23,11 @@ from absl import flags
 from absl import logging
 
 from resnet_jax import cli
-from resnet_jax import config_checks
-from resnet_jax import datasets
-from resnet_jax import inference
-from resnet_jax import report
-from resnet_jax import workdir as workdir_lib
+from resnet_jax.data import datasets
+from resnet_jax.read import inference
+from resnet_jax.read import report
+from resnet_jax.run import config_checks
+from resnet_jax.run import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 

@@ -20,10 +20,10 @@ from absl import logging
 import numpy as np
 
 from resnet_jax import cli
-from resnet_jax import inference
-from resnet_jax import models
 from resnet_jax import utils
-from resnet_jax import workdir as workdir_lib
+from resnet_jax.core import models
+from resnet_jax.read import inference
+from resnet_jax.run import workdir as workdir_lib
 
 FORMATS = ('onnx', 'jax')
 # Platforms a .jax file is lowered for (it runs on any of them): lowering

@@ -71,9 +71,9 @@ def main(argv):
       f'  {field} = {value!r}'
       for field, value in utils.flatten(config.to_dict()).items()))
   # pylint: disable=g-import-not-at-top
-  from resnet_jax import preemption
-  from resnet_jax import report
-  from resnet_jax import train
+  from resnet_jax.read import report
+  from resnet_jax.run import preemption
+  from resnet_jax.run import train
   try:
     train.train_and_evaluate(
         config, workdir, set_up_process=True,

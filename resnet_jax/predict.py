@@ -26,9 +26,9 @@ from PIL import Image
 from PIL import ImageOps
 
 from resnet_jax import cli
-from resnet_jax import datasets
-from resnet_jax import inference
-from resnet_jax import report
+from resnet_jax.data import datasets
+from resnet_jax.read import inference
+from resnet_jax.read import report
 
 FLAGS = flags.FLAGS
 

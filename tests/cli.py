@@ -31,7 +31,7 @@ import sys
 import jax
 
 import fake_cifar
-from resnet_jax import checkpoints, experiment, parallel
+from resnet_jax.run import checkpoints, experiment, parallel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def _install_fault(fault):
       fired.append(1)
       os.kill(os.getpid(), signum)
   if point == 'batch':
-    from resnet_jax import batching
+    from resnet_jax.data import batching
     original = batching.train_rows
     def train_rows(*args, step, **kwargs):
       if step == int(arg):
@@ -66,7 +66,7 @@ def _install_fault(fault):
       return original(src, dst, *args, **kwargs)
     os.rename = rename
   elif point == 'eval':
-    from resnet_jax import checkpoints, experiment
+    from resnet_jax.run import checkpoints, experiment
     original, calls = experiment.Experiment.evaluate, []
     original_save, savers = checkpoints.Checkpointer.save, []
     def save(self, *args, **kwargs):
@@ -82,7 +82,7 @@ def _install_fault(fault):
     checkpoints.Checkpointer.save = save
     experiment.Experiment.evaluate = evaluate
   elif point == 'summary':
-    from resnet_jax import workdir
+    from resnet_jax.run import workdir
     original = workdir.write_json
     def write_json(path, value):
       if path.name == 'summary.json':

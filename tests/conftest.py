@@ -61,7 +61,7 @@ def _check_release(out: pathlib.Path, data_dir: str | None = None) -> None:
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   import resnet_jax  # pylint: disable=g-import-not-at-top
-  from resnet_jax import datasets  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import datasets  # pylint: disable=g-import-not-at-top
   record = json.loads((out / 'release.json').read_text())
   weights = (out / record['weights']['file']).read_bytes()
   assert hashlib.sha256(weights).hexdigest() == record['weights']['sha256']
@@ -94,7 +94,7 @@ def fixture_trained_workdir(tmp_path_factory, cifar10_dir):
   Trained once per session for evaluate, predict and release's tests.
   """
   from configs import smoke  # pylint: disable=g-import-not-at-top
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax.run import train  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
   config.data.data_dir = cifar10_dir
   config.update(parallelism='jit', num_train_steps=4, log_every_steps=1,

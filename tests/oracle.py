@@ -27,16 +27,16 @@ import ml_collections
 import numpy as np
 
 from configs import smoke
-from resnet_jax import augment
-from resnet_jax import batching
-from resnet_jax import datasets
-from resnet_jax import experiment
-from resnet_jax import models
-from resnet_jax import optimizer
-from resnet_jax import parallel
-from resnet_jax import runs
-from resnet_jax import schedules
-from resnet_jax import steps
+from resnet_jax.core import augment
+from resnet_jax.core import models
+from resnet_jax.core import optimizer
+from resnet_jax.core import schedules
+from resnet_jax.core import steps
+from resnet_jax.data import batching
+from resnet_jax.data import datasets
+from resnet_jax.run import experiment
+from resnet_jax.run import parallel
+from resnet_jax.run import runs
 
 IMAGE_SHAPE = (8, 8, 3)
 NUM_EXAMPLES = 64

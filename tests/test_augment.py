@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resnet_jax import augment, parallel
+from resnet_jax.core import augment
+from resnet_jax.run import parallel
 
 PAD = 4
 

@@ -8,8 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resnet_jax import batching as bt
-from resnet_jax import datasets
+from resnet_jax.data import batching as bt
+from resnet_jax.data import datasets
 
 
 def indexed_dataset(n: int, num_classes: int = 3) -> datasets.InMemoryDataset:

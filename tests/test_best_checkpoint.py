@@ -13,7 +13,7 @@ import pytest
 
 import fake_cifar
 from configs import smoke
-from resnet_jax import checkpoints, experiment, train
+from resnet_jax.run import checkpoints, experiment, train
 
 
 def test_of_tied_accuracies_the_earliest_step_is_kept_and_named_best(

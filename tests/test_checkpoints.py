@@ -10,9 +10,9 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from resnet_jax import checkpoints
-from resnet_jax import models
-from resnet_jax import steps
+from resnet_jax.core import models
+from resnet_jax.core import steps
+from resnet_jax.run import checkpoints
 
 
 def _run_metadata(depth=8, dataset='cifar10'):

@@ -5,9 +5,9 @@ import numpy as np
 
 import fake_cifar
 from configs import resnet56_cifar100
-from resnet_jax import config_checks
-from resnet_jax import experiment
-from resnet_jax import parallel
+from resnet_jax.run import config_checks
+from resnet_jax.run import experiment
+from resnet_jax.run import parallel
 
 
 def test_the_cifar100_config_loads_tfds_cifar100_with_its_fine_labels(

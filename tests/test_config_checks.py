@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 from configs import default, smoke
-from resnet_jax import config_checks, datasets, defaults, experiment, parallel
-from resnet_jax import schedules
+from resnet_jax.core import schedules
+from resnet_jax.data import datasets
+from resnet_jax.run import config_checks, defaults, experiment, parallel
 
 CONFIG_NAMES = sorted(p.stem for p in (
     pathlib.Path(__file__).resolve().parents[1] / 'configs').glob('*.py')

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from resnet_jax import metric_writer
-from resnet_jax import report
+from resnet_jax.read import report
+from resnet_jax.run import metric_writer
 
 
 @pytest.fixture(name='drawn')

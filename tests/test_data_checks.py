@@ -9,10 +9,10 @@ from PIL import Image
 import pytest
 
 from configs import smoke
-from resnet_jax import datasets
 from resnet_jax import evaluate
-from resnet_jax import train
-from resnet_jax import workdir as workdir_lib
+from resnet_jax.data import datasets
+from resnet_jax.run import train
+from resnet_jax.run import workdir as workdir_lib
 
 
 def write_split(root: pathlib.Path, split: str, per_class: int,

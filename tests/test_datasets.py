@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from resnet_jax import datasets
+from resnet_jax.data import datasets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -573,7 +573,7 @@ def test_tensorflow_is_imported_only_to_load_tfds_data(tmp_path):
           'datasets.check_available(config); '
           'assert datasets.load_split(config, "train[:2]").num_examples == 2; '
           'assert datasets.class_names(config, 2) == ("a", "b"); ')
-  modules = 'from resnet_jax import batching, datasets; '
+  modules = 'from resnet_jax.data import batching, datasets; '
   # Without TensorFlow at all: importing it would raise.
   run_python("import sys; sys.modules['tensorflow'] = None; "
              "sys.modules['tensorflow_datasets'] = None; "

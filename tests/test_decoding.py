@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from resnet_jax import datasets
 from resnet_jax import predict
+from resnet_jax.data import datasets
 
 rng = np.random.default_rng(0)
 RGBA = rng.integers(0, 256, (8, 8, 4), np.uint8)

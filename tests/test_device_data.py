@@ -7,8 +7,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resnet_jax import augment, batching, datasets, models
-from resnet_jax import optimizer, parallel, steps
+from resnet_jax.core import augment, models
+from resnet_jax.core import optimizer, steps
+from resnet_jax.data import batching, datasets
+from resnet_jax.run import parallel
 
 GLOBAL_BATCH = 16
 

@@ -12,14 +12,14 @@ from cli import REPO
 from cli import run_module
 import fake_cifar
 from configs import smoke
-from resnet_jax import checkpoints
-from resnet_jax import config_checks
-from resnet_jax import datasets
 from resnet_jax import evaluate
-from resnet_jax import experiment
-from resnet_jax import inference
-from resnet_jax import parallel
-from resnet_jax import runs
+from resnet_jax.data import datasets
+from resnet_jax.read import inference
+from resnet_jax.run import checkpoints
+from resnet_jax.run import config_checks
+from resnet_jax.run import experiment
+from resnet_jax.run import parallel
+from resnet_jax.run import runs
 
 
 def assert_picture(path):

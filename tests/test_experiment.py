@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from resnet_jax import checkpoints, datasets, experiment, parallel
+from resnet_jax.data import datasets
+from resnet_jax.run import checkpoints, experiment, parallel
 
 
 def _split(num_examples=64):

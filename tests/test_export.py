@@ -29,8 +29,8 @@ from cli import run_module
 import fake_cifar
 import jpeg_copy
 from resnet_jax import export
-from resnet_jax import inference
-from resnet_jax import models
+from resnet_jax.core import models
+from resnet_jax.read import inference
 
 onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')

@@ -11,7 +11,7 @@ pure step driven by hand (oracle.hand_steps) and the schedule written out.
 
 import pytest
 
-from resnet_jax import metric_writer, train
+from resnet_jax.run import metric_writer, train
 import oracle
 
 # A run of the trainer, end to end (~10-30 s).

@@ -15,7 +15,7 @@ import pytest
 from cli import REPO, error_line, run_cli, snapshot
 import fake_cifar
 from configs import smoke
-from resnet_jax import train
+from resnet_jax.run import train
 
 SMOKE = '--config=configs/smoke.py'
 

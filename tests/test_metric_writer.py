@@ -12,8 +12,8 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from resnet_jax import metric_writer
-from resnet_jax import report
+from resnet_jax.read import report
+from resnet_jax.run import metric_writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,7 +123,7 @@ _SCRIPT = '''
 import sys
 from absl import logging
 logging.set_verbosity(logging.INFO)
-from resnet_jax import metric_writer
+from resnet_jax.run import metric_writer
 with metric_writer.create_writer(sys.argv[1], just_logging=False) as w:
   w.write_hparams({'depth': 20})
   w.write_scalars(3, {'train_loss': 0.25, 'val_accuracy': 0.5})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from resnet_jax import models
+from resnet_jax.core import models
 import reference
 
 # Float32 against float64 through up to 20 layers of convolution and batch

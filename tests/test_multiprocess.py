@@ -23,7 +23,7 @@ from configs import smoke
 import fake_cifar
 import oracle
 from oracle import assert_float32_close
-from resnet_jax import datasets
+from resnet_jax.data import datasets
 
 # Two processes, minutes on a small CPU: not in the edit loop's tier.
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ _record_writes(os.environ['TEST_WORKDIR'], os.environ['TEST_WRITES_RECORD'])
 _AWAIT_PREEMPTION_NOTICE = '''
 def _pace_after(after):
   import time
-  from resnet_jax import batching
+  from resnet_jax.data import batching
   original = batching.train_rows
   def train_rows(*args, step, **kwargs):
     if step > after:

@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from configs import smoke
-from resnet_jax import datasets
-from resnet_jax import experiment
+from resnet_jax.data import datasets
+from resnet_jax.run import experiment
 
 
 def _image_folder_without_test_split(root, classes=10, per_class=3):

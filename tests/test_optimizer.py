@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resnet_jax import optimizer
+from resnet_jax.core import optimizer
 
 LR = 0.1
 MOMENTUM = 0.9

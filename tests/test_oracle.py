@@ -27,7 +27,8 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import augment, models, parallel
+from resnet_jax.core import augment, models
+from resnet_jax.run import parallel
 import oracle
 import reference
 

@@ -12,7 +12,8 @@ import pytest
 
 from cli import REPO
 from oracle import assert_float32_close
-from resnet_jax import models, optimizer, parallel, schedules, steps
+from resnet_jax.core import models, optimizer, schedules, steps
+from resnet_jax.run import parallel
 
 GLOBAL_BATCH = 16
 IMAGE_SHAPE = (8, 8, 3)
@@ -164,7 +165,7 @@ import os
 os.environ.pop('XLA_FLAGS', None)
 import jax
 from configs import default
-from resnet_jax import parallel
+from resnet_jax.run import parallel
 config = default.get_config()
 expected = parallel.cpu_device_count(len(os.sched_getaffinity(0)), [128, 500])
 assert parallel.configure_cpu_devices(config) == expected, expected

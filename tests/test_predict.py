@@ -9,10 +9,10 @@ from PIL import Image
 import pytest
 
 from cli import REPO, run_module
-from resnet_jax import datasets
-from resnet_jax import inference
 from resnet_jax import predict
-from resnet_jax import report
+from resnet_jax.data import datasets
+from resnet_jax.read import inference
+from resnet_jax.read import report
 
 SHAPE = (32, 32, 3)
 

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 
-from resnet_jax import preemption
+from resnet_jax.run import preemption
 
 
 def test_sigterm_is_noticed_at_the_next_step_and_timed():
@@ -42,7 +42,7 @@ def test_ctrl_c_is_noticed_like_sigterm_and_named():
 
 def test_a_second_signal_stops_the_process_at_once():
   program = ('import os, signal, time\n'
-             'from resnet_jax import preemption\n'
+             'from resnet_jax.run import preemption\n'
              'with preemption.PreemptionWatcher() as watcher:\n'
              '  os.kill(os.getpid(), signal.SIGINT)\n'
              '  assert watcher.reached(1)\n'

@@ -25,7 +25,7 @@ import pytest
 
 import jpeg_copy
 import resnet_jax
-from resnet_jax import release_format
+from resnet_jax.read import release_format
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RELEASES = sorted(p.parent for p in release_format.PRETRAINED.glob(
@@ -104,8 +104,11 @@ def test_a_name_means_a_shipped_release_and_a_path_any(tmp_path,
 def test_an_installed_wheel_has_the_releases_from_any_directory(tmp_path):
   # Built from a copy: building writes build/ beside the sources.
   source, wheels, target = (tmp_path / d for d in ('src', 'wheels', 'site'))
-  shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
-      '.git', 'build', '*.egg-info', '__pycache__', 'runs', 'data', '.*'))
+  anywhere = shutil.ignore_patterns('.git', 'build', '*.egg-info',
+                                    '__pycache__', 'runs', '.*')
+  # The data folder at the root (/data/), not the package's resnet_jax/data.
+  shutil.copytree(REPO, source, symlinks=True, ignore=lambda folder, names: (
+      anywhere(folder, names) | ({'data'} if folder == str(REPO) else set())))
   for command in (['wheel', '--no-deps', '--no-build-isolation', '-q',
                    str(source), '-w', str(wheels)],
                   ['install', '--no-deps', '-q', '--target', str(target)]):

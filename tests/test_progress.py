@@ -8,8 +8,8 @@ import pytest
 
 import fake_cifar
 from configs import smoke
-from resnet_jax import monitoring
-from resnet_jax import train
+from resnet_jax.run import monitoring
+from resnet_jax.run import train
 
 
 class _Clock:

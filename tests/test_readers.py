@@ -16,12 +16,12 @@ import pytest
 
 from configs import smoke
 import resnet_jax
-from resnet_jax import datasets
-from resnet_jax import defaults
 from resnet_jax import evaluate
-from resnet_jax import inference
-from resnet_jax import report
-from resnet_jax import train
+from resnet_jax.data import datasets
+from resnet_jax.read import inference
+from resnet_jax.read import report
+from resnet_jax.run import defaults
+from resnet_jax.run import train
 
 CLASSES = ('ant', 'bee', 'cat')
 

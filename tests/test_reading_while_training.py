@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from resnet_jax import checkpoints
+from resnet_jax.run import checkpoints
 
 
 def saved(directory, steps):

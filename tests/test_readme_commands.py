@@ -32,7 +32,7 @@ import pytest
 
 import fake_cifar
 from configs import resnet20
-from resnet_jax import datasets
+from resnet_jax.data import datasets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -128,9 +128,13 @@ def _clone(destination: pathlib.Path) -> pathlib.Path:
         ['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
         cwd=REPO, capture_output=True, check=True).stdout.decode().split('\0')
   except (OSError, subprocess.CalledProcessError):  # Not a git checkout.
-    shutil.copytree(REPO, destination, ignore=shutil.ignore_patterns(
-        '.git', '.venv', 'runs', 'data', '__pycache__', '*.egg-info',
-        '.pytest_cache', '.hypothesis', '.whl', '.device'))
+    anywhere = shutil.ignore_patterns(
+        '.git', '.venv', 'runs', '__pycache__', '*.egg-info', '.pytest_cache',
+        '.hypothesis', '.whl', '.device')
+    # The data folder at the root (/data/), not the package's resnet_jax/data.
+    shutil.copytree(REPO, destination, ignore=lambda folder, names: (
+        anywhere(folder, names) |
+        ({'data'} if folder == str(REPO) else set())))
     return destination
   for name in filter(None, listed):
     source = REPO / name

@@ -15,9 +15,9 @@ from safetensors import numpy as safetensors_numpy
 
 from cli import run_module
 from resnet_jax import evaluate
-from resnet_jax import inference
-from resnet_jax import release_format
-from resnet_jax import releases
+from resnet_jax.read import inference
+from resnet_jax.read import release_format
+from resnet_jax.read import releases
 
 
 @pytest.fixture(name='released', scope='session')

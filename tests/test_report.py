@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from resnet_jax import metric_writer
-from resnet_jax import report
+from resnet_jax.read import report
+from resnet_jax.run import metric_writer
 
 
 def assert_picture(path):

@@ -17,8 +17,8 @@ import pytest
 
 import fake_cifar
 from configs import smoke
-from resnet_jax import checkpoints, experiment, parallel, runs, train
-from resnet_jax.metric_writer import scalars
+from resnet_jax.run import checkpoints, experiment, parallel, runs, train
+from resnet_jax.run.metric_writer import scalars
 
 # Timings and the like, which differ between any two runs.
 NOT_REPRODUCIBLE = ('wall_seconds', 'total_wall_seconds',

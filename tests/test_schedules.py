@@ -5,7 +5,7 @@ import importlib
 import ml_collections
 import pytest
 
-from resnet_jax import schedules
+from resnet_jax.core import schedules
 
 
 def schedule_config(**overrides):

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import models, optimizer, steps
+from resnet_jax.core import models, optimizer, steps
 import reference
 
 IMAGE_SHAPE = (8, 8, 3)

@@ -23,7 +23,7 @@ else:
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import default
 from experiments import torch_resnet
-from resnet_jax import models
+from resnet_jax.core import models
 import reference
 
 # Both sides in float32 through 20 layers; they differ only in summation

@@ -22,9 +22,10 @@ from cli import cli_command, error_line, restore_params, run_cli
 import fake_cifar
 import jpeg_copy
 from configs import smoke
-from resnet_jax import checkpoints, experiment, schedules, steps
-from resnet_jax import train, workdir
-from resnet_jax.metric_writer import scalars
+from resnet_jax.core import schedules, steps
+from resnet_jax.run import checkpoints, experiment
+from resnet_jax.run import train, workdir
+from resnet_jax.run.metric_writer import scalars
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

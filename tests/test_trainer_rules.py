@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoints, experiment, parallel, train
+from resnet_jax.run import checkpoints, experiment, parallel, train
 import oracle
 
 

@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from resnet_jax import workdir
+from resnet_jax.run import workdir
 
 # Holds the lock of the workdir given, announced, until killed.
 HOLDER = '''
 import sys, time
-from resnet_jax import workdir
+from resnet_jax.run import workdir
 lock = workdir.Lock(sys.argv[1])
 lock.announce()
 print('held', flush=True)

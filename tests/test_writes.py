@@ -13,8 +13,8 @@ from etils import epath
 import pytest
 
 from configs import smoke
-from resnet_jax import train
-from resnet_jax import workdir as workdir_lib
+from resnet_jax.run import train
+from resnet_jax.run import workdir as workdir_lib
 
 
 def full_disk(monkeypatch, after_bytes=10):
@@ -79,7 +79,7 @@ def test_a_failed_saves_writes_ending_after_orbax_closed_its_loop_are_quiet():
   # once per pending write): the save's own error is the one line.
   ran = run_python(
       'import asyncio, tensorstore as ts\n'
-      'from resnet_jax import checkpoints\n'
+      'from resnet_jax.run import checkpoints\n'
       'promise, future = ts.Promise.new()\n'
       'loop = asyncio.new_event_loop()\n'
       'async def wait():\n'

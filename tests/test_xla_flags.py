@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cli import REPO
-from resnet_jax import parallel
+from resnet_jax.run import parallel
 
 EXTRA = 'xla_backend_extra_options'
 TERMINATE = 'xla_cpu_collective_call_terminate_timeout_seconds'
@@ -40,7 +40,8 @@ STEP = '''
 import functools, json, os, re, sys
 import jax, ml_collections, numpy as np
 from configs import smoke
-from resnet_jax import models, optimizer, parallel, steps
+from resnet_jax.core import models, optimizer, steps
+from resnet_jax.run import parallel
 if sys.argv[1] == 'trainer':
   config = smoke.get_config()
   config.cpu_devices = 1
@@ -101,7 +102,7 @@ import sys, time
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import PartitionSpec as P
 from configs import smoke
-from resnet_jax import parallel
+from resnet_jax.run import parallel
 config = smoke.get_config()
 config.cpu_devices = 2
 parallel.configure_cpu_devices(config)

@@ -17,7 +17,8 @@ import math
 
 import ml_collections
 
-from resnet_jax import models, optimizer, parallel, schedules
+from resnet_jax.core import models, optimizer, schedules
+from resnet_jax.run import parallel
 
 MAX_STEPS = 2**31 - 1  # Step counters are int32 on the device.
 # numpy's default_rng needs seeds >= 0; jax.random.key keeps 32 bits.

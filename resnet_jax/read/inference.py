@@ -16,13 +16,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import classifier
-from resnet_jax import config_checks
-from resnet_jax import datasets
-from resnet_jax import release_format
-from resnet_jax import report
-from resnet_jax import runs
 from resnet_jax import utils
+from resnet_jax.data import datasets
+from resnet_jax.read import release_format
+from resnet_jax.read import report
+from resnet_jax.run import classifier
+from resnet_jax.run import config_checks
+from resnet_jax.run import runs
 
 CHECKPOINT_CHOICES = ('latest', 'best')
 SPLIT_ALIASES = {'validation': 'eval_split', 'test': 'test_split'}
@@ -281,7 +281,7 @@ def load(workdir: str, checkpoint='latest', run: int = 0,
   else:
     # Orbax and the training side: for a workdir's checkpoints only.
     # pylint: disable=g-import-not-at-top
-    from resnet_jax import checkpoints, experiment, parallel
+    from resnet_jax.run import checkpoints, experiment, parallel
     directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     if not os.path.isdir(directory):
       raise ValueError(f'no checkpoint in {workdir}: {directory} does not '

@@ -28,9 +28,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from resnet_jax import datasets
-from resnet_jax import defaults
 from resnet_jax import utils
+from resnet_jax.data import datasets
+from resnet_jax.run import defaults
 
 # Where `tidy` moves unreadable checkpoints, beside the directory.
 UNREADABLE_DIR = 'unreadable_checkpoints'

@@ -23,17 +23,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import checkpoints
-from resnet_jax import config_checks
-from resnet_jax import datasets
-from resnet_jax import experiment
-from resnet_jax import metric_writer
-from resnet_jax import monitoring
-from resnet_jax import parallel
-from resnet_jax import preemption
-from resnet_jax import runs
 from resnet_jax import utils
-from resnet_jax import workdir as workdir_lib
+from resnet_jax.data import datasets
+from resnet_jax.run import checkpoints
+from resnet_jax.run import config_checks
+from resnet_jax.run import experiment
+from resnet_jax.run import metric_writer
+from resnet_jax.run import monitoring
+from resnet_jax.run import parallel
+from resnet_jax.run import preemption
+from resnet_jax.run import runs
+from resnet_jax.run import workdir as workdir_lib
 
 
 class NonFiniteLossError(ValueError):

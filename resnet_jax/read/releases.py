@@ -12,11 +12,11 @@ import uuid
 
 import jax
 
-from resnet_jax import datasets
-from resnet_jax import inference
-from resnet_jax import release_format
 from resnet_jax import utils
-from resnet_jax import workdir as workdir_lib
+from resnet_jax.data import datasets
+from resnet_jax.read import inference
+from resnet_jax.read import release_format
+from resnet_jax.run import workdir as workdir_lib
 
 
 def _checked_out(out: str) -> tuple[str, str]:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax import augment
+from resnet_jax.core import augment
 
 
 class TrainState(train_state.TrainState):

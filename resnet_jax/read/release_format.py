@@ -28,8 +28,9 @@ import jax
 import numpy as np
 
 from resnet_jax import utils
+from resnet_jax.run import workdir as workdir_lib
 
-RECORD_FILE = 'release.json'
+RECORD_FILE = workdir_lib.RELEASE_FILE  # release.json: see workdir.py.
 WEIGHTS_FILE = 'weights.safetensors'
 MSGPACK_WEIGHTS_FILE = 'weights.msgpack'
 CONFIG_FILE = 'config.json'  # A workdir's config (config_checks.read_config).
@@ -37,7 +38,7 @@ CONFIG_FILE = 'config.json'  # A workdir's config (config_checks.read_config).
 # and the weights, each is checked against the sha256 release.json records.
 PREDICTION_FIELDS = ('class_names', 'image_shape', 'recorded')
 # The shipped releases: package data, so that an installed package has them.
-PRETRAINED = pathlib.Path(__file__).resolve().parent / 'pretrained'
+PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / 'pretrained'
 
 
 def is_release(directory: str) -> bool:

@@ -21,16 +21,19 @@ from etils import epath
 import jax
 import numpy as np
 
-from resnet_jax import datasets
-from resnet_jax import release_format
-from resnet_jax import runs
 from resnet_jax import utils
+from resnet_jax.data import datasets
+from resnet_jax.run import runs
 
 # Written by the trainer into its workdir before anything else, every
 # session (since round two of the reliability work): it marks the directory
 # as a run of this trainer (`check_owned`), and names the lock's holder.
 HOLDER_FILE = '.trainer'
 SUMMARY_FILE = 'summary.json'  # `summarize`'s, once a run is done.
+# The record that makes a folder a release. Named here, where the trainer
+# refuses to write into a release; read/release_format.py, which writes and
+# reads it, takes the name from here (run/ never imports read/).
+RELEASE_FILE = 'release.json'
 # The files the trainer writes into the workdir besides its folders.
 WRITTEN_FILES = ('config.json', SUMMARY_FILE, HOLDER_FILE)
 # Fields that every version of the trainer wrote into config.json and
@@ -123,7 +126,7 @@ def is_own_workdir(workdir: str) -> bool:
   if os.path.isfile(os.path.join(workdir, HOLDER_FILE)):
     return True
   join = lambda name: os.path.join(workdir, name)
-  return (not os.path.lexists(join(release_format.RECORD_FILE)) and
+  return (not os.path.lexists(join(RELEASE_FILE)) and
           _json_with(join('config.json'), _CONFIG_FIELDS) and
           (_json_with(join(SUMMARY_FILE), SUMMARY_FIELDS) or
            os.path.isdir(join('checkpoints'))))
@@ -139,7 +142,7 @@ def check_owned(workdir: str) -> None:
   entries = sorted(os.listdir(workdir))
   if entries and not is_own_workdir(workdir):
     shown = ', '.join(entries[:5]) + (', ...' if entries[5:] else '')
-    what = ('a release, not a workdir' if release_format.RECORD_FILE in entries
+    what = ('a release, not a workdir' if RELEASE_FILE in entries
             else 'not a workdir of this trainer')
     raise ValueError(
         f'--workdir={workdir} is {what} (it holds {shown}): the trainer '

@@ -15,8 +15,11 @@ import os
 
 import ml_collections
 
-from resnet_jax import batching, datasets, defaults, models, parallel
-from resnet_jax import schedules, utils
+from resnet_jax import utils
+from resnet_jax.core import models
+from resnet_jax.core import schedules
+from resnet_jax.data import batching, datasets
+from resnet_jax.run import defaults, parallel
 
 CONFIG_FILE = 'config.json'  # A workdir's (and a release's) config.
 # data.name's choices: datasets.py's names. Not in defaults.FIELDS: defaults
@@ -58,8 +61,8 @@ def _check_types(config, default, prefix: str = '') -> None:
   for key in default.keys():
     field, want = prefix + key, default[key]
     if key not in config:
-      raise ValueError(f'config.{field} is missing (resnet_jax/defaults.py has '
-                       'it)')
+      raise ValueError(f'config.{field} is missing '
+                       '(resnet_jax/run/defaults.py has it)')
     value = config[key]
     if hasattr(want, 'keys'):
       _check(hasattr(value, 'keys'), field, value, 'must be a group of fields')
@@ -67,7 +70,7 @@ def _check_types(config, default, prefix: str = '') -> None:
     else:
       kinds = [(t, r) for kind, t, r in _TYPES if isinstance(want, kind)]
       if not kinds:
-        raise TypeError(f'resnet_jax/defaults.py: no check for the type of '
+        raise TypeError(f'resnet_jax/run/defaults.py: no check for the type of '
                         f'config.{field}={want!r}')
       _check(kinds[0][0](value), field, value, kinds[0][1])
   for key in [k for k in config.keys() if k not in default]:

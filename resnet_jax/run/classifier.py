@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import augment
-from resnet_jax import datasets
-from resnet_jax import models
+from resnet_jax.core import augment
+from resnet_jax.core import models
+from resnet_jax.data import datasets
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

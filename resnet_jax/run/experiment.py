@@ -22,16 +22,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import augment
-from resnet_jax import batching
-from resnet_jax import classifier
-from resnet_jax import config_checks
-from resnet_jax import datasets
-from resnet_jax import optimizer
-from resnet_jax import parallel
-from resnet_jax import runs
-from resnet_jax import steps
 from resnet_jax import utils
+from resnet_jax.core import augment
+from resnet_jax.core import optimizer
+from resnet_jax.core import steps
+from resnet_jax.data import batching
+from resnet_jax.data import datasets
+from resnet_jax.run import classifier
+from resnet_jax.run import config_checks
+from resnet_jax.run import parallel
+from resnet_jax.run import runs
 
 # Config fields that may change when a run resumes: they decide how a run is
 # observed, laid out, saved or where its files are, not what it computes.

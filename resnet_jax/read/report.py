@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from resnet_jax import config_checks
-from resnet_jax import workdir as workdir_lib
+from resnet_jax.run import config_checks
+from resnet_jax.run import workdir as workdir_lib
 
 # The trainer's TensorBoard tags (train.py) that the curves show.
 LOSS_TAGS = ('train_loss', 'val_loss', 'test_loss')
@@ -281,7 +281,7 @@ def read_scalars(workdir: str) -> Scalars:
   which damage to a file is a ValueError: as in metric_writer.scalars.
   """
   # Not at the top: tensorboard's protos are only needed here.
-  from resnet_jax import metric_writer  # pylint: disable=g-import-not-at-top
+  from resnet_jax.run import metric_writer  # pylint: disable=g-import-not-at-top
   by_tag: dict[str, list[tuple[int, float]]] = {}
   for (tag, step), value in metric_writer.scalars(workdir).items():
     by_tag.setdefault(tag, []).append((step, value))  # Sorted by step.
@@ -418,7 +418,7 @@ def _schedule(workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _runs(workdir: str) -> list:
   """Each run's scalars, from run_0/, run_1/, ... (none for a single run)."""
-  from resnet_jax import metric_writer  # pylint: disable=g-import-not-at-top
+  from resnet_jax.run import metric_writer  # pylint: disable=g-import-not-at-top
   runs = []
   while os.path.isdir(path := os.path.join(
       workdir, metric_writer.run_dir(len(runs)))):
