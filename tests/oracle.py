@@ -207,9 +207,8 @@ def hand_batch(c, ds, step: int):
   return batch, np.asarray(images)
 
 
-def hand_steps(c, ds):
-  """`step(state, k)`: step k driven by hand from the config, from a state
-  at step k: (new state, metric sums)."""
+def _hand_call(c, ds):
+  """(compiled step, `args(state, k)`: its arguments for step k)."""
   model, lr, tx = hand_parts(c, ds.num_examples)
   step_fn = jax.jit(functools.partial(
       steps.train_step, learning_rate_fn=lr,
@@ -217,15 +216,32 @@ def hand_steps(c, ds):
       augment_fn=functools.partial(
           augment.augment, mean=c.data.mean, std=c.data.std, data=c.data)))
 
-  def step(state, k):
+  def args(state, k):
     batch, _ = hand_batch(c, ds, k)
     hand_state = steps.TrainState(
         step=state.step, apply_fn=model.apply, params=state.params,
         batch_stats=state.batch_stats, tx=tx, opt_state=state.opt_state)
-    new_state, sums = step_fn(hand_state, batch, step_key(c, k))
+    return hand_state, batch, step_key(c, k)
+
+  return step_fn, args
+
+
+def hand_steps(c, ds):
+  """`step(state, k)`: step k driven by hand from the config, from a state
+  at step k: (new state, metric sums)."""
+  step_fn, args = _hand_call(c, ds)
+
+  def step(state, k):
+    new_state, sums = step_fn(*args(state, k))
     return _host_copy(new_state), _host_copy(sums)
 
   return step
+
+
+def hand_program(c, ds, state, step: int) -> str:
+  """The compiled program (XLA's text) of hand_step's step `step`."""
+  step_fn, args = _hand_call(c, ds)
+  return step_fn.lower(*args(state, step)).compile().as_text()
 
 
 def hand_step(c, ds, state, step: int):

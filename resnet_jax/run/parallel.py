@@ -37,19 +37,6 @@ def cpu_device_count(cores: int, batch_sizes) -> int:
 
 # XLA_FLAGS for XLA:CPU, added to the user's (whose own value of a flag wins).
 XLA_FLAGS = {
-    # Not set: XLA:CPU's multi-output fusion options
-    # (--xla_backend_extra_options=xla_cpu_use_multi_output_fusion,
-    # xla_cpu_flatten_after_fusion), which stop it recomputing each stage's
-    # batch-norm/ReLU chain in the backward pass. With them, one process of
-    # four CPU devices stays as close to a float64 replay of 12 steps as
-    # without (1e-7), but two processes of two differed from both by up to
-    # 6e-4 in momentum buffers (without: 1e-7; tests/test_multiprocess.py),
-    # with the signature of one ReLU input within rounding of zero taking
-    # the other branch (one output channel of the last block's second
-    # convolution, by about one term), a jump no float32 rounding bound
-    # covers. They are faster (2-core AMD EPYC, idle, JAX 0.12.1, b128 f32,
-    # 'sharded', train images/s: ResNet-20 140 against 124, three runs
-    # each; ResNet-56 51.5 against 32.9): pass them in XLA_FLAGS to use them.
     # XLA:CPU aborts the process when a device reaches an all-reduce more than
     # this many seconds (default 40) after XLA's "may be stuck" warning (20 s)
     # after another: a loaded machine starved one device's threads that long
@@ -57,6 +44,21 @@ XLA_FLAGS = {
     # never end it: wait as long as it takes (-1); a genuine hang still logs
     # the warning.
     'xla_cpu_collective_call_terminate_timeout_seconds': '-1',
+    # XLA:CPU's multi-output fusion options: without them XLA recomputes each
+    # stage's batch-norm/ReLU chain inside the backward pass's weight-gradient
+    # convolutions, a cost that grows faster than depth. Faster the deeper
+    # (2-core AMD EPYC, idle, JAX 0.12.1, b128 f32, 'sharded', train
+    # images/s: ResNet-56 48.3 against 32.5; ResNet-20 141 and 136 against
+    # 153 and 137, no gain). Evaluation logits the same bit for bit
+    # (ResNet-20, measured); a training step sums in another order, within
+    # float32 rounding of the step in float64 (tests/test_xla_flags.py); two
+    # processes still train like one to that rounding (test_multiprocess).
+    # A --xla_backend_extra_options of your own replaces both (XLA turns on
+    # each option it is given, whatever the value; one it does not know,
+    # such as xla_cpu_none, turns on none). Other backends ignore them (LLVM
+    # is passed no option named xla_...).
+    'xla_backend_extra_options':
+        'xla_cpu_use_multi_output_fusion,xla_cpu_flatten_after_fusion',
 }
 
 
