@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cli import REPO
+from trainer_process import REPO
 
 # Runs the benchmark, then fails if anything imported TensorFlow.
 NO_TENSORFLOW = '''

@@ -8,9 +8,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cli import REPO
-from cli import run_module
 import fake_cifar
+from trainer_process import REPO
+from trainer_process import run_module
 from configs import smoke
 from resnet_jax import evaluate
 from resnet_jax.data import datasets

@@ -24,10 +24,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cli import error_line
-from cli import run_module
 import fake_cifar
 import jpeg_copy
+from trainer_process import error_line
+from trainer_process import run_module
 from resnet_jax import export
 from resnet_jax.core import models
 from resnet_jax.read import inference

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cli import REPO, error_line, run_cli, snapshot
 import fake_cifar
+from trainer_process import REPO, error_line, run_cli, snapshot
 from configs import smoke
 from resnet_jax.run import train
 

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cli import REPO, cli_command, restore_params, run_cli
+from trainer_process import REPO, cli_command, restore_params, run_cli
 from configs import smoke
 import fake_cifar
 import oracle
@@ -102,9 +102,10 @@ def _run_two_processes(workdir, *flags, faults=(None, None), timeout=300,
                        await_notice_after=None):
   """Runs a pair; returns each process's (exit status, stderr, files written).
 
-  `faults[i]` is process i's fault (see cli.py); with `await_notice_after`,
-  see _AWAIT_PREEMPTION_NOTICE. The files written are the paths, relative to
-  `workdir`, that the process opened for writing, in this run only.
+  `faults[i]` is process i's fault (see trainer_process.py); with
+  `await_notice_after`, see _AWAIT_PREEMPTION_NOTICE. The files written are
+  the paths, relative to `workdir`, that the process opened for writing, in
+  this run only.
   """
   workdir = os.path.abspath(workdir)
   address = f'127.0.0.1:{_free_port()}'

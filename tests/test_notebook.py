@@ -21,8 +21,8 @@ import sys
 
 import pytest
 
-from cli import REPO
 import jpeg_copy
+from trainer_process import REPO
 
 NOTEBOOK = REPO / 'docs' / 'quickstart.ipynb'
 NEEDS = ('No CIFAR-10 images here: this needs the JPEG copy in '

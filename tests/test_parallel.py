@@ -10,8 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cli import REPO
 from oracle import assert_float32_close
+from trainer_process import REPO
 from resnet_jax.core import models, optimizer, schedules, steps
 from resnet_jax.run import parallel
 

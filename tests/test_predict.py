@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cli import REPO, run_module
+from trainer_process import REPO, run_module
 from resnet_jax import predict
 from resnet_jax.data import datasets
 from resnet_jax.read import inference

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors import numpy as safetensors_numpy
 
-from cli import run_module
+from trainer_process import run_module
 from resnet_jax import evaluate
 from resnet_jax.read import inference
 from resnet_jax.read import release_format

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cli import cli_command, error_line, restore_params, run_cli
 import fake_cifar
 import jpeg_copy
+from trainer_process import cli_command, error_line, restore_params, run_cli
 from configs import smoke
 from resnet_jax.core import schedules, steps
 from resnet_jax.run import checkpoints, experiment

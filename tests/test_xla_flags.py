@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from cli import REPO
 import oracle
+from trainer_process import REPO
 from resnet_jax.run import parallel
 
 EXTRA = 'xla_backend_extra_options'
