@@ -165,9 +165,8 @@ def at_step(state, step: int, seed: int = 1):
           state.opt_state))
 
 
-def trainer_step(c, ds, state, step: int, mode: str = 'jit'):
-  """Step `step` of the trainer's compiled steps from one run's `state`
-  (at_step(..., step)): (new state, metric sums)."""
+def _trainer_call(c, ds, state, step: int, mode: str):
+  """(experiment, its placed state, the batch of step `step`)."""
   exp = experiment.build(c, dp=parallel.DataParallel(mode), train_ds=ds)
   # The arrays of `state` in the trainer's own state: its model (the one of
   # this layout) and optimizer.
@@ -176,11 +175,24 @@ def trainer_step(c, ds, state, step: int, mode: str = 'jit'):
       params=state.params, batch_stats=state.batch_stats, tx=exp.tx,
       opt_state=state.opt_state)
   placed = exp.dp.put_state(runs.stack([state]))
-  batches = exp.batches([(step, 1)])
-  new_state, sums = exp.train_steps(placed, next(batches), step)
+  return exp, placed, next(exp.batches([(step, 1)]))
+
+
+def trainer_step(c, ds, state, step: int, mode: str = 'jit'):
+  """Step `step` of the trainer's compiled steps from one run's `state`
+  (at_step(..., step)): (new state, metric sums)."""
+  exp, placed, batch = _trainer_call(c, ds, state, step, mode)
+  new_state, sums = exp.train_steps(placed, batch, step)
   new_state = _host_copy(runs.take(exp.dp.get_state(new_state), 0))
   sums = _host_copy(jax.tree.map(lambda x: x[0, 0], sums))
   return new_state, sums
+
+
+def trainer_program(c, ds, state, step: int, mode: str = 'jit') -> str:
+  """The program (StableHLO text, before XLA's passes) of trainer_step."""
+  exp, placed, batch = _trainer_call(c, ds, state, step, mode)
+  return jax.jit(lambda s, b: exp.train_steps(s, b, step)).lower(
+      placed, batch).as_text()
 
 
 def hand_parts(c, num_examples: int = NUM_EXAMPLES):
