@@ -50,14 +50,14 @@ def define_flags():
   """The command line's flags (defined only when run as a program)."""
   cli.define_selection_flags(ensemble=False)
   cli.define_path('out', None, 'A new (or empty) directory, e.g. '
-                    'releases/resnet20.')
+                  'releases/resnet20.')
   flags.DEFINE_string('data_note', '', "A sentence on the data for "
                       "release.json, e.g. 'the JPEG copy of CIFAR-10'.")
   flags.DEFINE_string('check_split', 'validation', 'The split the CPU check '
                       "classifies ('validation', 'test' or TFDS syntax); "
                       'empty: no check.')
   cli.define_path('data_dir', None, "Where the run's dataset is here; "
-                    "written into the release's config.json.")
+                  "written into the release's config.json.")
   flags.mark_flag_as_required('out')
 
 

@@ -380,7 +380,7 @@ def main(argv) -> int:
       if not done]
   if not_done:
     cli.fail(f'{len(not_done)} of {len(depths)} depths not done: '
-               + ' | '.join(not_done))
+             + ' | '.join(not_done))
   return 0
 
 

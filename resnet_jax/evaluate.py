@@ -86,7 +86,7 @@ def evaluate(workdir: str, split: str = 'test', checkpoint='latest',
   loaded = inference.load(workdir, checkpoint, run=run, ensemble=ensemble,
                           config=config)  # Read and validated once, above.
   ds, summary, logits, trained_on = inference.evaluate_split(loaded,
-                                                            tfds_split, tta)
+                                                             tfds_split, tta)
   class_names = loaded.class_names or ds.class_names
   if ensemble:
     # Each run's own figures on the same images, to set the ensemble's
@@ -193,8 +193,8 @@ def define_flags():
                        'confident mistakes to show, at most '
                        f'{report.MAX_PICTURED}.')
   cli.define_path('data_dir', None, "Where the run's dataset is, when "
-                    'not at its config.data.data_dir (an image folder or '
-                    'TFDS data moved, another machine).')
+                  'not at its config.data.data_dir (an image folder or '
+                  'TFDS data moved, another machine).')
 
 
 if __name__ == '__main__':

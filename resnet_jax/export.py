@@ -270,7 +270,7 @@ def define_flags():
   """The command line's flags (defined only when run as a program)."""
   cli.define_selection_flags(ensemble=False)
   cli.define_path('out', None, 'The file to write: model.onnx (ONNX) or '
-                    'model.jax (jax.export); it must not exist.')
+                  'model.jax (jax.export); it must not exist.')
   flags.DEFINE_enum('format', None, FORMATS, "'onnx' or 'jax'; default: "
                     "--out's suffix.")
   flags.mark_flag_as_required('out')

@@ -27,9 +27,9 @@ from resnet_jax import utils
 
 FLAGS = flags.FLAGS
 cli.define_path('workdir', None,
-                  'Directory for checkpoints, TensorBoard logs and '
-                  'summary.json; a rerun resumes from it. Default: '
-                  'runs/<config file name without .py>.')
+                'Directory for checkpoints, TensorBoard logs and '
+                'summary.json; a rerun resumes from it. Default: '
+                'runs/<config file name without .py>.')
 config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py).',
                                 lock_config=True)
 flags.mark_flags_as_required(['config'])

@@ -55,7 +55,7 @@ def read_image(path: str, image_shape, resize: bool = False) -> np.ndarray:
   pixels = datasets.decode(data, formats=None)
   if isinstance(pixels, str):
     raise ImageError(pixels if pixels.startswith(('not an image',
-                                                     'pixels of mode')) else
+                                                  'pixels of mode')) else
                      f'cannot read the image ({pixels})')
   if channels != pixels.shape[-1]:
     raise ImageError(f'has {pixels.shape[-1]} channels, the model takes '

@@ -1,9 +1,10 @@
 """A small CIFAR-10 prepared by TFDS's own cifar10 builder, offline.
 
 Tests that need TFDS data point `config.data.data_dir` at `data_dir()` (or
-set TFDS_DATA_DIR, as trainer_process.run_cli does): the library then takes its real
-path, `tfds.builder('cifar10', data_dir).is_prepared()`, `info.splits`,
-`as_dataset`, on real prepared files, 100 train and 100 test examples.
+set TFDS_DATA_DIR, as trainer_process.run_cli does): the library then takes
+its real path, `tfds.builder('cifar10', data_dir).is_prepared()`,
+`info.splits`, `as_dataset`, on real prepared files, 100 train and 100 test
+examples.
 
 How it is made: the contents of CIFAR-10's binary archive
 (cifar-10-batches-bin/: data_batch_1..5.bin, test_batch.bin,

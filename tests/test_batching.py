@@ -19,7 +19,7 @@ def indexed_dataset(n: int, num_classes: int = 3) -> datasets.InMemoryDataset:
   images[..., 1] = (np.arange(n) % 256)[:, None, None]
   labels = (np.arange(n) % num_classes).astype(np.int32)
   return datasets.InMemoryDataset(images, labels,
-                            tuple(f'c{i}' for i in range(num_classes)))
+                                  tuple(f'c{i}' for i in range(num_classes)))
 
 
 def ids(batch) -> np.ndarray:

@@ -33,7 +33,7 @@ def test_of_tied_accuracies_the_earliest_step_is_kept_and_named_best(
 
 @pytest.mark.slow
 def test_the_best_validation_is_saved_between_checkpoints(tmp_path,
-                                                           monkeypatch):
+                                                          monkeypatch):
   # Validations at steps 2, 4, 6, 8 with these accuracies; checkpoints
   # every 100 steps (so only at the end) and only the newest kept.
   accuracies = iter([0.5, 0.7, 0.7, 0.6])

@@ -55,7 +55,7 @@ def test_a_test_split_of_another_image_size_is_refused_before_training(
     ('train', 'train[90%:]', 1), ('train[:6]', 'train[4:]', 2),
     ('train[:75%]', 'train[5:]', 1)])
 def test_overlapping_slices_of_one_split_are_refused(tmp_path, train_split,
-                                                    eval_split, shared):
+                                                     eval_split, shared):
   write_split(tmp_path / 'data', 'train', 4)  # 8 images.
   message = refusal(folder_config(tmp_path / 'data', train_split=train_split,
                                   eval_split=eval_split), tmp_path / 'run')

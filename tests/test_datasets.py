@@ -629,9 +629,9 @@ def test_channel_stats_match_numpy():
 def test_dataset_requires_uint8_images_and_int32_labels():
   with pytest.raises(ValueError, match='uint8'):
     datasets.InMemoryDataset(np.zeros((2, 1, 1, 3), np.float32),
-                       np.zeros(2, np.int32), ('x',))
+                             np.zeros(2, np.int32), ('x',))
   with pytest.raises(ValueError, match='int32'):
     datasets.InMemoryDataset(np.zeros((2, 1, 1, 3), np.uint8),
-                       np.zeros(2, np.int64), ('x',))
+                             np.zeros(2, np.int64), ('x',))
 
 

@@ -354,7 +354,7 @@ def test_the_optimizer_fields_and_the_rate_reach_the_update(
       lr = c.schedule.base_learning_rate * c.batch_size / 128
     other_params, other_trace = _update64(c, state, gradient64, lr, **kwargs)
     assert _far(moved(other_params), moved(params)) or _far(other_trace,
-                                                           trace)
+                                                            trace)
 
 
 def test_bfloat16_reaches_the_computation(setup):

@@ -40,8 +40,8 @@ def test_the_readme_shows_each_releases_recorded_figures():
   assert {name for name, _, _ in shown} == {p.name for p in RELEASES} >= {
       'resnet20', 'resnet56'}
   for name, accuracy, params in shown:
-    record = json.loads(
-        (release_format.PRETRAINED / name / release_format.RECORD_FILE).read_text())
+    record = json.loads((release_format.PRETRAINED / name /
+                         release_format.RECORD_FILE).read_text())
     assert float(accuracy) == round(100 * record['validation']['accuracy'], 2)
     assert int(params.replace(',', '')) == record['num_params']
 
@@ -84,7 +84,7 @@ def test_one_line_gives_a_model_that_names_classes(jpeg_dir):
 
 
 def test_a_name_means_a_shipped_release_and_a_path_any(tmp_path,
-                                                        monkeypatch):
+                                                       monkeypatch):
   # A decoy in the working directory: resnet20 as released, but its
   # record says step 1 (and a config.json edit would change nothing here).
   shutil.copytree(release_format.PRETRAINED / 'resnet20', tmp_path / 'resnet20')

@@ -40,7 +40,7 @@ def trainer_moves_on(directory, monkeypatch, deleted, new,
 
 @pytest.mark.parametrize('when', ['_read_json', '_read_step'])
 def test_a_reader_lists_again_when_the_listed_steps_vanish(tmp_path,
-                                                          monkeypatch, when):
+                                                           monkeypatch, when):
   directory = tmp_path / 'checkpoints'
   saved(directory, [4, 8])
   with checkpoints.Checkpointer(directory, metadata={'run': 1},
@@ -76,7 +76,7 @@ def delete_slowly(step_dir):
 
 
 def test_a_step_being_deleted_is_not_called_unreadable(tmp_path, monkeypatch,
-                                                        caplog):
+                                                       caplog):
   # Orbax deletes a step file by file (rmtree): the reader fails on a file
   # already gone while the step's folder is still there, gone a moment later.
   directory = tmp_path / 'checkpoints'

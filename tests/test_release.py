@@ -34,7 +34,7 @@ def fixture_released(trained_workdir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_release_holds_one_runs_config_weights_and_a_manifest(trained_workdir,
-                                                                 released):
+                                                                released):
   config = json.loads((released / 'config.json').read_text())
   assert (config['num_runs'], config['seed']) == (1, 1)
   # No generated README: release.json is the manifest, read as JSON.

@@ -111,7 +111,7 @@ def _scan_lengths(jaxpr):
 
 
 def test_k_steps_per_call_train_the_run_of_one_step_per_call(tmp_path,
-                                                            monkeypatch):
+                                                             monkeypatch):
   calls = _watch_calls(monkeypatch, programs=False)
   one, one_summary = _train(tmp_path / 'k1')
   one_calls = [call['shape'] for call in calls]

@@ -24,7 +24,7 @@ def make_batch(n=8, seed=0, num_classes=10):
 def make_state(tx, depth=8, seed=0, **model_kwargs):
   model = models.ResNet(depth=depth, **model_kwargs)
   state = steps.create_train_state(jax.random.key(seed), model, tx,
-                                         IMAGE_SHAPE)
+                                   IMAGE_SHAPE)
   # Non-trivial batch-norm parameters and statistics, so that every term of
   # batch norm is exercised.
   _, stats = reference.init_params(depth, rng=seed, **model_kwargs)

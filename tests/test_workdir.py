@@ -106,7 +106,7 @@ def foreign(tmp_path, kind):
     'release', 'own config.json', 'own summary.json', 'photos',
     'a run without its mark beside a release'])
 def test_a_directory_not_of_this_trainer_is_refused_untouched(tmp_path,
-                                                             kind):
+                                                              kind):
   directory = foreign(tmp_path, kind)
   before = contents(directory)
   with pytest.raises(ValueError, match=(

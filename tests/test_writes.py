@@ -31,7 +31,7 @@ def full_disk(monkeypatch, after_bytes=10):
 
 
 def test_a_full_disk_leaves_the_old_file_and_no_partial_one(tmp_path,
-                                                           monkeypatch):
+                                                            monkeypatch):
   path = tmp_path / 'config.json'
   workdir_lib.write_json(epath.Path(path), {'old': True})
   full_disk(monkeypatch)

@@ -35,11 +35,11 @@ def test_the_flags_are_added_to_the_users_and_never_override_them():
   assert parallel.set_xla_flags({}).split() == ours
 
 
-# A fresh process, started as the trainer starts (parallel.configure_cpu_devices)
-# or bare, prints its XLA_FLAGS and how many ReLUs (maximum) the compiled
-# program of step 5 of the oracle's config (every field that changes the step
-# set) holds; the trainer's saves the state its own compiled step reaches
-# (oracle.trainer_step).
+# A fresh process, started as the trainer starts
+# (parallel.configure_cpu_devices) or bare, prints its XLA_FLAGS and how many
+# ReLUs (maximum) the compiled program of step 5 of the oracle's config (every
+# field that changes the step set) holds; the trainer's saves the state its own
+# compiled step reaches (oracle.trainer_step).
 STEP = """
 import json, os, re, sys
 import jax, numpy as np

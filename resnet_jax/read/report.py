@@ -140,7 +140,7 @@ def classification_summary(labels, logits,
   per_class = [{
       'index': i, 'name': name,
       **{key: int(metrics[key][i]) for key in ('support', 'predicted',
-                                                'correct')},
+                                               'correct')},
       **{key: _json_number(metrics[key][i])
          for key in ('accuracy', 'precision', 'recall', 'f1')},
   } for i, name in enumerate(names)]
@@ -205,7 +205,7 @@ def confusion_png(confusion, class_names: Sequence[str] | None, path: str,
   num_classes = confusion.shape[0]
   names = display_names(class_names, num_classes)
   shares = np.nan_to_num(_ratio(confusion, confusion.sum(axis=1,
-                                                        keepdims=True)))
+                                                         keepdims=True)))
   size = min(max(4.0, 0.55 * num_classes + 2.0), 16.0)
   fig = _figure(figsize=(size + 1.2, size))
   ax = fig.add_subplot()

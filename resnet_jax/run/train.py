@@ -58,7 +58,7 @@ class LoopState:
   def add(self, sums: dict) -> None:
     """Adds one step's sums, leaves (runs,)."""
     sums = {k: [float(x) for x in sums[k]] for k in ('loss', 'correct',
-                                                      'count')}
+                                                     'count')}
     self.train_sums = sums if self.train_sums is None else {
         k: [a + b for a, b in zip(self.train_sums[k], sums[k])] for k in sums}
 
@@ -332,7 +332,7 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
         if preempted:
           checkpointer.wait_until_finished()
           raise preemption.Preempted(done, watcher.seconds_since_signal(),
-                                    watcher.signum)
+                                     watcher.signum)
     jax.block_until_ready(state)
     # The last checkpoint is on disk before anything says the run is done.
     checkpointer.wait_until_finished()

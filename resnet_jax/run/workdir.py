@@ -40,7 +40,7 @@ WRITTEN_FILES = ('config.json', SUMMARY_FILE, HOLDER_FILE)
 # summary.json: how a run older than HOLDER_FILE is recognised.
 _CONFIG_FIELDS = ('seed', 'model', 'optimizer', 'schedule', 'batch_size')
 SUMMARY_FIELDS = ('config', 'dataset', 'steps', 'epochs', 'batch_size',
-                   'train_examples')
+                  'train_examples')
 
 
 class WorkdirBusyError(ValueError):
