@@ -49,7 +49,8 @@ XLA_FLAGS = {
     # convolutions, a cost that grows faster than depth. Faster the deeper
     # (2-core AMD EPYC, idle, JAX 0.12.1, b128 f32, 'sharded', train
     # images/s: ResNet-56 48.3 against 32.5; ResNet-20 141 and 136 against
-    # 153 and 137, no gain). Evaluation logits the same bit for bit
+    # 153 and 137, no gain; a 2-core Intel Xeon: ResNet-56 1.14x, ResNet-20
+    # no gain). Evaluation logits the same bit for bit
     # (ResNet-20, measured); a training step sums in another order, within
     # float32 rounding of the step in float64 (tests/test_xla_flags.py); two
     # processes still train like one to that rounding (test_multiprocess).
