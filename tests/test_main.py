@@ -176,6 +176,18 @@ def test_an_unprepared_dataset_offline_is_refused(tmp_path):
   assert snapshot(tmp_path / 'run') is None
 
 
+def test_a_batch_that_does_not_divide_is_refused_before_the_data_loads(
+    tmp_path):
+  # The data is not there either: the layout's refusal comes first.
+  result = run_cli(SMOKE, f'--workdir={tmp_path}/run', '--config.batch_size=20',
+                   f'--config.data.data_dir={tmp_path}/no_data',
+                   '--config.data.download=False', mocked=False)
+
+  assert_refused(result, 'config.batch_size=20 does not divide over 8 devices')
+  assert 'Loading the data' not in result.stderr
+  assert snapshot(tmp_path / 'run') is None
+
+
 @pytest.mark.parametrize('layout, expected', [
     ({}, 'has no class subfolders'),
     ({'cat': ['1.png'], 'dog': []}, '/dog has no images'),

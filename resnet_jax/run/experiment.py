@@ -288,9 +288,9 @@ class Experiment(classifier.Classifier):
     return [compute_metrics(runs.take(sums, i)) for i in range(self.num_runs)]
 
 
-def _check_batch_sizes(config, dp: parallel.DataParallel) -> None:
-  # The one place batch sizes meet the layout: every device of every process
-  # gets an equal share of each global batch.
+def check_batch_sizes(config, dp: parallel.DataParallel) -> None:
+  """The one place batch sizes meet the layout: every device of every
+  process gets an equal share of each global batch. ValueError if not."""
   for field in ('batch_size', 'eval_batch_size'):
     batching.equal_share(
         config[field], dp.num_devices, f'devices ({jax.process_count()} '
@@ -319,7 +319,7 @@ def build(config, *, dp: parallel.DataParallel | None = None,
       normalises with statistics measured on a split not given.
   """
   dp = dp or parallel.DataParallel(config.parallelism)
-  _check_batch_sizes(config, dp)
+  check_batch_sizes(config, dp)
   if train_ds is not None:
     steps_per_epoch, total_steps = config_checks.validate_with_split(
         config, train_ds)

@@ -170,6 +170,10 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
     if config.compilation_cache_dir:  # A restart loads the compiled steps.
       _use_compilation_cache(config.compilation_cache_dir)
   workdir_lib.check(workdir, config.data)
+  # The layout needs no data: a batch that does not divide over the devices
+  # is refused before the data loads (TensorFlow's import alone: ~10 s).
+  dp = parallel.DataParallel(config.parallelism)
+  experiment.check_batch_sizes(config, dp)
   # Pending checkpoint writes and logs are finished even when a step fails.
   with contextlib.ExitStack() as cleanup:
     # Process 0 holds the workdir for the run; at once if it exists.
@@ -177,7 +181,7 @@ def train_and_evaluate(config, workdir: str, config_name: str = '',
             if jax.process_index() == 0 else None)
     splits = _load_data(config)
     train_ds, eval_ds, test_ds = splits
-    exp = experiment.build(config, train_ds=train_ds)
+    exp = experiment.build(config, dp=dp, train_ds=train_ds)
     workdir_path = epath.Path(workdir)
     total_steps = exp.total_steps
     last_step = min(stop_at_step or total_steps, total_steps)
