@@ -47,17 +47,16 @@ XLA_FLAGS = {
     # XLA:CPU's multi-output fusion options: without them XLA recomputes each
     # stage's batch-norm/ReLU chain inside the backward pass's weight-gradient
     # convolutions, a cost that grows faster than depth. Faster the deeper
-    # (2-core AMD EPYC, idle, JAX 0.12.1, b128 f32, 'sharded', train
-    # images/s: ResNet-56 48.3 against 32.5; ResNet-20 141 and 136 against
-    # 153 and 137, no gain; a 2-core Intel Xeon: ResNet-56 1.14x, ResNet-20
-    # no gain). Evaluation logits the same bit for bit
-    # (ResNet-20, measured); a training step sums in another order, within
-    # float32 rounding of the step in float64 (tests/test_xla_flags.py); two
-    # processes still train like one to that rounding (test_multiprocess).
-    # A --xla_backend_extra_options of your own replaces both (XLA turns on
-    # each option it is given, whatever the value; one it does not know,
-    # such as xla_cpu_none, turns on none). Other backends ignore them (LLVM
-    # is passed no option named xla_...).
+    # (2-core AMD EPYC, idle, JAX 0.12.1, b128 f32, 'sharded', train images/s:
+    # ResNet-56 48.3 against 32.5; ResNet-20 141 and 136 against 153 and 137, no
+    # gain; a 2-core Intel Xeon: ResNet-56 1.14x, ResNet-20 no gain). Evaluation
+    # logits the same bit for bit (ResNet-20, measured); a training step sums in
+    # another order, within float32 rounding of the step in float64
+    # (tests/test_xla_flags.py); two processes still train like one to that
+    # rounding (test_multiprocess). A --xla_backend_extra_options of your own
+    # replaces both (XLA turns on each option it is given, whatever the value;
+    # one it does not know, such as xla_cpu_none, turns on none). Other backends
+    # ignore them (LLVM is passed no option named xla_...).
     'xla_backend_extra_options':
         'xla_cpu_use_multi_output_fusion,xla_cpu_flatten_after_fusion',
 }
