@@ -24,6 +24,7 @@ from PIL import Image
 import pytest
 
 import jpeg_copy
+from trainer_process import fresh_clone
 import resnet_jax
 from resnet_jax.read import release_format
 
@@ -103,12 +104,8 @@ def test_a_name_means_a_shipped_release_and_a_path_any(tmp_path,
 @pytest.mark.slow
 def test_an_installed_wheel_has_the_releases_from_any_directory(tmp_path):
   # Built from a copy: building writes build/ beside the sources.
-  source, wheels, target = (tmp_path / d for d in ('src', 'wheels', 'site'))
-  anywhere = shutil.ignore_patterns('.git', 'build', '*.egg-info',
-                                    '__pycache__', 'runs', '.*')
-  # The data folder at the root (/data/), not the package's resnet_jax/data.
-  shutil.copytree(REPO, source, symlinks=True, ignore=lambda folder, names: (
-      anywhere(folder, names) | ({'data'} if folder == str(REPO) else set())))
+  source = fresh_clone(tmp_path / 'src')
+  wheels, target = tmp_path / 'wheels', tmp_path / 'site'
   for command in (['wheel', '--no-deps', '--no-build-isolation', '-q',
                    str(source), '-w', str(wheels)],
                   ['install', '--no-deps', '-q', '--target', str(target)]):

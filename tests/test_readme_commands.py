@@ -22,7 +22,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 
@@ -31,6 +30,7 @@ from PIL import Image
 import pytest
 
 import fake_cifar
+from trainer_process import fresh_clone
 from configs import resnet20
 from resnet_jax.data import datasets
 
@@ -121,29 +121,6 @@ def test_readme_commands_are_parsed_as_a_shell_reads_them():
   assert readme_commands(text) == ['make a', 'make b', 'run --x=1 --y=2']
 
 
-def _clone(destination: pathlib.Path) -> pathlib.Path:
-  """The repository's files as a fresh clone has them (not the ignored)."""
-  try:
-    listed = subprocess.run(
-        ['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
-        cwd=REPO, capture_output=True, check=True).stdout.decode().split('\0')
-  except (OSError, subprocess.CalledProcessError):  # Not a git checkout.
-    anywhere = shutil.ignore_patterns(
-        '.git', '.venv', 'runs', '__pycache__', '*.egg-info', '.pytest_cache',
-        '.hypothesis', '.whl', '.device')
-    # The data folder at the root (/data/), not the package's resnet_jax/data.
-    shutil.copytree(REPO, destination, ignore=lambda folder, names: (
-        anywhere(folder, names) |
-        ({'data'} if folder == str(REPO) else set())))
-    return destination
-  for name in filter(None, listed):
-    source = REPO / name
-    if source.is_file():  # Not a file deleted from the working tree.
-      (destination / name).parent.mkdir(parents=True, exist_ok=True)
-      shutil.copy2(source, destination / name)
-  return destination
-
-
 def _jpeg_copy_stand_in(github: pathlib.Path) -> dict[str, str]:
   """A git repository in the JPEG copy's layout, under `github`; returns the
   environment that makes git fetch https://github.com/... from there."""
@@ -168,7 +145,7 @@ def _jpeg_copy_stand_in(github: pathlib.Path) -> dict[str, str]:
 
 @pytest.mark.slow  # A short training and six other commands: a minute.
 def test_the_readme_commands_run_in_a_fresh_clone(tmp_path):
-  clone = _clone(tmp_path / 'resnet_jax')
+  clone = fresh_clone(tmp_path / 'resnet_jax')
   rng = np.random.default_rng(1)
   for name, size in (('cat.png', (32, 32)), ('ship.jpg', (32, 32)),
                      ('photo.jpg', (48, 64))):  # The user's own images.

@@ -21,10 +21,14 @@ from outside (in the middle of a checkpoint write, during an evaluation):
 <signal> is `kill` (SIGKILL: nothing runs after it), `term` (SIGTERM) or
 `int` (SIGINT, Ctrl-C): for these two the trainer's handler runs; the
 process goes on until it stops by itself.
+
+`fresh_clone(destination)` copies the repository as a fresh clone has it,
+for the tests that run the README's commands or build the wheel from it.
 """
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -167,3 +171,26 @@ def restore_params(workdir, config):
   # The step as one number: every run of a checkpoint is at the same one.
   return jax.device_get((state.step[0], state.params, state.batch_stats,
                          state.opt_state))
+
+
+def fresh_clone(destination: pathlib.Path) -> pathlib.Path:
+  """The repository's files as a fresh clone has them (not the ignored)."""
+  try:
+    listed = subprocess.run(
+        ['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
+        cwd=REPO, capture_output=True, check=True).stdout.decode().split('\0')
+  except (OSError, subprocess.CalledProcessError):  # Not a git checkout.
+    anywhere = shutil.ignore_patterns(
+        '.git', '.venv', 'runs', '__pycache__', '*.egg-info', '.pytest_cache',
+        '.hypothesis', '.whl', '.device')
+    # The data folder at the root (/data/), not the package's resnet_jax/data.
+    shutil.copytree(REPO, destination, ignore=lambda folder, names: (
+        anywhere(folder, names) |
+        ({'data'} if folder == str(REPO) else set())))
+    return destination
+  for name in filter(None, listed):
+    source = REPO / name
+    if source.is_file():  # Not a file deleted from the working tree.
+      (destination / name).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy2(source, destination / name)
+  return destination
